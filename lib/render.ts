@@ -1,0 +1,96 @@
+/**
+ * A render: one image super-resolved at one scale by one model, seed and sampler, as a chain
+ * of lazy stages. 4× is the model's native factor; 16× chains two stages (a stage-2 block asks
+ * stage 1 only for the LR pixels under its 3×3 neighbourhood); 2× and 8× take the next native
+ * factor and halve it with dzsave's 2×2 rule, so the pyramid's levels agree with it.
+ */
+import type { Model } from './model.js';
+import { Stage, type LRSource, type RequestOptions } from './engine.js';
+import { KVStore } from './kvstore.js';
+import type { BlockStore } from './blockstore.js';
+import { SamplerPlan, type Preset } from './sampler.js';
+import { cropClamped, halve, type RGBImage } from './image.js';
+
+export const SCALES = [2, 4, 8, 16] as const;
+
+export interface RenderOptions {
+  model: Model; image: RGBImage; scale: number; seed: number;
+  preset?: string; steps?: number; sigmaMax?: number;
+  batch: number; kvBytes: number; store: BlockStore;
+}
+
+export class ImageLR implements LRSource {
+  constructor(readonly img: RGBImage) {}
+  get width() { return this.img.width; }
+  get height() { return this.img.height; }
+  async region(x0: number, y0: number, w: number, h: number) { return cropClamped(this.img, x0, y0, w, h); }
+}
+
+class StageLR implements LRSource {
+  constructor(readonly s: Stage) {}
+  get width() { return this.s.outWidth; }
+  get height() { return this.s.outHeight; }
+  region(x0: number, y0: number, w: number, h: number, opt: RequestOptions) { return this.s.region(x0, y0, w, h, opt); }
+}
+
+export function resolvePreset(model: Model, preset?: string, steps?: number): Preset {
+  const smp = model.manifest.sampling;
+  const name = preset ?? smp.default_preset;
+  const p = smp.presets[name];
+  if (!p) throw new RangeError(`preset "${name}" is not one of this model's presets: ${Object.keys(smp.presets).join(', ')}`);
+  return steps ? { ...p, steps } : p;
+}
+
+export class Render {
+  readonly stages: Stage[] = [];
+  readonly width: number; readonly height: number;
+  readonly halveOutput: boolean;
+  readonly kv: KVStore;
+  readonly plan: SamplerPlan;
+
+  constructor(readonly o: RenderOptions) {
+    const m = o.model.manifest;
+    if (m.scale !== 4) throw new RangeError(`this engine chains 4× models; the model's scale is ${m.scale}`);
+    if (!(SCALES as readonly number[]).includes(o.scale)) throw new RangeError(`scale must be one of ${SCALES.join(', ')}, got ${o.scale}`);
+    const nStages = o.scale <= 4 ? 1 : 2;
+    this.halveOutput = o.scale === 2 || o.scale === 8;
+    const p = resolvePreset(o.model, o.preset, o.steps);
+    const smp = m.sampling;
+    this.plan = new SamplerPlan(p.method, p.steps, smp.sigma_min, o.sigmaMax ?? smp.sigma_max, smp.rho);
+    this.kv = new KVStore(o.kvBytes);
+    let lr: LRSource = new ImageLR(o.image);
+    for (let s = 1; s <= nStages; s++) {
+      const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store });
+      this.stages.push(st);
+      lr = new StageLR(st);
+    }
+    const last = this.stages[this.stages.length - 1];
+    this.width = this.halveOutput ? Math.ceil(last.outWidth / 2) : last.outWidth;
+    this.height = this.halveOutput ? Math.ceil(last.outHeight / 2) : last.outHeight;
+  }
+
+  get last() { return this.stages[this.stages.length - 1]; }
+
+  /** Final output pixels (HWC uint8) of a rectangle inside the output image. */
+  async region(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<RGBImage> {
+    if (!this.halveOutput) return { width: w, height: h, data: await this.last.region(x0, y0, w, h, opt) };
+    // native pixels 2x0..2x0+2w, clamped to the native image so odd edges replicate as dzsave does
+    const NW = this.last.outWidth, NH = this.last.outHeight;
+    const nw = Math.min(2 * w, NW - 2 * x0), nh = Math.min(2 * h, NH - 2 * y0);
+    const native = { width: nw, height: nh, data: await this.last.region(2 * x0, 2 * y0, nw, nh, opt) };
+    return halve(native);
+  }
+
+  /** Blocks of the last stage under an output rectangle. */
+  blocksUnder(x0: number, y0: number, w: number, h: number): [number, number][] {
+    const f = this.halveOutput ? 2 : 1, B = this.last.B;
+    const out: [number, number][] = [];
+    const r1 = Math.min(Math.floor((Math.min((y0 + h) * f, this.last.outHeight) - 1) / B), this.last.R - 1);
+    const c1 = Math.min(Math.floor((Math.min((x0 + w) * f, this.last.outWidth) - 1) / B), this.last.C - 1);
+    for (let r = Math.floor(y0 * f / B); r <= r1; r++) for (let c = Math.floor(x0 * f / B); c <= c1; c++) out.push([r, c]);
+    return out;
+  }
+
+  /** Total and finished blocks of the last stage. */
+  progress() { const s = this.last; return { total: s.R * s.C, done: s.doneCount() }; }
+}

@@ -1,0 +1,95 @@
+"""Training data: pack the fetched photos into one carryable folder, and sample degraded crops.
+
+    /usr/bin/python3 model/data.py pack [--cache DIR] [--out DIR] [--downscale 2]
+
+`pack` writes OUT/{train,val}/*.jpg (quality 95) of every photo downscaled by `--downscale`
+(antialiased): many photos are JPEG/WebP-compressed or soft at full size, and a 2× reduction
+removes most of that, so the ground truth is sharp. OUT/index.json lists the files.
+
+`CropSampler` keeps every image as a uint8 tensor on the training device and draws random
+crops (random offset, flip, transpose) so block borders fall everywhere in the photo; the LR is
+the antialiased bicubic 4× downscale of the crop ("bicubic" task) or that plus light blur,
+noise ("real" task).
+"""
+import argparse, json, os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+Image.MAX_IMAGE_PIXELS = 80_000_000
+
+
+def pack(cache, out, downscale=2):
+    man = json.loads((Path(cache) / "photos/manifest.json").read_text())
+    out = Path(out)
+    index = []
+    for e in man:
+        im = Image.open(Path(cache) / "photos" / e["file"]).convert("RGB")
+        if downscale > 1:
+            im = im.resize((im.width // downscale, im.height // downscale), Image.LANCZOS)
+        name = f"{e['split']}/{e['package']}--{Path(e['file']).stem}.jpg"
+        (out / e["split"]).mkdir(parents=True, exist_ok=True)
+        im.save(out / name, quality=95)
+        index.append({**e, "packed": name, "packed_size": [im.width, im.height], "downscale": downscale})
+    (out / "index.json").write_text(json.dumps(index, indent=1))
+    return index
+
+
+def load_split(folder, split):
+    index = json.loads((Path(folder) / "index.json").read_text())
+    return [(e, np.asarray(Image.open(Path(folder) / e["packed"]).convert("RGB"))) for e in index if e["split"] == split]
+
+
+def degrade(hr, scale, task="bicubic", gen=None):
+    """hr in [-1,1], (n,3,H,W) -> LR (n,3,H/s,W/s)."""
+    lr = F.interpolate(hr, scale_factor=1.0 / scale, mode="bicubic", antialias=True, align_corners=False)
+    if task == "real":
+        n = hr.shape[0]
+        # light Gaussian blur of random width, then Gaussian noise of random level
+        s = torch.rand(n, 1, 1, 1, device=hr.device, generator=gen) * 0.8 + 0.2
+        k = torch.arange(-2, 3, device=hr.device, dtype=hr.dtype).view(1, 1, 1, 5)
+        w = torch.exp(-k ** 2 / (2 * s ** 2)); w = w / w.sum(-1, keepdim=True)      # (n,1,1,5)
+        pad = F.pad(lr, (2, 2, 2, 2), mode="replicate")
+        rows = sum(pad[:, :, :, i:i + lr.shape[3]] * w[..., i:i + 1] for i in range(5))
+        lr = sum(rows[:, :, i:i + lr.shape[2], :] * w[..., i:i + 1].transpose(-1, -2) for i in range(5))
+        lr = lr + torch.randn(lr.shape, device=hr.device, generator=gen) * (torch.rand(n, 1, 1, 1, device=hr.device, generator=gen) * 0.02)
+    return lr.clamp(-1, 1)
+
+
+class CropSampler:
+    def __init__(self, images, crop, device, seed=0):
+        self.imgs = [torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous().to(device) for _, a in images
+                     if min(a.shape[:2]) >= crop]
+        area = torch.tensor([float(t.shape[1] * t.shape[2]) for t in self.imgs])
+        self.p = area / area.sum()     # sample by area: big photos hold more distinct crops
+        self.crop, self.device = crop, device
+        self.g = torch.Generator().manual_seed(seed)
+
+    def sample(self, n):
+        idx = torch.multinomial(self.p, n, replacement=True, generator=self.g)
+        out = []
+        for i in idx.tolist():
+            t = self.imgs[i]
+            y = int(torch.randint(0, t.shape[1] - self.crop + 1, (1,), generator=self.g))
+            x = int(torch.randint(0, t.shape[2] - self.crop + 1, (1,), generator=self.g))
+            c = t[:, y:y + self.crop, x:x + self.crop]
+            f = int(torch.randint(0, 8, (1,), generator=self.g))
+            if f & 1: c = c.flip(2)
+            if f & 2: c = c.flip(1)
+            if f & 4: c = c.transpose(1, 2)
+            out.append(c)
+        return torch.stack(out).float() / 127.5 - 1.0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd", choices=["pack"])
+    ap.add_argument("--cache", default=os.environ.get("INFDIT_DATA", str(Path.home() / ".cache/infdit-data")))
+    ap.add_argument("--out", default=".data")
+    ap.add_argument("--downscale", type=int, default=2)
+    a = ap.parse_args()
+    idx = pack(a.cache, a.out, a.downscale)
+    print(f"packed {len(idx)} photos into {a.out}")

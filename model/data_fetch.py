@@ -1,0 +1,153 @@
+"""Fetch the training photos from Debian packages into a cache outside git.
+
+    /usr/bin/python3 model/data_fetch.py [--cache DIR]
+
+Downloads each package with `apt-get download`, unpacks it with `dpkg -x`, and collects the
+photos into DIR/photos/<package>/ with DIR/photos/manifest.json (file, size, package, license).
+
+Two packages keep their photos inside containers. We carve the embedded image streams out
+rather than parse the containers: Enlightenment's `.edj` (Eet) stores its `edje/images/N`
+entries as plain JPEG streams, and Qt's `.rcc` stores WebP files uncompressed (zlib gains
+nothing on them). For `.edj` the largest decodable JPEG is the full-size entry `edje/images/0`.
+"""
+import argparse, io, json, os, shutil, struct, subprocess, sys
+from pathlib import Path
+from PIL import Image
+
+Image.MAX_IMAGE_PIXELS = 80_000_000
+
+# (package, license, how to find the photos). Artwork (vector/abstract renders) is skipped by
+# explicit name lists: a super-resolution prior should learn photographs.
+PACKAGES = {
+    "enlightenment-data": "BSD-2-Clause (Enlightenment project artwork/photos)",
+    "gcompris-qt-data": "GPL-3.0+ / CC-BY-SA (GCompris data)",
+    "plasma-workspace-wallpapers": "LGPL-3.0 / CC-BY-SA-4.0 (KDE wallpapers)",
+    "mate-backgrounds": "GPL-2.0+ / CC-BY-SA (MATE backgrounds)",
+    "lxqt-themes": "CC-BY-SA-3.0 (LXQt project team)",
+}
+ENLIGHTENMENT_SKIP = {"Dunes", "Sunset-Hills", "Flat-Fan", "Flat-Stone-Pattern", "Squiggle", "Squiggle-Dark",
+                      "Squiggle-Light", "Squiggle-Mid", "Paper-Flower", "Sea-of-Lanterns", "God-Rays"}
+PLASMA_PHOTOS = {"Autumn", "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour",
+                 "EveningGlow", "FallenLeaf", "Grey", "Kite", "OneStandsOut"}
+LXQT_PHOTOS = {"Butterfly-Kenneth-Wimer.jpg", "after-the-rain.jpg", "fog.jpg", "appleflower.png",
+               "butterfly.png", "flowers.png", "drop.png", "this-is-not-windows.jpg",
+               "beam.png", "cloud.png", "Valendas.png"}
+MIN_SIDE = 700          # gcompris: skip sprites and icons; photos are ≥ 1280 wide
+VALIDATION_PACKAGE = "lxqt-themes"
+
+
+def carve_jpegs(blob):
+    """Every decodable JPEG stream in blob, as (w, h, bytes)."""
+    out, i = [], 0
+    while True:
+        i = blob.find(b"\xff\xd8\xff", i)
+        if i < 0:
+            return out
+        j = blob.find(b"\xff\xd9", i)
+        # The EOI marker can occur inside entropy-coded data only as stuffed 0xFF00, so the
+        # first FFD9 after a segment normally ends it; verify by decoding.
+        while j >= 0:
+            chunk = blob[i:j + 2]
+            try:
+                im = Image.open(io.BytesIO(chunk)); im.load()
+                out.append((im.width, im.height, chunk)); break
+            except Exception:
+                j = blob.find(b"\xff\xd9", j + 2)
+                if j - i > 60_000_000:
+                    j = -1
+        i += 3
+
+
+def carve_webps(blob):
+    out, i = [], 0
+    while True:
+        i = blob.find(b"RIFF", i)
+        if i < 0:
+            return out
+        if blob[i + 8:i + 12] == b"WEBP":
+            n = struct.unpack("<I", blob[i + 4:i + 8])[0] + 8
+            chunk = blob[i:i + n]
+            try:
+                im = Image.open(io.BytesIO(chunk)); im.load()
+                out.append((im.width, im.height, chunk))
+            except Exception:
+                pass
+            i += n
+        else:
+            i += 4
+
+
+def unpack(pkg, debs, root):
+    hits = list(debs.glob(f"{pkg}_*.deb"))
+    if not hits:
+        subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True)
+        hits = list(debs.glob(f"{pkg}_*.deb"))
+    dest = root / pkg
+    if not dest.exists():
+        subprocess.run(["dpkg", "-x", str(hits[0]), str(dest)], check=True)
+    return dest / "usr/share"
+
+
+def collect(cache):
+    debs, root, photos = cache / "debs", cache / "unpacked", cache / "photos"
+    for d in (debs, root, photos):
+        d.mkdir(parents=True, exist_ok=True)
+    manifest = []
+
+    def add(pkg, name, data=None, src=None):
+        out = photos / pkg / name
+        out.parent.mkdir(exist_ok=True)
+        if data is not None:
+            out.write_bytes(data)
+        else:
+            shutil.copyfile(src, out)
+        with Image.open(out) as im:
+            w, h = im.size
+        manifest.append({"file": f"{pkg}/{name}", "width": w, "height": h, "package": pkg,
+                         "license": PACKAGES[pkg], "split": "val" if pkg == VALIDATION_PACKAGE else "train"})
+
+    share = unpack("enlightenment-data", debs, root)
+    for f in sorted((share / "enlightenment/data/backgrounds").glob("*.edj")):
+        if f.stem in ENLIGHTENMENT_SKIP:
+            continue
+        jpegs = carve_jpegs(f.read_bytes())
+        if jpegs:
+            w, h, data = max(jpegs, key=lambda t: t[0] * t[1])
+            add("enlightenment-data", f.stem + ".jpg", data=data)
+
+    share = unpack("gcompris-qt-data", debs, root)
+    for f in sorted((share / "gcompris-qt/rcc").glob("*.rcc")):
+        for k, (w, h, data) in enumerate(carve_webps(f.read_bytes())):
+            if min(w, h) >= MIN_SIDE:
+                add("gcompris-qt-data", f"{f.stem}-{k}.webp", data=data)
+
+    share = unpack("plasma-workspace-wallpapers", debs, root)
+    for d in sorted((share / "wallpapers").iterdir()):
+        if d.name in PLASMA_PHOTOS:
+            imgs = sorted((d / "contents/images").glob("*"),
+                          key=lambda p: -int(p.stem.split("x")[0]) * int(p.stem.split("x")[1]))
+            add("plasma-workspace-wallpapers", d.name + imgs[0].suffix, src=imgs[0])
+
+    share = unpack("mate-backgrounds", debs, root)
+    for f in sorted((share / "backgrounds/mate/nature").glob("*.jpg")):
+        add("mate-backgrounds", f.name, src=f)
+
+    share = unpack("lxqt-themes", debs, root)
+    for f in sorted((share / "lxqt/wallpapers").iterdir()):
+        if f.name in LXQT_PHOTOS:
+            add("lxqt-themes", f.name, src=f)
+
+    (photos / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default=os.environ.get("INFDIT_DATA", str(Path.home() / ".cache/infdit-data")))
+    a = ap.parse_args()
+    m = collect(Path(a.cache))
+    by = {}
+    for e in m:
+        by.setdefault(e["package"], []).append(e)
+    for p, es in by.items():
+        print(f"{p:30s} {len(es):3d} photos, {sum(e['width'] * e['height'] for e in es) / 1e6:7.1f} Mpx")

@@ -1,0 +1,205 @@
+"""Export the block-step graph to ONNX with its manifest; make the test fixture.
+
+    /usr/bin/python3 model/export.py --ckpt runs/gpu2/last.pt --out model/release/infdit-s4 [--kv-dtype float16]
+    /usr/bin/python3 model/export.py --fixture            # test/fixtures/tiny.{onnx,json} + reference
+
+The graph evaluates a batch of blocks at one σ each (see network.InfDiT.forward_blocks); the
+manifest says everything the engine must not guess (DESIGN.md §3).
+"""
+import argparse, json, math, os, sys, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network import InfDiT, InfDiTConfig, make_config, upsample, to_blocks, lr_contexts
+from sample import sample_image, karras_sigmas, block_noise
+
+ROOT = Path(__file__).resolve().parent.parent
+OPSET = 14
+
+
+class BlockStep(torch.nn.Module):
+    def __init__(self, model, kv_dtype):
+        super().__init__()
+        self.m, self.half = model, kv_dtype == "float16"
+
+    def forward(self, x, up, lr_ctx, sigma, pos, kv_nb, present, thumb=None):
+        if self.half:
+            kv_nb = kv_nb.float()
+        out, kv = self.m.forward_blocks(x, up, lr_ctx, sigma, pos, kv_nb, present, thumb)
+        return out, (kv.half() if self.half else kv)
+
+
+def io_spec(cfg, kv_dtype):
+    B, lb, L, h, T, dh = cfg.block, cfg.lr_block, cfg.depth, cfg.heads, cfg.tokens, cfg.head_dim
+    ins = [("x", ["b", 3, B, B], "float32"), ("up", ["b", 3, B, B], "float32"),
+           ("lr_ctx", ["b", 3, 3 * lb, 3 * lb], "float32"), ("sigma", ["b"], "float32"),
+           ("pos", ["b", 2], "float32"), ("kv_nb", ["b", 3, L, 2, h, T, dh], kv_dtype),
+           ("present", ["b", 3], "float32")]
+    if cfg.global_cond:
+        ins.append(("thumb", ["b", 3, cfg.thumb, cfg.thumb], "float32"))
+    outs = [("denoised", ["b", 3, B, B], "float32"), ("kv", ["b", L, 2, h, T, dh], kv_dtype)]
+    return ins, outs
+
+
+def dummy_inputs(cfg, b, kv_dtype, gen):
+    ins, _ = io_spec(cfg, kv_dtype)
+    out = []
+    for name, shape, dt in ins:
+        shape = [b if s == "b" else s for s in shape]
+        t = torch.randn(*shape, generator=gen)
+        if name == "sigma":
+            t = t.abs() + 0.1
+        if name == "pos":
+            t = torch.randint(0, 1000, shape, generator=gen).float()
+        if name == "present":
+            t = (torch.rand(*shape, generator=gen) > 0.3).float()
+        out.append(t.half() if dt == "float16" else t)
+    return out
+
+
+def block_flops(cfg):
+    """Multiply-adds ×2 of one block-evaluation (matmuls only; norms and elementwise ignored)."""
+    d, T, L = cfg.dim, cfg.tokens, cfg.depth
+    hid = int(d * cfg.mlp_ratio)
+    per_layer = T * (3 * d * d + d * d + 2 * d * hid) + 2 * T * 4 * T * d + 6 * d * d
+    f = L * per_layer + T * 6 * cfg.patch ** 2 * d + T * d * cfg.patch ** 2 * 3 + 2 * d * d
+    if cfg.lr_cross_attn:
+        S = (3 * cfg.lr_block // cfg.lr_patch) ** 2
+        f += S * 3 * cfg.lr_patch ** 2 * d + T * d * d + S * 2 * d * d + 2 * T * S * d + T * d * d
+    return 2 * f
+
+
+def export_onnx(model, path, kv_dtype="float32"):
+    cfg = model.cfg
+    wrapper = BlockStep(model.eval(), kv_dtype).eval()
+    ins, outs = io_spec(cfg, kv_dtype)
+    args = tuple(dummy_inputs(cfg, 2, kv_dtype, torch.Generator().manual_seed(0)))
+    dyn = {n: {0: "b"} for n, _, _ in ins + outs}
+    with torch.no_grad():
+        torch.onnx.export(wrapper, args, str(path), input_names=[n for n, _, _ in ins],
+                          output_names=[n for n, _, _ in outs], dynamic_axes=dyn, opset_version=OPSET,
+                          do_constant_folding=True)
+
+
+def manifest(cfg, name, kv_dtype, sampling, provenance):
+    ins, outs = io_spec(cfg, kv_dtype)
+    bpe = 2 if kv_dtype == "float16" else 4
+    return {
+        "format": "infdit-blockstep", "version": 1, "name": name, "config": cfg.to_dict(),
+        "scale": cfg.scale, "block": cfg.block, "patch": cfg.patch, "layers": cfg.depth, "heads": cfg.heads,
+        "head_dim": cfg.head_dim, "tokens_per_block": cfg.tokens, "grid": cfg.grid, "lr_block": cfg.lr_block,
+        "params": sum(p.numel() for p in InfDiT(cfg).parameters()), "flops_per_block_eval": block_flops(cfg),
+        "kv": {"layout": ["layer", "k|v", "head", "token", "head_dim"], "dtype": kv_dtype,
+               "bytes_per_block": cfg.depth * 2 * cfg.tokens * cfg.dim * bpe,
+               "neighbour_slots": ["top", "left", "topleft"]},
+        "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in ins],
+        "outputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in outs],
+        "pixels": {"range": [-1, 1], "from_uint8": "v / 127.5 - 1", "to_uint8": "round(clamp((v + 1) * 127.5, 0, 255))"},
+        "upsample": {"method": "bicubic", "a": -0.75, "align_corners": False, "border": "clamp",
+                     "note": "PyTorch F.interpolate(mode='bicubic'); lib/bicubic.ts reproduces it"},
+        "lr_context": {"blocks": 3, "border": "replicate"},
+        "lr_padding": "the LR image is edge-replicated right/bottom to a multiple of lr_block; output cropped back",
+        "position": {"unit": "token", "pos": "[row * grid, col * grid] of the block in the padded image"},
+        "border_rule": "mask",
+        "border_rule_doc": "a missing top/left/top-left neighbour is masked out of the softmax; its kv_nb values are ignored",
+        "target": cfg.target, "sigma_data": cfg.sigma_data,
+        "sampling": sampling,
+        "rng": {"name": "fmix32-boxmuller", "doc": "model/sample.py block_noise: key=fmix32 chain of (seed,stage,r,c,n); "
+                "element i: u1=(fmix32(key+(2i+1)·0x9E3779B1)+1)/(2^32+1), u2=fmix32(key+(2i+2)·0x9E3779B1)/2^32, "
+                "z=sqrt(-2 ln u1)·cos(2π u2)"},
+        "global": {"enabled": cfg.global_cond, "input": "thumb" if cfg.global_cond else None,
+                   "recipe": f"LR image resized to {cfg.thumb}x{cfg.thumb} (bicubic, antialiased), [-1,1]" if cfg.global_cond else None},
+        "provenance": provenance,
+    }
+
+
+DEFAULT_SAMPLING = {
+    "sigma_min": 0.002, "sigma_max": 4.0, "rho": 7.0, "default_preset": "fidelity",
+    "presets": {"fidelity": {"method": "euler", "steps": 1}, "detail": {"method": "euler", "steps": 8}},
+}
+
+
+def write_bin(path, arrays):
+    """Arrays concatenated as little-endian float32 (int-like arrays too); index in the JSON."""
+    index, off = {}, 0
+    with open(path, "wb") as f:
+        for k, a in arrays.items():
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            f.write(a.tobytes())
+            index[k] = {"shape": list(a.shape), "offset": off, "length": int(a.size)}
+            off += a.nbytes
+    return index
+
+
+def make_fixture(out_dir):
+    """A tiny random-weights model and PyTorch reference outputs for the TypeScript tests."""
+    cfg = make_config("infdit-tiny/8", sigma_data=0.1)
+    model = InfDiT(cfg).randomize_(1234, std=0.1).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampling = {**DEFAULT_SAMPLING, "sigma_max": 1.0,
+                "presets": {"fidelity": {"method": "euler", "steps": 1}, "detail": {"method": "heun", "steps": 3}}}
+    export_onnx(model, out_dir / "tiny.onnx")
+    (out_dir / "tiny.json").write_text(json.dumps(manifest(cfg, "tiny-fixture", "float32", sampling,
+                                                           {"data": "none: random weights (seed 1234)", "steps": 0}), indent=1))
+    torch.save({"config": cfg.to_dict(), "ema": model.state_dict()}, out_dir / "tiny.pt")
+    g = torch.Generator().manual_seed(99)
+    arrays = {}
+    # 1. one batched block-step call
+    ins = dummy_inputs(cfg, 3, "float32", g)
+    with torch.no_grad():
+        d, kv = BlockStep(model, "float32")(*ins)
+    for (n, _, _), t in zip(io_spec(cfg, "float32")[0], ins):
+        arrays["step." + n] = t.numpy()
+    arrays["step.denoised"], arrays["step.kv"] = d.numpy(), kv.numpy()
+    # 2. a whole sampled image: 3×5 blocks, both presets, from a uint8 LR image
+    R, C, lb = 3, 5, cfg.lr_block
+    lr8 = torch.randint(0, 256, (1, 3, R * lb, C * lb), generator=g).float()
+    smooth = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(lr8, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    lr8 = smooth.round()
+    lr = lr8 / 127.5 - 1
+    arrays["image.lr_uint8"] = lr8[0].permute(1, 2, 0).numpy()          # HWC, as sharp gives it
+    arrays["image.up"] = upsample(lr, cfg.scale)[0].numpy()
+    for preset, p in sampling["presets"].items():
+        out = sample_image(model, lr, p["method"], p["steps"], sampling["sigma_min"], sampling["sigma_max"],
+                           sampling["rho"], seed=42)
+        arrays[f"image.{preset}"] = out[0].numpy()
+    arrays["noise.7.1.2.3.0"] = block_noise(7, 1, 2, 3, 0, 16)
+    index = write_bin(out_dir / "tiny.ref.bin", arrays)
+    (out_dir / "tiny.ref.json").write_text(json.dumps({"seed": 42, "grid": [R, C], "arrays": index}, indent=1))
+    return out_dir
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", help="training checkpoint (its EMA weights are exported)")
+    ap.add_argument("--out", help="output path without extension")
+    ap.add_argument("--kv-dtype", choices=["float32", "float16"], default="float32")
+    ap.add_argument("--provenance", help="JSON file merged into the manifest's provenance")
+    ap.add_argument("--sampling", help="JSON file replacing the default sampling section")
+    ap.add_argument("--fixture", action="store_true")
+    a = ap.parse_args()
+    if a.fixture:
+        print("fixture written to", make_fixture(ROOT / "test/fixtures"))
+        return
+    if not (a.ckpt and a.out):
+        ap.error("--ckpt and --out are required (or --fixture)")
+    from train import load_parts
+    st = load_parts(a.ckpt)
+    cfg = InfDiTConfig(**st["config"])
+    model = InfDiT(cfg)
+    model.load_state_dict(st["ema"])
+    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, out.with_suffix(".onnx"), a.kv_dtype)
+    prov = {"steps": st.get("step"), "crops": st.get("crops")}
+    if a.provenance:
+        prov.update(json.loads(Path(a.provenance).read_text()))
+    sampling = json.loads(Path(a.sampling).read_text()) if a.sampling else DEFAULT_SAMPLING
+    out.with_suffix(".json").write_text(json.dumps(manifest(cfg, out.name, a.kv_dtype, sampling, prov), indent=1))
+    print(f"wrote {out}.onnx ({out.with_suffix('.onnx').stat().st_size / 1e6:.1f} MB) and {out}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+"""Inf-DiT: a pixel-space diffusion transformer with Unidirectional Block Attention (UniBA).
+
+Yang et al., "Inf-DiT: Upsampling Any-Resolution Image with Memory-Efficient Diffusion
+Transformer", ECCV 2024 (arXiv 2405.04312). Read top to bottom in the order data flows:
+embedders, modulate, rotary positions, UniBA attention, nearby-LR cross-attention, the
+DiT block, the final layer, EDM preconditioning, the model with its two forward paths,
+and the table of named sizes at the bottom.
+
+Two forward paths compute the same function:
+- `forward_image`: all blocks of a crop at once (training). UniBA gathers each block's
+  upper/left neighbours' K/V by shifting the block grid, so memory is linear in the area.
+- `forward_blocks`: a batch of independent blocks plus their neighbours' K/V (inference,
+  the exported ONNX graph). Returns the denoised blocks and their own K/V for every layer.
+
+Border rule ("mask"): a neighbour slot that lies outside the image is masked out of the
+softmax (the block attends to fewer keys). The same rule in both paths, in training and
+inference, and written in the manifest.
+"""
+import math
+from dataclasses import dataclass, asdict, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SLOTS = ("self", "top", "left", "topleft")
+NEG = -1e9  # additive logit for a masked key; exp underflows to exactly 0 in fp32
+
+
+@dataclass
+class InfDiTConfig:
+    name: str = "infdit-s/8"
+    scale: int = 4            # HR px per LR px
+    block: int = 64           # HR block side in px (UniBA unit)
+    patch: int = 8            # HR px per token side
+    dim: int = 192
+    depth: int = 8
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    lr_patch: int = 4         # LR px per token side in the nearby-LR context
+    lr_cross_attn: bool = True
+    global_cond: bool = False  # small encoder of an LR thumbnail added to the noise embedding
+    thumb: int = 32           # thumbnail side for global conditioning
+    target: str = "residual"  # "residual": diffuse x - up(LR); "image": diffuse x itself
+    sigma_data: float = 0.5
+    rope_base: float = 10000.0  # lowest frequency wavelength ≈ 2π·base tokens > 65,536 px / patch
+
+    @property
+    def grid(self):  # tokens per block side
+        return self.block // self.patch
+
+    @property
+    def tokens(self):
+        return self.grid * self.grid
+
+    @property
+    def head_dim(self):
+        return self.dim // self.heads
+
+    @property
+    def lr_block(self):
+        return self.block // self.scale
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- embedders
+
+def timestep_embedding(c_noise, dim, max_period=10000.0):
+    """Sinusoidal features of the (continuous) noise level, DiT-style."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=c_noise.device) / half)
+    args = c_noise[:, None].float() * 1000.0 * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class NoiseEmbedder(nn.Module):
+    def __init__(self, dim, freq_dim=256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, c_noise):
+        return self.mlp(timestep_embedding(c_noise, self.freq_dim))
+
+
+class ThumbEncoder(nn.Module):
+    """Global semantic conditioning: a small conv encoder of the whole LR image's thumbnail
+    (our stand-in for the official CLIP image embedding)."""
+
+    def __init__(self, dim, thumb):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, 2, 1), nn.SiLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.SiLU(),
+            nn.Conv2d(64, 128, 3, 2, 1), nn.SiLU())
+        self.out = nn.Linear(128 * (thumb // 8) ** 2, dim)
+
+    def forward(self, thumb):
+        return self.out(self.net(thumb).flatten(1))
+
+
+class FixedLayerNorm(nn.Module):
+    """LayerNorm without learned affine. torch 1.13's ONNX exporter rejects weight=None, so the
+    identity affine is passed explicitly as buffers."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.register_buffer("one", torch.ones(dim), persistent=False)
+        self.register_buffer("zero", torch.zeros(dim), persistent=False)
+
+    def forward(self, x):
+        return F.layer_norm(x, (self.dim,), self.one, self.zero, self.eps)
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+# --------------------------------------------------------------------------- positions
+
+def rope_tables(pos, cfg):
+    """cos/sin tables for 2D rotary embedding on absolute token coordinates.
+
+    pos: (n, 2) float, the token coordinate (row, col) of each block's top-left token.
+    Returns cos, sin of shape (n, 1, T, head_dim/2): the first half of the rotated pairs
+    follows the row coordinate, the second half the column.
+    """
+    g, dh = cfg.grid, cfg.head_dim
+    quarter = dh // 4
+    freqs = cfg.rope_base ** (-torch.arange(quarter, dtype=torch.float32, device=pos.device) / quarter)
+    local = torch.arange(g, dtype=torch.float32, device=pos.device)
+    rows = (pos[:, 0:1] + local[None]).reshape(-1, g, 1).expand(-1, g, g).reshape(-1, g * g)
+    cols = (pos[:, 1:2] + local[None]).reshape(-1, 1, g).expand(-1, g, g).reshape(-1, g * g)
+    ang = torch.cat([rows[..., None] * freqs, cols[..., None] * freqs], dim=-1)  # (n, T, dh/2)
+    return torch.cos(ang).unsqueeze(1), torch.sin(ang).unsqueeze(1)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate consecutive halves: x = [a, b] -> [a cos - b sin, a sin + b cos]."""
+    h = x.shape[-1] // 2
+    a, b = x[..., :h], x[..., h:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+# --------------------------------------------------------------------------- attention
+
+_SDPA = getattr(F, "scaled_dot_product_attention", None)  # torch 2.x; 1.13 and ONNX export use the plain form
+
+
+def attend(q, k, v, bias):
+    """Softmax attention with an additive key bias. q (n,h,T,dh), k/v (n,h,S,dh), bias (n,1,1,S)."""
+    if _SDPA is not None and q.is_cuda:
+        return _SDPA(q, k, v, attn_mask=bias.to(q.dtype))
+    w = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + bias
+    return torch.matmul(torch.softmax(w, dim=-1), v)
+
+
+class UniBAttention(nn.Module):
+    """Unidirectional Block Attention: the queries of block (r,c) attend to the keys/values of
+    (r,c), (r-1,c), (r,c-1), (r-1,c-1). Keys are LayerNormed (their own norm, not the query's),
+    rotated by their absolute positions, then shifted by a learned per-slot embedding
+    ("re-position") when consumed. The cached K is post-norm, post-rotary, pre-slot."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.h, self.dh = cfg.heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.q_norm = nn.LayerNorm(self.dh, eps=1e-6)
+        self.k_norm = nn.LayerNorm(self.dh, eps=1e-6)
+        self.slot = nn.Parameter(torch.zeros(len(SLOTS), self.h, 1, self.dh))
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def qkv_own(self, x, cos, sin):
+        n, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)
+        return q, k, v
+
+    def mix(self, q, keys, values, bias):
+        """keys/values: lists of 4 tensors (n,h,T,dh) in SLOTS order."""
+        k = torch.cat([kk + self.slot[i] for i, kk in enumerate(keys)], dim=2)
+        v = torch.cat(values, dim=2)
+        o = attend(q, k, v, bias)
+        n, h, t, dh = o.shape
+        return self.proj(o.transpose(1, 2).reshape(n, t, h * dh))
+
+
+class NearbyLRCrossAttention(nn.Module):
+    """Each block's tokens attend to the tokens of its 3×3 neighbourhood of LR blocks."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.h, self.dh = cfg.heads, cfg.head_dim
+        n_ctx = (3 * cfg.lr_block // cfg.lr_patch) ** 2
+        self.lr_patch = cfg.lr_patch
+        self.embed = nn.Linear(3 * cfg.lr_patch ** 2, cfg.dim)
+        self.pos = nn.Parameter(torch.zeros(1, n_ctx, cfg.dim))
+        self.norm_x = FixedLayerNorm(cfg.dim)
+        self.norm_ctx = FixedLayerNorm(cfg.dim)
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.q_norm = nn.LayerNorm(self.dh, eps=1e-6)
+        self.k_norm = nn.LayerNorm(self.dh, eps=1e-6)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x, lr_ctx):
+        n, t, d = x.shape
+        c = self.embed(patchify(lr_ctx, self.lr_patch)) + self.pos
+        c = self.norm_ctx(c)
+        s = c.shape[1]
+        q = self.q_norm(self.q(self.norm_x(x)).reshape(n, t, self.h, self.dh).transpose(1, 2))
+        k, v = self.kv(c).reshape(n, s, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        o = attend(q, self.k_norm(k), v, torch.zeros(1, 1, 1, 1, device=x.device))
+        return self.proj(o.transpose(1, 2).reshape(n, t, d))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg, cross):
+        super().__init__()
+        d = cfg.dim
+        self.norm1, self.norm2 = FixedLayerNorm(d), FixedLayerNorm(d)
+        self.attn = UniBAttention(cfg)
+        self.cross = NearbyLRCrossAttention(cfg) if cross else None
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm = FixedLayerNorm(cfg.dim)
+        self.linear = nn.Linear(cfg.dim, cfg.patch * cfg.patch * 3)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+def patchify(img, p):
+    """(n, C, H, W) -> (n, (H/p)(W/p), C·p·p), tokens in raster order."""
+    n, ch, hh, ww = img.shape
+    x = img.reshape(n, ch, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, (hh // p) * (ww // p), ch * p * p)
+
+
+def unpatchify(x, p, g):
+    n = x.shape[0]
+    x = x.reshape(n, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(n, 3, g * p, g * p)
+
+
+# --------------------------------------------------------------------------- EDM
+
+def edm_scalings(sigma, sigma_data):
+    s2, d2 = sigma ** 2, sigma_data ** 2
+    c_skip = d2 / (s2 + d2)
+    c_out = sigma * sigma_data / torch.sqrt(s2 + d2)
+    c_in = 1.0 / torch.sqrt(s2 + d2)
+    c_noise = torch.log(sigma) / 4.0
+    return c_skip, c_out, c_in, c_noise
+
+
+# --------------------------------------------------------------------------- the model
+
+class InfDiT(nn.Module):
+    def __init__(self, cfg: InfDiTConfig):
+        super().__init__()
+        assert cfg.block % cfg.patch == 0 and cfg.block % cfg.scale == 0
+        assert cfg.dim % cfg.heads == 0 and cfg.head_dim % 4 == 0
+        assert (3 * cfg.lr_block) % cfg.lr_patch == 0
+        self.cfg = cfg
+        self.x_embedder = nn.Linear(6 * cfg.patch ** 2, cfg.dim)
+        self.t_embedder = NoiseEmbedder(cfg.dim)
+        self.g_embedder = ThumbEncoder(cfg.dim, cfg.thumb) if cfg.global_cond else None
+        self.blocks = nn.ModuleList([DiTBlock(cfg, cross=(i == 0 and cfg.lr_cross_attn)) for i in range(cfg.depth)])
+        self.final_layer = FinalLayer(cfg)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """DiT's recipe: xavier linears, adaLN-Zero (every residual branch starts closed)."""
+        def _basic(m):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.apply(_basic)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for b in self.blocks:
+            nn.init.zeros_(b.adaLN_modulation[-1].weight)
+            nn.init.zeros_(b.adaLN_modulation[-1].bias)
+            if b.cross is not None:
+                nn.init.normal_(b.cross.pos, std=0.02)
+                nn.init.zeros_(b.cross.proj.weight)  # cross-attention also starts closed
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    @torch.no_grad()
+    def randomize_(self, seed=0, std=0.1):
+        """Random weights everywhere (tests and the fixture): a zero-initialised model would
+        hide wiring mistakes, since its closed branches pass nothing between blocks."""
+        g = torch.Generator().manual_seed(seed)
+        for p in self.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if p.dim() == 1 and p.shape[0] == self.cfg.head_dim else 0.0))
+        return self
+
+    # -- shared per-block pieces --------------------------------------------------------
+    def _condition(self, sigma, thumb):
+        cfg = self.cfg
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, cfg.sigma_data)
+        c = self.t_embedder(c_noise)
+        if self.g_embedder is not None:
+            c = c + self.g_embedder(thumb)
+        return c_skip, c_out, c_in, c
+
+    def _embed(self, x, up, c_in):
+        """x, up: (n,3,B,B) per block. Returns tokens and the state the network diffuses."""
+        state = x - up if self.cfg.target == "residual" else x
+        inp = torch.cat([state * c_in[:, None, None, None], up], dim=1)
+        return self.x_embedder(patchify(inp, self.cfg.patch)), state
+
+    def _output(self, h, c, state, up, c_skip, c_out):
+        f = unpatchify(self.final_layer(h, c), self.cfg.patch, self.cfg.grid)
+        d = c_skip[:, None, None, None] * state + c_out[:, None, None, None] * f
+        return up + d if self.cfg.target == "residual" else d
+
+    def _layer(self, blk, h, c, lr_ctx, attn_fn):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = blk.adaLN_modulation(c).chunk(6, dim=1)
+        h = h + gate_msa.unsqueeze(1) * attn_fn(modulate(blk.norm1(h), shift_msa, scale_msa))
+        if blk.cross is not None:
+            h = h + blk.cross(h, lr_ctx)
+        h = h + gate_mlp.unsqueeze(1) * blk.mlp(modulate(blk.norm2(h), shift_mlp, scale_mlp))
+        return h
+
+    # -- path 2: a batch of blocks with their neighbours' K/V (the exported graph) ---------
+    def forward_blocks(self, x, up, lr_ctx, sigma, pos, kv_nb, present, thumb=None):
+        """x, up: (b,3,B,B) noisy block and bicubic-upsampled LR block, in [-1,1] units.
+        lr_ctx: (b,3,3B/s,3B/s) the 3×3 LR-block neighbourhood, edge-replicated.
+        sigma: (b,). pos: (b,2) token coordinate of the block's top-left token (row, col).
+        kv_nb: (b,3,L,2,h,T,dh) K/V of the top, left, top-left neighbours (any values where absent).
+        present: (b,3) 1.0 where the neighbour exists, 0.0 where masked.
+        Returns denoised (b,3,B,B) and the blocks' own K/V (b,L,2,h,T,dh)."""
+        cfg = self.cfg
+        c_skip, c_out, c_in, c = self._condition(sigma, thumb)
+        h, state = self._embed(x, up, c_in)
+        cos, sin = rope_tables(pos, cfg)
+        bias = torch.cat([torch.zeros_like(present[:, :1]), (1.0 - present) * NEG], dim=1)              # (b,4)
+        bias = bias[:, :, None].expand(-1, -1, cfg.tokens).reshape(-1, 1, 1, 4 * cfg.tokens)
+        own = []
+        for li, blk in enumerate(self.blocks):
+            def attn_fn(y, blk=blk, li=li):
+                q, k, v = blk.attn.qkv_own(y, cos, sin)
+                own.append(torch.stack([k, v], dim=1))
+                keys = [k] + [kv_nb[:, s, li, 0] for s in range(3)]
+                vals = [v] + [kv_nb[:, s, li, 1] for s in range(3)]
+                return blk.attn.mix(q, keys, vals, bias)
+            h = self._layer(blk, h, c, lr_ctx, attn_fn)
+        out = self._output(h, c, state, up, c_skip, c_out)
+        return out, torch.stack(own, dim=1)
+
+    # -- path 1: all blocks of whole images (training) --------------------------------
+    def forward_image(self, x, lr, sigma, pos0=None, thumb=None, independent=False):
+        """x: (N,3,H,W) noisy HR, lr: (N,3,H/s,W/s) LR, sigma: (N,), pos0: (N,2) token offset of
+        the crop's top-left (default 0). H, W multiples of the block size. Returns D(x;σ).
+        independent=True masks every neighbour (the seam ablation: blocks see only their LR context)."""
+        cfg = self.cfg
+        n, _, hh, ww = x.shape
+        bs, R, C = cfg.block, hh // cfg.block, ww // cfg.block
+        up = upsample(lr, cfg.scale)
+        xb, ub = to_blocks(x, bs), to_blocks(up, bs)                        # (N·R·C,3,B,B)
+        ctx = lr_contexts(lr, cfg.lr_block)                                  # (N·R·C,3,3b,3b)
+        nb = n * R * C
+        rep = lambda t: t.repeat_interleave(R * C, dim=0)
+        sig = rep(sigma)
+        th = rep(thumb) if thumb is not None else None
+        if pos0 is None:
+            pos0 = torch.zeros(n, 2, device=x.device)
+        rr, cc = torch.meshgrid(torch.arange(R, device=x.device), torch.arange(C, device=x.device), indexing="ij")
+        grid_pos = torch.stack([rr, cc], -1).reshape(1, R * C, 2).float() * cfg.grid
+        pos = (pos0[:, None, :] + grid_pos).reshape(nb, 2)
+        c_skip, c_out, c_in, c = self._condition(sig, th)
+        h, state = self._embed(xb, ub, c_in)
+        cos, sin = rope_tables(pos, cfg)
+        pres = torch.stack([(rr > 0), (cc > 0), (rr > 0) & (cc > 0)], -1).float().reshape(1, R * C, 3)
+        if independent:
+            pres = torch.zeros_like(pres)
+        bias = torch.cat([torch.zeros(1, R * C, 1, device=x.device), (1.0 - pres) * NEG], dim=2).expand(n, -1, -1)
+        bias = bias.reshape(nb, 4)[:, :, None].expand(-1, -1, cfg.tokens).reshape(nb, 1, 1, 4 * cfg.tokens)
+
+        def neighbours(t):
+            """(nb,h,T,dh) -> top, left, topleft, by shifting the block grid (zeros outside)."""
+            g = t.reshape(n, R, C, *t.shape[1:])
+            g = F.pad(g.reshape(n, R, C, -1).permute(0, 3, 1, 2), (1, 0, 1, 0)).permute(0, 2, 3, 1)
+            g = g.reshape(n, R + 1, C + 1, *t.shape[1:])
+            top, left, tl = g[:, :-1, 1:], g[:, 1:, :-1], g[:, :-1, :-1]
+            return [z.reshape(t.shape) for z in (top, left, tl)]
+
+        for blk in self.blocks:
+            def attn_fn(y, blk=blk):
+                q, k, v = blk.attn.qkv_own(y, cos, sin)
+                return blk.attn.mix(q, [k] + neighbours(k), [v] + neighbours(v), bias)
+            h = self._layer(blk, h, c, ctx, attn_fn)
+        out = self._output(h, c, state, ub, c_skip, c_out)
+        return from_blocks(out, n, R, C)
+
+
+# --------------------------------------------------------------------------- image <-> blocks
+
+def upsample(lr, scale):
+    """The bicubic upsample both paths and the engine agree on: PyTorch's bicubic
+    (a = -0.75, half-pixel centres, edge-clamped), which lib/ reimplements exactly."""
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def to_blocks(img, b):
+    n, ch, hh, ww = img.shape
+    R, C = hh // b, ww // b
+    return img.reshape(n, ch, R, b, C, b).permute(0, 2, 4, 1, 3, 5).reshape(n * R * C, ch, b, b)
+
+
+def from_blocks(blocks, n, R, C):
+    ch, b = blocks.shape[1], blocks.shape[2]
+    return blocks.reshape(n, R, C, ch, b, b).permute(0, 3, 1, 4, 2, 5).reshape(n, ch, R * b, C * b)
+
+
+def lr_contexts(lr, lb):
+    """The 3×3 LR-block neighbourhood of every block, edge-replicated at the border."""
+    n, ch, hh, ww = lr.shape
+    p = F.pad(lr, (lb, lb, lb, lb), mode="replicate")
+    u = F.unfold(p, kernel_size=3 * lb, stride=lb)                        # (n, ch·9lb², R·C)
+    R, C = hh // lb, ww // lb
+    return u.transpose(1, 2).reshape(n * R * C, ch, 3 * lb, 3 * lb)
+
+
+# --------------------------------------------------------------------------- named sizes
+
+def _cfg(name, **kw):
+    return InfDiTConfig(name=name, **kw)
+
+
+CONFIGS = {
+    "infdit-tiny/8": _cfg("infdit-tiny/8", block=32, patch=8, dim=32, depth=2, heads=2, lr_patch=4),
+    "infdit-xs/8": _cfg("infdit-xs/8", patch=8, dim=128, depth=6, heads=4),
+    "infdit-s/8": _cfg("infdit-s/8", patch=8, dim=192, depth=8, heads=6),
+    "infdit-s/4": _cfg("infdit-s/4", patch=4, dim=192, depth=8, heads=6),
+    "infdit-b/4": _cfg("infdit-b/4", patch=4, dim=384, depth=12, heads=6),
+    # The official model, for reference and for a future weight converter (GPU only).
+    "infdit-xl/4": _cfg("infdit-xl/4", block=128, patch=4, dim=1280, depth=28, heads=16, target="image"),
+}
+
+
+def make_config(name, **overrides):
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model config {name!r}; known: {', '.join(CONFIGS)}")
+    d = CONFIGS[name].to_dict()
+    d.update(overrides)
+    return InfDiTConfig(**d)

@@ -1,0 +1,147 @@
+"""The two forward paths of Inf-DiT agree, UniBA is unidirectional, the export is faithful.
+
+    /usr/bin/python3 -m unittest discover -s model/tests -v      (npm run test:model)
+"""
+import sys, tempfile, unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from network import InfDiT, make_config, upsample, to_blocks, from_blocks, lr_contexts
+from sample import block_noise, karras_sigmas, sample_image
+
+torch.set_num_threads(1)
+
+
+def setup(R=3, C=5, n=2, seed=0, **kw):
+    cfg = make_config("infdit-tiny/8", **kw)
+    m = InfDiT(cfg).randomize_(seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    lr = torch.rand(n, 3, R * cfg.lr_block, C * cfg.lr_block, generator=g) * 2 - 1
+    x = torch.randn(n, 3, R * cfg.block, C * cfg.block, generator=g)
+    return cfg, m, lr, x
+
+
+def run_blocks(m, x, lr, sigma, pos0, order, thumb=None):
+    """Path 2 over a list of batches [(n, r, c), ...], each batch one call, in the given order."""
+    cfg = m.cfg
+    n, _, H, W = x.shape
+    R, C = H // cfg.block, W // cfg.block
+    up = upsample(lr, cfg.scale)
+    xb, ub, ctx = to_blocks(x, cfg.block), to_blocks(up, cfg.block), lr_contexts(lr, cfg.lr_block)
+    L, h, T, dh = cfg.depth, cfg.heads, cfg.tokens, cfg.head_dim
+    kv, out = {}, torch.zeros_like(xb)
+    for batch in order:
+        idx = [i * R * C + r * C + c for i, r, c in batch]
+        nb = torch.zeros(len(batch), 3, L, 2, h, T, dh)
+        pres = torch.zeros(len(batch), 3)
+        for j, (i, r, c) in enumerate(batch):
+            for s, (rr, cc) in enumerate(((r - 1, c), (r, c - 1), (r - 1, c - 1))):
+                if rr >= 0 and cc >= 0:
+                    nb[j, s] = kv[(i, rr, cc)]; pres[j, s] = 1
+        pos = torch.stack([pos0[i] + torch.tensor([r * cfg.grid, c * cfg.grid], dtype=torch.float32) for i, r, c in batch])
+        th = thumb[[i for i, _, _ in batch]] if thumb is not None else None
+        o, k = m.forward_blocks(xb[idx], ub[idx], ctx[idx], sigma[[i for i, _, _ in batch]], pos, nb, pres, th)
+        for j, (i, r, c) in enumerate(batch):
+            out[idx[j]] = o[j]; kv[(i, r, c)] = k[j]
+    return from_blocks(out, n, R, C)
+
+
+class TestPaths(unittest.TestCase):
+    def check(self, order_fn, **kw):
+        cfg, m, lr, x = setup(**kw)
+        sigma = torch.tensor([0.3, 2.5])
+        pos0 = torch.tensor([[0.0, 0.0], [4000.0, 16000.0]])   # far into a 65,536-px image (patch 8)
+        thumb = torch.rand(2, 3, cfg.thumb, cfg.thumb) if cfg.global_cond else None
+        with torch.no_grad():
+            whole = m.forward_image(x, lr, sigma, pos0, thumb)
+            blocks = run_blocks(m, x, lr, sigma, pos0, order_fn(3, 5), thumb)
+        diff = (whole - blocks).abs().max().item()
+        self.assertLessEqual(diff, 1e-4)
+        self.assertGreater(whole.abs().mean().item(), 0.05)   # not trivially zero
+
+    def test_raster_batch1(self):
+        self.check(lambda R, C: [[(i, r, c)] for i in range(2) for r in range(R) for c in range(C)])
+
+    def test_antidiagonal_batches(self):
+        # every block of one anti-diagonal of both images in one call
+        self.check(lambda R, C: [[(i, r, d - r) for i in range(2) for r in range(R) if 0 <= d - r < C]
+                                 for d in range(R + C - 1)])
+
+    def test_column_major_batches_of_3(self):
+        flat = [(i, r, c) for i in range(2) for c in range(5) for r in range(3)]
+        self.check(lambda R, C: [flat[k:k + 3] for k in range(0, len(flat), 3)])
+
+    def test_global_conditioning(self):
+        self.check(lambda R, C: [[(i, r, c)] for i in range(2) for r in range(R) for c in range(C)], global_cond=True)
+
+    def test_image_target_without_cross_attention(self):
+        self.check(lambda R, C: [[(i, r, c)] for i in range(2) for r in range(R) for c in range(C)],
+                   target="image", lr_cross_attn=False)
+
+
+class TestUnidirectional(unittest.TestCase):
+    def test_dependencies(self):
+        cfg, m, lr, x = setup(n=1)
+        sigma, B = torch.tensor([1.0]), cfg.block
+        with torch.no_grad():
+            base = m.forward_image(x, lr, sigma)
+            blk = lambda img: img[:, :, B:2 * B, 2 * B:3 * B]          # block (1,2)
+            for (r, c), should_change in [((2, 2), False), ((1, 3), False), ((2, 4), False), ((2, 1), False),
+                                          ((0, 2), True), ((1, 1), True), ((0, 1), True), ((0, 0), True)]:
+                x2 = x.clone()
+                x2[:, :, r * B:(r + 1) * B, c * B:(c + 1) * B] += torch.randn(1, 3, B, B)
+                d = (blk(m.forward_image(x2, lr, sigma)) - blk(base)).abs().max().item()
+                if should_change:
+                    self.assertGreater(d, 1e-4, f"block (1,2) ignores ({r},{c})")
+                else:
+                    self.assertEqual(d, 0.0, f"block (1,2) depends on ({r},{c})")
+
+    def test_independent_ablation_differs(self):
+        cfg, m, lr, x = setup(n=1)
+        with torch.no_grad():
+            a = m.forward_image(x, lr, torch.tensor([1.0]))
+            b = m.forward_image(x, lr, torch.tensor([1.0]), independent=True)
+        B = cfg.block
+        self.assertEqual((a[..., :B, :B] - b[..., :B, :B]).abs().max().item(), 0.0)  # (0,0) has no neighbours
+        self.assertGreater((a - b).abs().max().item(), 1e-3)
+
+
+class TestSampler(unittest.TestCase):
+    def test_noise_is_keyed_and_normal(self):
+        a = block_noise(7, 1, 2, 3, 0, 50000)
+        self.assertTrue(np.array_equal(a, block_noise(7, 1, 2, 3, 0, 50000)))
+        self.assertFalse(np.array_equal(a[:100], block_noise(7, 1, 2, 4, 0, 100)))
+        self.assertAlmostEqual(float(a.mean()), 0.0, delta=0.02)
+        self.assertAlmostEqual(float(a.std()), 1.0, delta=0.02)
+
+    def test_schedule(self):
+        s = karras_sigmas(4, 0.002, 4.0)
+        self.assertEqual(len(s), 5); self.assertAlmostEqual(s[0], 4.0); self.assertAlmostEqual(s[3], 0.002)
+        self.assertEqual(karras_sigmas(1, 0.002, 4.0), [4.0, 0.0])
+
+    def test_one_step_euler_is_the_denoiser(self):
+        cfg, m, lr, _ = setup(n=1)
+        with torch.no_grad():
+            out = sample_image(m, lr, "euler", 1, sigma_max=1.0, seed=3)
+            from sample import initial_noise
+            x0 = upsample(lr, cfg.scale) + initial_noise(3, 5, cfg.block, 3)
+            d = m.forward_image(x0, lr, torch.tensor([1.0]))
+        self.assertLessEqual((out - d).abs().max().item(), 1e-5)
+
+
+class TestExport(unittest.TestCase):
+    def test_fixture_is_deterministic(self):
+        """Regenerating the fixture gives the committed reference arrays."""
+        import export
+        with tempfile.TemporaryDirectory() as d:
+            export.make_fixture(Path(d))
+            root = Path(__file__).resolve().parents[2] / "test/fixtures"
+            self.assertEqual((Path(d) / "tiny.ref.bin").read_bytes(), (root / "tiny.ref.bin").read_bytes())
+            self.assertLess((Path(d) / "tiny.onnx").stat().st_size, 2_000_000)
+
+
+if __name__ == "__main__":
+    unittest.main()

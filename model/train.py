@@ -1,0 +1,163 @@
+"""Train Inf-DiT on degraded photo crops with EDM. Resumable; the same script on CPU and GPU.
+
+    /usr/bin/python3 model/train.py --config infdit-s/4 --data .data --ckpt runs/s4 [--resume] [--minutes 30]
+
+Prints one line every --log-every steps. Writes --ckpt/last.pt (model, EMA, optimizer, step,
+config) every --save-every seconds and at the end; --resume continues from it (the learning
+rate schedule is per step, so a resumed run picks up where it stopped).
+"""
+import argparse, contextlib, io, json, math, os, sys, time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network import InfDiT, make_config, InfDiTConfig, upsample
+from data import load_split, CropSampler, degrade
+
+
+def sample_sigma(n, a, gen, device):
+    """EDM log-normal σ around the data's scale, plus a share exactly at σ_max: there the
+    denoiser's output is the regression E[x0 | LR] that the one-evaluation 'fidelity' sampler uses."""
+    ln = torch.randn(n, generator=gen) * a.p_std + math.log(a.sigma_data) + a.p_mean_offset
+    s = ln.exp().clamp(a.sigma_min, a.sigma_max)
+    at_max = torch.rand(n, generator=gen) < a.p_sigma_max
+    return torch.where(at_max, torch.full_like(s, a.sigma_max), s).to(device)
+
+
+def save_parts(obj, path, part_mb=15):
+    """torch.save, split into ≤ part_mb files when large (so it can travel back from a device run)."""
+    buf = io.BytesIO(); torch.save(obj, buf); b = buf.getvalue()
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(path.name + ".part*"):
+        old.unlink()
+    step = part_mb << 20
+    if len(b) <= step:
+        tmp = path.with_suffix(".tmp"); tmp.write_bytes(b); os.replace(tmp, path); return
+    for i in range(0, len(b), step):
+        Path(f"{path}.part{i // step:02d}").write_bytes(b[i:i + step])
+    if path.exists():
+        path.unlink()
+
+
+def load_parts(path, map_location="cpu"):
+    path = Path(path)
+    if path.exists():
+        return torch.load(path, map_location=map_location)
+    parts = sorted(path.parent.glob(path.name + ".part*"))
+    if not parts:
+        raise FileNotFoundError(f"no checkpoint at {path} (nor {path}.partNN)")
+    return torch.load(io.BytesIO(b"".join(p.read_bytes() for p in parts)), map_location=map_location)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="infdit-s/4")
+    ap.add_argument("--data", default=".data")
+    ap.add_argument("--ckpt", default="runs/default")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="start from this checkpoint's EMA weights (fresh optimizer)")
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--max-steps", type=int, default=10 ** 9)
+    ap.add_argument("--total-steps", type=int, default=20000,
+                    help="length of the cosine schedule in steps; 0: the schedule follows --minutes of wall time")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--task", choices=["bicubic", "real"], default="bicubic")
+    ap.add_argument("--sigma-data", type=float, default=0.1)
+    ap.add_argument("--sigma-min", type=float, default=0.002)
+    ap.add_argument("--sigma-max", type=float, default=4.0)
+    ap.add_argument("--p-mean-offset", type=float, default=-0.4)
+    ap.add_argument("--p-std", type=float, default=1.2)
+    ap.add_argument("--p-sigma-max", type=float, default=0.3)
+    ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--save-every", type=float, default=300.0, help="seconds")
+    ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+
+    dev = torch.device(a.device)
+    torch.manual_seed(a.seed)
+    ck = Path(a.ckpt) / "last.pt"
+    state = load_parts(ck) if a.resume else None
+    cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data)
+    model = InfDiT(cfg).to(dev)
+    ema = InfDiT(cfg).to(dev).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    step, crops, history = 0, 0, []
+    if state:
+        model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+        step, crops, history = state["step"], state["crops"], state.get("history", [])
+    elif a.init:
+        init = load_parts(a.init)
+        model.load_state_dict(init["ema"])
+    if not state:
+        ema.load_state_dict(model.state_dict())
+    nparams = sum(p.numel() for p in model.parameters())
+    print(f"{cfg.name}: {nparams / 1e6:.2f}M params, sigma_data {cfg.sigma_data}, target {cfg.target}, device {dev}, "
+          f"resume step {step}", flush=True)
+
+    sampler = CropSampler(load_split(a.data, "train"), a.crop, dev, seed=a.seed + step)
+    gen = torch.Generator().manual_seed(a.seed * 7919 + step)
+    gen_dev = torch.Generator(device=dev).manual_seed(a.seed * 7919 + step)  # noise drawn where it is used
+    amp = dev.type == "cuda"
+    t0 = last_save = time.time()
+    run_start_step, loss_acc, n_acc = step, 0.0, 0
+    while step < a.max_steps and time.time() - t0 < a.minutes * 60:
+        progress = (time.time() - t0) / (a.minutes * 60) if a.total_steps == 0 else step / a.total_steps
+        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        hr = sampler.sample(a.batch)
+        lr_img = degrade(hr, cfg.scale, a.task)
+        sigma = sample_sigma(a.batch, a, gen, dev)
+        noise = torch.randn(hr.shape, generator=gen_dev, device=dev)
+        up = upsample(lr_img, cfg.scale)
+        x = up + (hr - up) + sigma[:, None, None, None] * noise if cfg.target == "residual" else hr + sigma[:, None, None, None] * noise
+        # random absolute position: the rotary embedding must work anywhere in a huge image
+        pos0 = (torch.randint(0, 4096, (a.batch, 2), generator=gen) * cfg.grid).float().to(dev)
+        with (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()):
+            d = model.forward_image(x, lr_img, sigma, pos0)
+        weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
+        loss = (weight[:, None, None, None] * (d.float() - hr) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        step += 1; crops += a.batch
+        loss_acc += loss.item(); n_acc += 1
+        if step % a.log_every == 0:
+            el = time.time() - t0
+            rate = (step - run_start_step) * a.batch / el
+            print(f"step {step:7d}  crops {crops:9d}  loss {loss_acc / n_acc:.4f}  lr {lr:.2e}  {rate:6.1f} crops/s  {el / 60:6.1f} min", flush=True)
+            history.append({"step": step, "crops": crops, "loss": loss_acc / n_acc})
+            loss_acc, n_acc = 0.0, 0
+        if time.time() - last_save > a.save_every:
+            save(ck, model, ema, opt, cfg, step, crops, history, a)
+            last_save = time.time()
+    save(ck, model, ema, opt, cfg, step, crops, history, a)
+    print(f"saved {ck} at step {step} ({crops} crops)", flush=True)
+
+
+def save(path, model, ema, opt, cfg, step, crops, history, a):
+    sd = lambda m: {k: v.detach().float().cpu() for k, v in m.state_dict().items()}
+    obj = {"config": cfg.to_dict(), "model": sd(model), "ema": sd(ema), "step": step, "crops": crops,
+           "history": history[-2000:], "args": vars(a)}
+    if not a.no_optimizer_in_ckpt:
+        obj["opt"] = opt.state_dict()
+    save_parts(obj, path)
+
+
+if __name__ == "__main__":
+    main()

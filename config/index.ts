@@ -1,0 +1,103 @@
+/**
+ * Configuration: defaults in one place, overridden by environment (INFDIT_<KEY>) and then by
+ * CLI flags (--kebab-key). The same keys for `serve` and `render`. Every value is validated;
+ * a bad one is refused with the key, the value and what is accepted.
+ */
+import { z } from 'zod';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform(v => v === true || v === 'true' || v === '1' || v === 'yes');
+
+export const schema = z.object({
+  model: z.string().min(1).describe('exported model: <name>.onnx with <name>.json beside it'),
+  scale: z.coerce.number().refine(v => [2, 4, 8, 16].includes(v), 'must be one of 2, 4, 8, 16').describe('output size ÷ input size'),
+  preset: z.string().regex(/^[a-z0-9_-]+$/).optional().describe("sampler preset from the model manifest (e.g. fidelity, detail); default: the manifest's"),
+  steps: int(1, 200).optional().describe("sampler steps (overrides the preset's)"),
+  sigmaMax: z.coerce.number().positive().max(1000).optional().describe("initial σ (overrides the manifest's)"),
+  seed: int(0, 2 ** 32 - 1).describe('random seed: same image, model, seed → same bytes'),
+  tileSize: int(16, 4096).describe('DZI tile size in px'),
+  tileOverlap: int(0, 64).describe('DZI tile overlap in px'),
+  tileFormat: z.enum(['jpeg', 'png', 'webp']).describe('tile format'),
+  tileQuality: int(1, 100).describe('JPEG/WebP quality'),
+  dataDir: z.string().min(1).describe('where uploads, blocks and tiles are kept'),
+  kvCacheMb: z.coerce.number().min(1).max(1 << 20).describe('K/V cache bound in MiB'),
+  batch: int(1, 256).describe('blocks per ONNX call'),
+  threads: int(0, 256).describe('onnxruntime intra-op threads (0: all cores)'),
+  port: int(0, 65535).describe('HTTP port'),
+  host: z.string().min(1).describe('listen address'),
+  uploadMaxBytes: int(1, 2 ** 31).describe('largest upload in bytes'),
+  uploadMaxPixels: int(1, 2 ** 31).describe('largest upload in pixels (width × height)'),
+  backgroundFill: bool.describe('generate the rest of an image when idle'),
+  tileWaitMs: int(0, 600000).describe('how long a tile request waits for generation before it is answered with the preview'),
+  demo: bool.describe('list the bundled demo photo'),
+}).strict();
+
+export type Config = z.infer<typeof schema>;
+
+export const defaults: Config = {
+  model: join(ROOT, 'model/release/infdit-s4.onnx'),
+  scale: 4, seed: 0,
+  tileSize: 256, tileOverlap: 0, tileFormat: 'jpeg', tileQuality: 90,
+  dataDir: join(ROOT, 'data'),
+  kvCacheMb: 1024, batch: 8, threads: 0,
+  port: 8080, host: '127.0.0.1',
+  uploadMaxBytes: 50 * 1024 * 1024, uploadMaxPixels: 16_000_000,
+  backgroundFill: true, tileWaitMs: 20000, demo: true,
+};
+
+export const KEYS = Object.keys(schema.shape) as (keyof Config)[];
+export const kebab = (k: string) => k.replace(/[A-Z]/g, m => '-' + m.toLowerCase());
+export const envName = (k: string) => 'INFDIT_' + kebab(k).replace(/-/g, '_').toUpperCase();
+
+export class ConfigError extends Error {}
+
+/** Merge defaults ← env ← overrides and validate. */
+export function loadConfig(overrides: Record<string, unknown> = {}, env: NodeJS.ProcessEnv = process.env): Config {
+  const merged: Record<string, unknown> = { ...defaults };
+  for (const k of KEYS) if (env[envName(k)] !== undefined) merged[k] = env[envName(k)];
+  for (const [k, v] of Object.entries(overrides)) {
+    if (!(KEYS as string[]).includes(k)) throw new ConfigError(`unknown setting "${k}"; known: ${KEYS.map(kebab).join(', ')}`);
+    if (v !== undefined) merged[k] = v;
+  }
+  const r = schema.safeParse(merged);
+  if (!r.success) {
+    const i = r.error.issues[0];
+    const key = String(i.path[0]);
+    throw new ConfigError(`invalid ${kebab(key)} (env ${envName(key)}): got ${JSON.stringify(merged[key])}; ${i.message}` +
+      (schema.shape[key as keyof Config]?.description ? ` — ${schema.shape[key as keyof Config].description}` : ''));
+  }
+  return r.data;
+}
+
+/** Parse `--kebab-key value` / `--flag` / `--no-flag` arguments into config overrides + positionals. */
+export function parseArgs(argv: string[], extra: string[] = []) {
+  const out: Record<string, unknown> = {}, pos: string[] = [], other: Record<string, string | boolean> = {};
+  const byFlag = new Map(KEYS.map(k => [kebab(k), k]));
+  const boolKeys = new Set(['backgroundFill', 'demo']);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) { pos.push(a); continue; }
+    let [flag, val] = a.slice(2).split(/=(.*)/s, 2) as [string, string | undefined];
+    if (flag === 'help') { other.help = true; continue; }
+    const neg = flag.startsWith('no-') && byFlag.has(flag.slice(3));
+    if (neg) flag = flag.slice(3);
+    if (extra.includes(flag)) { other[flag] = val ?? argv[++i]; continue; }
+    const key = byFlag.get(flag);
+    if (!key) throw new ConfigError(`unknown option --${flag}; known: ${[...byFlag.keys(), ...extra].map(f => '--' + f).join(' ')}`);
+    if (boolKeys.has(key)) { out[key] = neg ? false : (val ?? true); continue; }
+    if (val === undefined) {
+      val = argv[++i];
+      if (val === undefined) throw new ConfigError(`option --${flag} needs a value`);
+    }
+    out[key] = val;
+  }
+  return { overrides: out, positionals: pos, other };
+}
+
+export function helpTable() {
+  return KEYS.map(k => `  --${kebab(k).padEnd(18)} ${schema.shape[k].description ?? ''} [default: ${JSON.stringify((defaults as any)[k]) ?? 'none'}; env ${envName(k)}]`).join('\n');
+}

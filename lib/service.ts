@@ -1,0 +1,359 @@
+/**
+ * The image service: uploads, their renders, and the tile store. Shared by the HTTP server and
+ * `infdit render`, so both write the same bytes. Knows nothing about HTTP.
+ *
+ * On disk, under dataDir:
+ *   images/<id>/source          the upload as received (id = its SHA-256, so uploads dedupe)
+ *   images/<id>/meta.json       name, sizes
+ *   images/<id>/r-<key>/blocks  finished blocks (key: model, scale, seed, sampler)
+ *   images/<id>/r-<key>/<id>.dzi and <id>_files/<L>/<c>_<r>.<fmt>   the DZI pyramid
+ * Every file is written to a temp name and renamed, so a crash never leaves half a file.
+ */
+import { EventEmitter } from 'node:events';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync, renameSync, existsSync, readdirSync, rmSync, statSync, accessSync, constants } from 'node:fs';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { Model } from './model.js';
+import { Render } from './render.js';
+import { DiskBlockStore } from './blockstore.js';
+import { AbortError } from './engine.js';
+import { loadRGB, encode, ImageError, type RGBImage } from './image.js';
+import { SharedPromiseCache } from './shared-promise.js';
+import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, tileCount, type Geometry, type TileFormat } from './pyramid.js';
+import type { Config } from '../config/index.js';
+
+export interface ImageMeta { id: string; name: string; lrWidth: number; lrHeight: number; created: string; demo?: boolean }
+
+export interface TileResult { bytes: Buffer; final: boolean; etag: string }
+
+export class NotFound extends Error {}
+
+function atomicWrite(path: string, data: Buffer | string) {
+  const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, path);
+}
+
+const ID_RE = /^[0-9a-f]{16}$/;
+
+/** One image at the configured settings: its render (lazy) and its pyramid. */
+class Entry {
+  lr?: RGBImage;
+  render?: Render;
+  sources?: Map<number, RGBImage>;
+  readonly events = new EventEmitter();
+  readonly dir: string; readonly pyramidDir: string;
+  times: number[] = [];
+  filling = false;
+  constructor(readonly meta: ImageMeta, root: string, key: string, readonly geometry: Geometry) {
+    this.dir = join(root, meta.id);
+    this.pyramidDir = join(this.dir, `r-${key}`);
+    this.events.setMaxListeners(0);
+  }
+}
+
+export class ImageService {
+  private entries = new Map<string, Entry>();
+  private tiles = new SharedPromiseCache<TileResult>();
+  private opening = new SharedPromiseCache<Entry>();
+  private renderKey: string;
+  readonly imagesDir: string;
+  private activeViewerTiles = 0;
+  private fillQueue: string[] = [];
+
+  private constructor(readonly cfg: Config, readonly model: Model) {
+    this.imagesDir = join(cfg.dataDir, 'images');
+    const m = model.manifest;
+    const preset = cfg.preset ?? m.sampling.default_preset;
+    this.renderKey = createHash('sha256').update(JSON.stringify([model.id, cfg.scale, cfg.seed, preset, cfg.steps ?? null,
+      cfg.sigmaMax ?? null, cfg.tileSize, cfg.tileOverlap, cfg.tileFormat, cfg.tileQuality])).digest('hex').slice(0, 12);
+  }
+
+  static async open(cfg: Config): Promise<ImageService> {
+    checkDataDir(cfg.dataDir);
+    const model = await Model.load(cfg.model, { threads: cfg.threads });
+    const s = new ImageService(cfg, model);
+    mkdirSync(s.imagesDir, { recursive: true });
+    s.cleanTemps(s.imagesDir);
+    for (const id of readdirSync(s.imagesDir)) {
+      if (!ID_RE.test(id)) continue;
+      try { s.register(JSON.parse(readFileSync(join(s.imagesDir, id, 'meta.json'), 'utf8'))); } catch { /* half-made upload: ignored */ }
+    }
+    return s;
+  }
+
+  private cleanTemps(dir: string) {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) this.cleanTemps(p);
+      else if (e.name.endsWith('.tmp')) rmSync(p, { force: true });
+    }
+  }
+
+  private register(meta: ImageMeta): Entry {
+    const f = this.cfg.scale;
+    const g: Geometry = { width: meta.lrWidth * f, height: meta.lrHeight * f, tileSize: this.cfg.tileSize, overlap: this.cfg.tileOverlap };
+    const e = new Entry(meta, this.imagesDir, this.renderKey, g);
+    this.entries.set(meta.id, e);
+    return e;
+  }
+
+  /** Add an image from its bytes (validated by decoding it). Same bytes → same id. */
+  async add(bytes: Buffer, name: string, opts: { demo?: boolean } = {}): Promise<ImageMeta> {
+    if (bytes.length === 0) throw new ImageError('empty file; accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF');
+    if (bytes.length > this.cfg.uploadMaxBytes) throw new ImageError(`file is ${bytes.length} bytes, over the limit of ${this.cfg.uploadMaxBytes} bytes (upload-max-bytes)`, 413);
+    if (/^\s*(<\?xml|<svg)/i.test(bytes.subarray(0, 256).toString('latin1')))
+      throw new ImageError('SVG and other vector formats are not accepted (they can reference external files); upload a raster image: JPEG, PNG, WebP, TIFF, GIF, AVIF');
+    const img = await loadRGB(bytes, { maxPixels: this.cfg.uploadMaxPixels });
+    const id = createHash('sha256').update(bytes).digest('hex').slice(0, 16);
+    const existing = this.entries.get(id);
+    if (existing) return existing.meta;
+    const dir = join(this.imagesDir, id);
+    mkdirSync(dir, { recursive: true });
+    atomicWrite(join(dir, 'source'), bytes);
+    const safeName = name.replace(/[^\w.\- ]+/g, '_').slice(0, 120) || 'image';
+    const meta: ImageMeta = { id, name: safeName, lrWidth: img.width, lrHeight: img.height, created: new Date().toISOString(), ...(opts.demo ? { demo: true } : {}) };
+    atomicWrite(join(dir, 'meta.json'), JSON.stringify(meta, null, 1));   // written last: marks the upload complete
+    const e = this.register(meta);
+    e.lr = img;
+    this.scheduleFill(id);
+    return meta;
+  }
+
+  list(): ImageMeta[] {
+    return [...this.entries.values()].map(e => e.meta).sort((a, b) => Number(!!b.demo) - Number(!!a.demo) || a.created.localeCompare(b.created));
+  }
+
+  has(id: string) { return ID_RE.test(id) && this.entries.has(id); }
+
+  private entry(id: string): Entry {
+    const e = ID_RE.test(id) ? this.entries.get(id) : undefined;
+    if (!e) throw new NotFound(`no image with id "${String(id).slice(0, 40)}"`);
+    return e;
+  }
+
+  /** Load the LR image and set up the render (once, coalesced). */
+  private ready(id: string): Promise<Entry> {
+    const e = this.entry(id);
+    if (e.render) return Promise.resolve(e);
+    return this.opening.run(id, async () => {
+      if (!e.lr) e.lr = await loadRGB(readFileSync(join(e.dir, 'source')), { maxPixels: Number.MAX_SAFE_INTEGER });
+      mkdirSync(join(e.pyramidDir, `${id}_files`), { recursive: true });
+      const render = new Render({
+        model: this.model, image: e.lr, scale: this.cfg.scale, seed: this.cfg.seed, preset: this.cfg.preset, steps: this.cfg.steps,
+        sigmaMax: this.cfg.sigmaMax, batch: this.cfg.batch, kvBytes: this.cfg.kvCacheMb * 1024 * 1024,
+        store: new DiskBlockStore(join(e.pyramidDir, 'blocks')),
+      });
+      e.sources = sourceLevels(e.lr, e.geometry, this.cfg.scale);
+      const last = render.last;
+      last.onBlockDone((r, c) => {
+        e.times.push(Date.now());
+        const p = render.progress();
+        e.events.emit('block', { r, c, done: p.done, total: p.total });
+      });
+      e.render = render;
+      if (!existsSync(join(e.pyramidDir, `${id}.dzi`))) atomicWrite(join(e.pyramidDir, `${id}.dzi`), dziXml(e.geometry, this.cfg.tileFormat));
+      return e;
+    });
+  }
+
+  geometry(id: string) { return this.entry(id).geometry; }
+
+  async dzi(id: string): Promise<string> {
+    const e = this.entry(id);
+    return dziXml(e.geometry, this.cfg.tileFormat);
+  }
+
+  async status(id: string) {
+    const e = await this.ready(id);
+    const p = e.render!.progress();
+    const t = e.times.slice(-50);
+    const rate = t.length >= 2 ? (t.length - 1) / ((t[t.length - 1] - t[0]) / 1000) : null;
+    const M = maxLevel(e.geometry.width, e.geometry.height);
+    return {
+      ...e.meta, width: e.geometry.width, height: e.geometry.height, scale: this.cfg.scale,
+      tileSize: this.cfg.tileSize, overlap: this.cfg.tileOverlap, format: this.cfg.tileFormat, maxLevel: M,
+      sourceMaxLevel: M - Math.log2(this.cfg.scale),
+      blocks: { done: p.done, total: p.total, rows: e.render!.last.R, cols: e.render!.last.C,
+        size: e.render!.last.B / (e.render!.halveOutput ? 2 : 1), doneList: this.doneList(e) },
+      percent: p.total ? Math.round((1000 * p.done) / p.total) / 10 : 100,
+      etaSeconds: rate && p.done < p.total ? Math.round((p.total - p.done) / rate) : (p.done >= p.total ? 0 : null),
+      model: { name: this.model.manifest.name, id: this.model.id },
+    };
+  }
+
+  private doneList(e: Entry): number[] {
+    const s = e.render!.last, out: number[] = [];
+    for (let r = 0; r < s.R; r++) for (let c = 0; c < s.C; c++) if (s.isFinal(r, c)) out.push(r * s.C + c);
+    return out;
+  }
+
+  events(id: string) { return this.entry(id).events; }
+
+  private tilePath(e: Entry, L: number, c: number, r: number) {
+    return join(e.pyramidDir, `${e.meta.id}_files`, String(L), `${c}_${r}.${this.cfg.tileFormat}`);
+  }
+
+  isSourceLevel(id: string, L: number) {
+    const e = this.entry(id);
+    return L <= maxLevel(e.geometry.width, e.geometry.height) - Math.log2(this.cfg.scale);
+  }
+
+  /**
+   * A final tile: from the store, else made (coalesced with any other request for it) and
+   * stored. `signal` cancels the caller's interest; the generation stops when no one waits.
+   */
+  async tile(id: string, L: number, c: number, r: number, opt: { signal?: AbortSignal; priority?: number } = {}): Promise<TileResult> {
+    const e = await this.ready(id);
+    if (!validTile(e.geometry, L, c, r)) throw new NotFound(`tile ${L}/${c}_${r} is outside the pyramid`);
+    const path = this.tilePath(e, L, c, r);
+    if (existsSync(path)) return this.result(readFileSync(path), true);
+    const key = `${id}/${L}/${c}/${r}`;
+    // Coalesced callers share the generation; it is cancelled only if all of them go away.
+    return this.withWaiters(key, opt.signal, (signal) => this.tiles.run(key, async () => {
+      this.activeViewerTiles++;
+      try {
+        const rect = tileRect(e.geometry, L, c, r);
+        const img = await this.levelRegion(e, L, rect.x, rect.y, rect.w, rect.h, { signal, priority: opt.priority ?? 10 });
+        const bytes = await encode(img, this.cfg.tileFormat, this.cfg.tileQuality);
+        mkdirSync(join(e.pyramidDir, `${id}_files`, String(L)), { recursive: true });
+        atomicWrite(path, bytes);
+        e.events.emit('tile', { level: L, col: c, row: r });
+        return this.result(bytes, true);
+      } finally {
+        this.activeViewerTiles--;
+        if (this.activeViewerTiles === 0) this.kickFill();
+      }
+    }));
+  }
+
+  private waiters = new Map<string, { n: number; ac: AbortController }>();
+
+  private withWaiters<T>(key: string, signal: AbortSignal | undefined, run: (s: AbortSignal) => Promise<T>): Promise<T> {
+    let w = this.waiters.get(key);
+    if (!w) { w = { n: 0, ac: new AbortController() }; this.waiters.set(key, w); }
+    const ww = w;
+    ww.n++;
+    let left = false;
+    const leave = () => { if (left) return; left = true; ww.n--; if (ww.n === 0) { this.waiters.delete(key); ww.ac.abort(); } };
+    const p = run(ww.ac.signal);
+    if (!signal) { p.then(leave, leave); return p; }
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => { leave(); reject(new AbortError()); };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      p.then(v => { signal.removeEventListener('abort', onAbort); leave(); resolve(v); },
+        err => { signal.removeEventListener('abort', onAbort); leave(); reject(err); });
+    });
+  }
+
+  private levelRegion(e: Entry, L: number, x: number, y: number, w: number, h: number, opt: { signal?: AbortSignal; priority?: number }) {
+    const sampler = new LevelSampler(e.geometry, (x0, y0, ww, hh) => e.render!.region(x0, y0, ww, hh, opt), l => e.sources!.get(l) ?? null);
+    return sampler.region(L, x, y, w, h);
+  }
+
+  /** Whether a tile is final on disk, without making it. */
+  async tileIsFinal(id: string, L: number, c: number, r: number) {
+    const e = await this.ready(id);
+    return existsSync(this.tilePath(e, L, c, r));
+  }
+
+  /** Preview of a tile: the LR, bicubic-resized to the level; never stored, never final. */
+  async preview(id: string, L: number, c: number, r: number): Promise<TileResult> {
+    const e = await this.ready(id);
+    if (!validTile(e.geometry, L, c, r)) throw new NotFound(`tile ${L}/${c}_${r} is outside the pyramid`);
+    const rect = tileRect(e.geometry, L, c, r);
+    const src = e.sources!.get(L);
+    let img: RGBImage;
+    if (src) img = (await import('./pyramid.js')).crop(src, rect.x, rect.y, rect.w, rect.h);
+    else {
+      const lr = e.lr!, ls = levelSize(e.geometry, L);
+      const f = ls.width / lr.width;
+      const sx0 = Math.max(0, Math.floor(rect.x / f) - 2), sy0 = Math.max(0, Math.floor(rect.y / f) - 2);
+      const sx1 = Math.min(lr.width, Math.ceil((rect.x + rect.w) / f) + 2), sy1 = Math.min(lr.height, Math.ceil((rect.y + rect.h) / f) + 2);
+      const rw = Math.round((sx1 - sx0) * f), rh = Math.round((sy1 - sy0) * f);
+      const { data } = await sharp(Buffer.from(lr.data.buffer, lr.data.byteOffset, lr.data.length), { raw: { width: lr.width, height: lr.height, channels: 3 } })
+        .extract({ left: sx0, top: sy0, width: sx1 - sx0, height: sy1 - sy0 })
+        .resize(rw, rh, { kernel: 'cubic', fit: 'fill' })
+        .extract({ left: Math.min(Math.round(rect.x - sx0 * f), rw - rect.w), top: Math.min(Math.round(rect.y - sy0 * f), rh - rect.h), width: rect.w, height: rect.h })
+        .raw().toBuffer({ resolveWithObject: true });
+      img = { width: rect.w, height: rect.h, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+    }
+    return this.result(await encode(img, this.cfg.tileFormat, this.cfg.tileQuality), false);
+  }
+
+  private result(bytes: Buffer, final: boolean): TileResult {
+    return { bytes, final, etag: `"${createHash('sha256').update(bytes).digest('base64url').slice(0, 27)}"` };
+  }
+
+  /** Every tile of the pyramid, top level first (lower generated levels then come from stored tiles' blocks). */
+  async renderAll(id: string, onTile?: (done: number, total: number) => void, opt: { priority?: number; signal?: AbortSignal } = {}) {
+    const e = await this.ready(id);
+    const M = maxLevel(e.geometry.width, e.geometry.height);
+    let total = 0;
+    for (let L = 0; L <= M; L++) { const t = tileCount(e.geometry, L); total += t.cols * t.rows; }
+    let done = 0;
+    for (let L = M; L >= 0; L--) {
+      const t = tileCount(e.geometry, L);
+      for (let r = 0; r < t.rows; r++) for (let c = 0; c < t.cols; c++) {
+        await this.tile(id, L, c, r, opt);
+        onTile?.(++done, total);
+      }
+    }
+    return { dzi: join(e.pyramidDir, `${id}.dzi`), dir: e.pyramidDir };
+  }
+
+  /** The whole output image (for `infdit render --full`). */
+  async full(id: string, opt: { priority?: number } = {}): Promise<RGBImage> {
+    const e = await this.ready(id);
+    return e.render!.region(0, 0, e.geometry.width, e.geometry.height, opt);
+  }
+
+  pyramidDir(id: string) { return this.entry(id).pyramidDir; }
+
+  // ------------------------------------------------------------- background fill
+
+  private scheduleFill(id: string) {
+    if (!this.cfg.backgroundFill) return;
+    if (!this.fillQueue.includes(id)) this.fillQueue.push(id);
+    this.kickFill();
+  }
+
+  private fillRunning = false;
+  private kickFill() {
+    if (!this.cfg.backgroundFill || this.fillRunning || !this.fillQueue.length) return;
+    this.fillRunning = true;
+    const id = this.fillQueue[0];
+    (async () => {
+      try {
+        const e = await this.ready(id);
+        const s = e.render!.last;
+        // Low priority: any viewer tile overtakes it inside the engine.
+        await s.ensure([[s.R - 1, s.C - 1]], { priority: 0 });
+        this.fillQueue.shift();
+      } catch (err) {
+        if (!(err instanceof AbortError)) { console.error(`background fill of ${id} failed: ${(err as Error).message}`); this.fillQueue.shift(); }
+      } finally {
+        this.fillRunning = false;
+        if (this.fillQueue.length) setImmediate(() => this.kickFill());
+      }
+    })();
+  }
+
+  /** Queue every known image that is not finished for background fill. */
+  fillAll() { for (const id of this.entries.keys()) this.scheduleFill(id); }
+}
+
+function checkDataDir(dir: string) {
+  try {
+    mkdirSync(dir, { recursive: true });
+    accessSync(dir, constants.W_OK);
+    const probe = join(dir, `.probe-${process.pid}`);
+    writeFileSync(probe, Buffer.alloc(64 * 1024));
+    rmSync(probe);
+    if (!statSync(dir).isDirectory()) throw new Error('not a directory');
+  } catch (e) {
+    throw new Error(`data directory ${dir} is not writable (${(e as Error).message}); choose another with --data-dir or INFDIT_DATA_DIR, or free space on its disk`);
+  }
+}

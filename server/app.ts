@@ -1,0 +1,147 @@
+/**
+ * The HTTP face of infdit. `createApp(service)` builds the express app (tests drive it with
+ * supertest, no port); `infdit serve` listens. Routes validate their input at the edge and
+ * answer every bad request with a JSON error; nothing below knows about HTTP.
+ */
+import express, { type Request, type Response, type NextFunction } from 'express';
+import multer from 'multer';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ImageService, NotFound } from '../lib/service.js';
+import { ImageError } from '../lib/image.js';
+import { AbortError } from '../lib/engine.js';
+import { FORMATS } from '../lib/pyramid.js';
+
+const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..');
+const IMMUTABLE = 'public, max-age=31536000, immutable';
+
+class HttpError extends Error { constructor(readonly status: number, msg: string) { super(msg); } }
+
+export function createApp(service: ImageService) {
+  const cfg = service.cfg;
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);   // tiles carry their own strong ETags; JSON is never cached
+
+  app.use((req, res, next) => {
+    res.set('Access-Control-Allow-Origin', '*');
+    res.set('Access-Control-Expose-Headers', 'ETag, X-Infdit-Tile');
+    if (req.method === 'OPTIONS') { res.set('Access-Control-Allow-Methods', 'GET, POST, OPTIONS').set('Access-Control-Allow-Headers', 'Content-Type').status(204).end(); return; }
+    next();
+  });
+
+  // ---------------------------------------------------------------- viewer
+  app.use('/', express.static(join(ROOT, 'viewer'), { index: 'index.html' }));
+  app.use('/vendor/openseadragon', express.static(join(ROOT, 'node_modules/openseadragon/build/openseadragon')));
+
+  // ---------------------------------------------------------------- API
+  const upload = multer({ storage: multer.memoryStorage(), limits: { fileSize: cfg.uploadMaxBytes, files: 1, fields: 10 } });
+
+  const urls = (req: Request, id: string) => {
+    const base = `${req.protocol}://${req.get('host')}`;
+    return { dzi: `${base}/images/${id}.dzi`, iiif: `${base}/iiif/${id}/info.json`, status: `${base}/api/images/${id}`,
+      events: `${base}/api/images/${id}/events`, viewer: `${base}/#${id}`, download: `${base}/api/images/${id}/pyramid.tar` };
+  };
+
+  app.get('/api/images', (req, res) => {
+    res.json({ images: service.list().map(m => ({ ...m, width: m.lrWidth * cfg.scale, height: m.lrHeight * cfg.scale, urls: urls(req, m.id) })) });
+  });
+
+  app.post('/api/images', (req, res, next) => {
+    upload.single('image')(req, res, (err: unknown) => {
+      if (err) {
+        const e = err as { code?: string; message: string };
+        if (e.code === 'LIMIT_FILE_SIZE') return next(new HttpError(413, `file is over the upload limit of ${cfg.uploadMaxBytes} bytes (upload-max-bytes)`));
+        return next(new HttpError(400, `bad upload: ${e.message}; send multipart/form-data with the file in field "image"`));
+      }
+      next();
+    });
+  }, async (req, res) => {
+    const file = (req as Request & { file?: Express.Multer.File }).file;
+    if (!file) throw new HttpError(400, 'no file: send multipart/form-data with the image in field "image"');
+    const meta = await service.add(file.buffer, file.originalname || 'upload');
+    res.status(201).json({ ...meta, width: meta.lrWidth * cfg.scale, height: meta.lrHeight * cfg.scale, urls: urls(req, meta.id) });
+  });
+
+  app.get('/api/images/:id', async (req, res) => {
+    const id = String(req.params.id);
+    res.set('Cache-Control', 'no-store').json({ ...(await service.status(id)), urls: urls(req, id) });
+  });
+
+  app.get('/api/images/:id/events', async (req, res) => {
+    const id = String(req.params.id);
+    const st = await service.status(id);
+    res.set({ 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-store', Connection: 'keep-alive' });
+    res.flushHeaders();
+    const send = (ev: string, data: unknown) => res.write(`event: ${ev}\ndata: ${JSON.stringify(data)}\n\n`);
+    send('status', { done: st.blocks.done, total: st.blocks.total });
+    const ev = service.events(id);
+    const onBlock = (d: unknown) => send('block', d);
+    const onTile = (d: unknown) => send('tile', d);
+    ev.on('block', onBlock); ev.on('tile', onTile);
+    const ping = setInterval(() => res.write(': ping\n\n'), 15000);
+    req.on('close', () => { clearInterval(ping); ev.off('block', onBlock); ev.off('tile', onTile); });
+  });
+
+  // ---------------------------------------------------------------- DZI
+  app.get('/images/:file', async (req, res) => {
+    const m = /^([0-9a-f]{16})\.dzi$/.exec(String(req.params.file));
+    if (!m || !service.has(m[1])) throw new HttpError(404, `no such DZI: ${String(req.params.file).slice(0, 60)}`);
+    const xml = await service.dzi(m[1]);
+    res.set({ 'Content-Type': 'application/xml', 'Cache-Control': 'public, max-age=60' }).send(xml);
+  });
+
+  app.get('/images/:dir/:level/:tile', async (req, res) => {
+    const dm = /^([0-9a-f]{16})_files$/.exec(String(req.params.dir));
+    if (!dm || !service.has(dm[1])) throw new HttpError(404, `no such image: ${String(req.params.dir).slice(0, 60)}`);
+    const id = dm[1];
+    const tm = /^(\d{1,6})_(\d{1,6})\.([a-z]{2,5})$/.exec(String(req.params.tile));
+    const level = /^\d{1,3}$/.test(String(req.params.level)) ? Number(req.params.level) : NaN;
+    if (!tm || Number.isNaN(level)) throw new HttpError(404, `no such tile: ${String(req.params.level).slice(0, 10)}/${String(req.params.tile).slice(0, 40)}`);
+    const fmt = tm[3] === 'jpg' ? 'jpeg' : tm[3];
+    if (!(FORMATS as string[]).includes(fmt)) throw new HttpError(400, `unknown tile format "${tm[3]}"; accepted: ${FORMATS.join(', ')}`);
+    if (fmt !== cfg.tileFormat) throw new HttpError(404, `this server's tiles are ${cfg.tileFormat}, not ${fmt}`);
+    await sendTile(req, res, id, level, Number(tm[1]), Number(tm[2]));
+  });
+
+  async function sendTile(req: Request, res: Response, id: string, L: number, c: number, r: number) {
+    const type = `image/${cfg.tileFormat}`;
+    if (req.query.preview !== undefined && !(await service.tileIsFinal(id, L, c, r))) {
+      const p = await service.preview(id, L, c, r);
+      res.set({ 'Content-Type': type, 'Cache-Control': 'no-store', 'X-Infdit-Tile': 'preview' }).send(p.bytes);
+      return;
+    }
+    const ac = new AbortController();
+    res.on('close', () => { if (!res.writableFinished) ac.abort(); });
+    const timer = cfg.tileWaitMs > 0 ? new Promise<'timeout'>(resolve => setTimeout(() => resolve('timeout'), cfg.tileWaitMs).unref()) : null;
+    const work = service.tile(id, L, c, r, { signal: ac.signal, priority: 10 });
+    work.catch(() => {});
+    const t = await (timer ? Promise.race([work, timer]) : work);
+    if (t === 'timeout') {
+      // Not ready within the documented bound: answer the preview (never cached), so no
+      // viewer marks the tile failed; generation goes on for the next ask.
+      const p = await service.preview(id, L, c, r);
+      res.set({ 'Content-Type': type, 'Cache-Control': 'no-store', 'X-Infdit-Tile': 'preview', 'Retry-After': '5' }).send(p.bytes);
+      return;
+    }
+    res.set({ 'Content-Type': type, ETag: t.etag, 'Cache-Control': IMMUTABLE, 'X-Infdit-Tile': 'final' });
+    if (req.headers['if-none-match'] === t.etag) { res.status(304).end(); return; }
+    res.send(t.bytes);
+  }
+
+  // ---------------------------------------------------------------- errors
+  app.use((req, _res, next) => next(new HttpError(404, `no route ${req.method} ${req.path.slice(0, 100)}`)));
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    let status = 500, message = 'internal error';
+    if (err instanceof HttpError) { status = err.status; message = err.message; }
+    else if (err instanceof ImageError) { status = err.status; message = err.message; }
+    else if (err instanceof NotFound) { status = 404; message = err.message; }
+    else if (err instanceof AbortError) { if (!res.headersSent) res.status(499).end(); return; }
+    else if ((err as { type?: string }).type === 'entity.too.large') { status = 413; message = 'request too large'; }
+    else if ((err as { status?: number }).status && (err as { status: number }).status < 500) { status = (err as { status: number }).status; message = (err as Error).message; }
+    else console.error(`error on ${req.method} ${req.path}:`, err);
+    if (res.headersSent) { res.end(); return; }
+    res.status(status).json({ error: message, status });
+  });
+  return app;
+}

@@ -1,0 +1,92 @@
+/**
+ * `infdit serve` and `infdit render`. Both take the same settings (config/index.ts) as flags
+ * or INFDIT_* environment variables; `--help` lists them.
+ */
+import { readFileSync, cpSync, mkdirSync, rmSync, existsSync, writeFileSync, renameSync } from 'node:fs';
+import { basename, extname, join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import sharp from 'sharp';
+import cliProgress from 'cli-progress';
+import { loadConfig, parseArgs, helpTable, ConfigError, type Config } from '../config/index.js';
+import { ImageService } from '../lib/service.js';
+import { createApp } from './app.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const DEMO = join(ROOT, 'viewer/demo.jpg');
+
+const USAGE = `infdit — a deep-zoom server that super-resolves photos lazily with Inf-DiT
+
+usage:
+  infdit serve  [options]                       serve the viewer and the DZI/IIIF tiles
+  infdit render INPUT [--out DIR] [--full FILE] [options]
+                                                write the whole pyramid (DIR/<name>.dzi, DIR/<name>_files/),
+                                                byte-identical to what the server serves; --full also
+                                                writes the whole output image (.png, .tif, .jpg, .webp)
+options (flag, or environment variable):
+${helpTable()}
+  --out DIR            (render) output folder [default: .]
+  --full FILE          (render) also write the whole output image
+  --help               this text`;
+
+async function serve(cfg: Config) {
+  const service = await ImageService.open(cfg);
+  if (cfg.demo && existsSync(DEMO)) await service.add(readFileSync(DEMO), 'demo.jpg', { demo: true });
+  service.fillAll();
+  const app = createApp(service);
+  const server = app.listen(cfg.port, cfg.host, () => {
+    const a = server.address();
+    const port = typeof a === 'object' && a ? a.port : cfg.port;
+    console.log(`infdit: model ${service.model.manifest.name} (${service.model.id}), ${cfg.scale}×, data in ${cfg.dataDir}`);
+    console.log(`infdit: viewer at http://${cfg.host}:${port}/`);
+  });
+  server.on('error', e => { console.error(`infdit: cannot listen on ${cfg.host}:${cfg.port}: ${e.message}`); process.exit(1); });
+}
+
+async function render(cfg: Config, input: string | undefined, out: string, full?: string) {
+  if (!input) throw new ConfigError('render needs an INPUT image: infdit render photo.jpg [--out DIR] [--full out.png]');
+  if (!existsSync(input)) throw new ConfigError(`input ${input} does not exist`);
+  if (full && !['.png', '.tif', '.tiff', '.jpg', '.jpeg', '.webp'].includes(extname(full).toLowerCase()))
+    throw new ConfigError(`--full ${full}: accepted extensions are .png, .tif, .tiff, .jpg, .jpeg, .webp`);
+  const service = await ImageService.open({ ...cfg, backgroundFill: false });
+  const meta = await service.add(readFileSync(input), basename(input));
+  const name = basename(input, extname(input)).replace(/[^\w.-]+/g, '_') || 'image';
+  const bar = new cliProgress.SingleBar({ format: 'tiles [{bar}] {percentage}% | {value}/{total} | ETA {eta_formatted} | elapsed {duration_formatted}', hideCursor: true, noTTYOutput: true, notTTYSchedule: 5000 }, cliProgress.Presets.shades_classic);
+  let started = false;
+  const t0 = Date.now();
+  const res = await service.renderAll(meta.id, (done, total) => { if (!started) { bar.start(total, 0); started = true; } bar.update(done); });
+  bar.stop();
+  mkdirSync(out, { recursive: true });
+  const dest = join(out, `${name}_files`);
+  rmSync(dest, { recursive: true, force: true });
+  cpSync(join(res.dir, `${meta.id}_files`), dest, { recursive: true });
+  cpSync(res.dzi, join(out, `${name}.dzi`));
+  console.log(`wrote ${join(out, name + '.dzi')} (${(Date.now() - t0) / 1000} s)`);
+  if (full) {
+    const img = await service.full(meta.id);
+    const ext = extname(full).toLowerCase();
+    let s = sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.length), { raw: { width: img.width, height: img.height, channels: 3 } });
+    s = ext === '.png' ? s.png() : ext === '.webp' ? s.webp({ quality: 95 }) : ext.startsWith('.tif') ? s.tiff({ compression: 'lzw' }) : s.jpeg({ quality: 95 });
+    const tmp = `${full}.tmp`;
+    writeFileSync(tmp, await s.toBuffer());
+    renameSync(tmp, full);
+    console.log(`wrote ${full} (${img.width}×${img.height})`);
+  }
+}
+
+async function main(argv: string[]) {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === '--help' || cmd === 'help') { console.log(USAGE); return; }
+  if (!['serve', 'render'].includes(cmd)) throw new ConfigError(`unknown command "${cmd}"; use "serve" or "render" (infdit --help)`);
+  const { overrides, positionals, other } = parseArgs(rest, ['out', 'full']);
+  if (other.help) { console.log(USAGE); return; }
+  if (cmd === 'serve' && positionals.length) throw new ConfigError(`serve takes no positional arguments, got ${positionals.join(' ')}`);
+  if (cmd === 'render' && positionals.length > 1) throw new ConfigError(`render takes one INPUT, got ${positionals.join(' ')}`);
+  const cfg = loadConfig(overrides);
+  if (cmd === 'serve') await serve(cfg);
+  else await render({ ...cfg, dataDir: overrides.dataDir ? cfg.dataDir : resolve(String(other.out ?? '.'), '.infdit-cache') }, positionals[0], String(other.out ?? '.'), other.full as string | undefined);
+}
+
+main(process.argv.slice(2)).catch(e => {
+  console.error(`infdit: ${e instanceof Error ? e.message : e}`);
+  process.exit(2);
+});

@@ -259,7 +259,7 @@ export class ImageService {
     return existsSync(this.tilePath(e, L, c, r));
   }
 
-  /** Preview of a tile: the LR, bicubic-resized to the level; never stored, never final. */
+  /** Preview of a tile: the LR, Lanczos3-resized to the level (also the compare view); never stored, never final. */
   async preview(id: string, L: number, c: number, r: number): Promise<TileResult> {
     const e = await this.ready(id);
     if (!validTile(e.geometry, L, c, r)) throw new NotFound(`tile ${L}/${c}_${r} is outside the pyramid`);
@@ -275,7 +275,7 @@ export class ImageService {
       const rw = Math.round((sx1 - sx0) * f), rh = Math.round((sy1 - sy0) * f);
       const { data } = await sharp(Buffer.from(lr.data.buffer, lr.data.byteOffset, lr.data.length), { raw: { width: lr.width, height: lr.height, channels: 3 } })
         .extract({ left: sx0, top: sy0, width: sx1 - sx0, height: sy1 - sy0 })
-        .resize(rw, rh, { kernel: 'cubic', fit: 'fill' })
+        .resize(rw, rh, { kernel: 'lanczos3', fit: 'fill' })
         .extract({ left: Math.min(Math.round(rect.x - sx0 * f), rw - rect.w), top: Math.min(Math.round(rect.y - sy0 * f), rh - rect.h), width: rect.w, height: rect.h })
         .raw().toBuffer({ resolveWithObject: true });
       img = { width: rect.w, height: rect.h, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
@@ -302,6 +302,22 @@ export class ImageService {
       }
     }
     return { dzi: join(e.pyramidDir, `${id}.dzi`), dir: e.pyramidDir };
+  }
+
+  /** Every file of the pyramid (made first where missing), for a tar download. */
+  async pyramidFiles(id: string, opt: { signal?: AbortSignal; priority?: number } = {}) {
+    const e = await this.ready(id);
+    await this.renderAll(id, undefined, opt);
+    const M = maxLevel(e.geometry.width, e.geometry.height);
+    const files: { name: string; data?: Buffer }[] = [
+      { name: `${id}.dzi`, data: Buffer.from(dziXml(e.geometry, this.cfg.tileFormat)) }, { name: `${id}_files` }];
+    for (let L = 0; L <= M; L++) {
+      files.push({ name: `${id}_files/${L}` });
+      const t = tileCount(e.geometry, L);
+      for (let r = 0; r < t.rows; r++) for (let c = 0; c < t.cols; c++)
+        files.push({ name: `${id}_files/${L}/${c}_${r}.${this.cfg.tileFormat}`, data: readFileSync(this.tilePath(e, L, c, r)) });
+    }
+    return files;
   }
 
   /** The whole output image (for `infdit render --full`). */

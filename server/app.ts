@@ -11,6 +11,8 @@ import { ImageService, NotFound } from '../lib/service.js';
 import { ImageError } from '../lib/image.js';
 import { AbortError } from '../lib/engine.js';
 import { FORMATS } from '../lib/pyramid.js';
+import { writeTar } from '../lib/tar.js';
+import { iiifRoutes } from './iiif.js';
 
 const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..');
 const IMMUTABLE = 'public, max-age=31536000, immutable';
@@ -44,7 +46,8 @@ export function createApp(service: ImageService) {
   };
 
   app.get('/api/images', (req, res) => {
-    res.json({ images: service.list().map(m => ({ ...m, width: m.lrWidth * cfg.scale, height: m.lrHeight * cfg.scale, urls: urls(req, m.id) })) });
+    res.set('Cache-Control', 'no-store').json({ images: service.list().map(m => ({ ...m, width: m.lrWidth * cfg.scale, height: m.lrHeight * cfg.scale,
+      scale: cfg.scale, tileSize: cfg.tileSize, format: cfg.tileFormat, urls: urls(req, m.id) })) });
   });
 
   app.post('/api/images', (req, res, next) => {
@@ -83,6 +86,20 @@ export function createApp(service: ImageService) {
     req.on('close', () => { clearInterval(ping); ev.off('block', onBlock); ev.off('tile', onTile); });
   });
 
+  app.get('/api/images/:id/pyramid.tar', async (req, res) => {
+    const id = String(req.params.id);
+    if (!service.has(id)) throw new HttpError(404, `no image with id "${id.slice(0, 40)}"`);
+    const ac = new AbortController();
+    res.on('close', () => { if (!res.writableFinished) ac.abort(); });
+    const files = await service.pyramidFiles(id, { signal: ac.signal, priority: 5 });
+    res.set({ 'Content-Type': 'application/x-tar', 'Content-Disposition': `attachment; filename="${id}.tar"` });
+    await writeTar(res, files);
+    res.end();
+  });
+
+  // ---------------------------------------------------------------- IIIF Image API 3.0, level 0
+  iiifRoutes(app, service, (req: Request) => `${req.protocol}://${req.get('host')}`, HttpError);
+
   // ---------------------------------------------------------------- DZI
   app.get('/images/:file', async (req, res) => {
     const m = /^([0-9a-f]{16})\.dzi$/.exec(String(req.params.file));
@@ -106,7 +123,8 @@ export function createApp(service: ImageService) {
 
   async function sendTile(req: Request, res: Response, id: string, L: number, c: number, r: number) {
     const type = `image/${cfg.tileFormat}`;
-    if (req.query.preview !== undefined && !(await service.tileIsFinal(id, L, c, r))) {
+    // ?preview: the Lanczos upscale until the tile is final; ?preview=lanczos: always (compare view)
+    if (req.query.preview !== undefined && (req.query.preview === 'lanczos' || !(await service.tileIsFinal(id, L, c, r)))) {
       const p = await service.preview(id, L, c, r);
       res.set({ 'Content-Type': type, 'Cache-Control': 'no-store', 'X-Infdit-Tile': 'preview' }).send(p.bytes);
       return;

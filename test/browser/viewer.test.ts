@@ -1,0 +1,134 @@
+/**
+ * The viewer in a real browser (Debian chromium via playwright-core) against a real server with
+ * the fixture model: upload through the page, zoom to the top level, watch the detail arrive.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import sharp from 'sharp';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { createApp } from '../../server/app.js';
+import { ImageService } from '../../lib/service.js';
+import { loadConfig } from '../../config/index.js';
+import { FIXTURE, ROOT } from '../helpers.js';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium';
+const ARTIFACTS = join(ROOT, 'test/artifacts');
+
+let server: Server, base: string, browser: Browser, page: Page, service: ImageService;
+const failures: string[] = [];
+
+before(async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'infdit-browser-'));
+  service = await ImageService.open(loadConfig({ model: FIXTURE + '.onnx', dataDir, tileSize: 64, backgroundFill: true, demo: false, threads: 1, batch: 4, tileWaitMs: 30000 }));
+  server = createApp(service).listen(0, '127.0.0.1');
+  await new Promise(r => server.once('listening', r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'] });
+  page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+  page.on('pageerror', e => failures.push(`pageerror: ${e.message}`));
+  // every failed response, except the upload the test rejects on purpose
+  page.on('response', r => { if (r.status() >= 400 && !(r.request().method() === 'POST' && r.status() === 400)) failures.push(`${r.status()} ${r.url()}`); });
+  mkdirSync(ARTIFACTS, { recursive: true });
+});
+
+after(async () => { await browser?.close(); server?.close(); });
+
+test('upload through the page, zoom to the top level, final tiles replace the preview', async () => {
+  await page.goto(base + '/');
+  const w = 96, h = 64, data = Buffer.alloc(w * h * 3);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) data[(y * w + x) * 3 + c] = 128 + Math.round(90 * Math.sin(x / (2 + c) + y / 4));
+  const png = await sharp(data, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
+  const file = join(mkdtempSync(join(tmpdir(), 'up-')), 'waves.png');
+  writeFileSync(file, png);
+
+  // a file that is not an image gets a clear error on the page
+  await page.setInputFiles('#file', { name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('not an image') });
+  await page.waitForFunction(() => /Not uploaded: not a readable image/.test(document.querySelector('#upload-msg')!.textContent!));
+
+  await page.setInputFiles('#file', file);
+  await page.waitForFunction(() => (window as any).infdit?.st?.name === 'waves.png', null, { timeout: 20000 });
+  const st = await page.evaluate(() => (window as any).infdit.st);
+  assert.deepEqual([st.width, st.height], [384, 256]);
+  assert.match(await page.inputValue('#dzi-url'), /\/images\/[0-9a-f]{16}\.dzi$/);
+  assert.match(await page.inputValue('#iiif-url'), /\/iiif\/[0-9a-f]{16}\/info\.json$/);
+
+  // zoom to the top level (1 image px per screen px) at the centre
+  await page.evaluate(() => { const v = (window as any).infdit.viewer; v.viewport.zoomTo(v.viewport.imageToViewportZoom(1), undefined, true); });
+  await page.waitForFunction(() => document.querySelector('#progress')!.getAttribute('data-percent') === '100', null, { timeout: 120000 });
+  // the swap settles: the top layer's tiles are all final, none of them previews
+  await page.waitForFunction(() => {
+    const s = (window as any).infdit;
+    if (s.swapping || s.layers.length !== 1) return false;
+    const ti = s.layers[0];
+    return ti.getFullyLoaded() && [...ti.previews].length === 0 && s.finalLoaded > 0;
+  }, null, { timeout: 60000 });
+  const s = await page.evaluate(() => { const s = (window as any).infdit; return { failed: s.failed, finalLoaded: s.finalLoaded, previewLoaded: s.previewLoaded, gen: s.gen, events: s.events }; });
+  assert.equal(s.failed, 0, 'tile-load-failed fired');
+  assert.ok(s.finalLoaded > 0, 'no final tile was drawn');
+
+  // the pixels on screen are the generated ones: compare the canvas with the final tile bytes
+  const id = st.id, M = st.maxLevel;
+  const probe = await page.evaluate(async ({ id, M }) => {
+    const v = (window as any).infdit.viewer, OSD = (window as any).OpenSeadragon;
+    v.viewport.panTo(v.viewport.imageToViewportCoordinates(new OSD.Point(32, 32)), true);
+    v.viewport.zoomTo(v.viewport.imageToViewportZoom(1), undefined, true);
+    v.forceRedraw();
+    await new Promise(r => setTimeout(r, 1500));
+    const canvas = document.querySelector('#osd canvas') as HTMLCanvasElement;
+    const ratio = canvas.width / canvas.clientWidth;
+    const p = v.viewport.pixelFromPoint(v.viewport.imageToViewportCoordinates(new OSD.Point(32.5, 32.5)), true);
+    const px = canvas.getContext('2d')!.getImageData(Math.round(p.x * ratio), Math.round(p.y * ratio), 1, 1).data;
+    const img = new Image(); img.src = `/images/${id}_files/${M}/0_0.jpeg`; await img.decode();
+    const c2 = document.createElement('canvas'); c2.width = 64; c2.height = 64;
+    const ctx = c2.getContext('2d')!; ctx.drawImage(img, 0, 0);
+    const want = ctx.getImageData(32, 32, 1, 1).data;
+    const pre = new Image(); pre.src = `/images/${id}_files/${M}/0_0.jpeg?preview=lanczos`; await pre.decode();
+    ctx.drawImage(pre, 0, 0);
+    const lanczos = ctx.getImageData(32, 32, 1, 1).data;
+    return { got: [...px].slice(0, 3), want: [...want].slice(0, 3), lanczos: [...lanczos].slice(0, 3) };
+  }, { id, M });
+  const dist = (a: number[], b: number[]) => Math.max(...a.map((v, i) => Math.abs(v - b[i])));
+  assert.ok(dist(probe.got, probe.want) <= 12, `screen ${probe.got} vs final tile ${probe.want}`);
+  await page.screenshot({ path: join(ARTIFACTS, 'viewer-top-level.png') });
+
+  // compare mode shows the Lanczos layer with a swipe
+  await page.click('#compare');
+  await page.waitForFunction(() => !!(window as any).infdit.compareLayer);
+  assert.equal(await page.getAttribute('#compare', 'aria-pressed'), 'true');
+  await page.screenshot({ path: join(ARTIFACTS, 'viewer-compare.png') });
+  assert.deepEqual(failures, []);
+  assert.ok(existsSync(join(ARTIFACTS, 'viewer-top-level.png')));
+});
+
+test('OpenSeadragon opens the IIIF URL and loads top-level tiles equal to the DZI tiles', async () => {
+  const id = (await page.evaluate(() => (window as any).infdit.st.id)) as string;
+  const info = await (await fetch(`${base}/iiif/${id}/info.json`)).json();
+  assert.equal(info.type, 'ImageService3'); assert.equal(info.profile, 'level0');
+  const p2 = await browser.newPage();
+  await p2.goto(base + '/');
+  const loaded = await p2.evaluate(async (url) => {
+    const OSD = (window as any).OpenSeadragon;
+    const div = document.createElement('div'); div.style.cssText = 'width:400px;height:300px'; document.body.append(div);
+    const urls: string[] = [];
+    const v = OSD({ element: div, tileSources: url, prefixUrl: 'vendor/openseadragon/images/' });
+    v.addHandler('tile-loaded', (e: any) => urls.push(e.tile.getUrl ? e.tile.getUrl() : e.tile.url));
+    let failed = 0; v.addHandler('tile-load-failed', () => failed++);
+    await new Promise(r => v.addOnceHandler('open', r));
+    v.viewport.zoomTo(v.viewport.imageToViewportZoom(1), undefined, true);
+    await new Promise(r => setTimeout(r, 4000));
+    return { urls, failed };
+  }, `${base}/iiif/${id}/info.json`);
+  await p2.close();
+  assert.equal(loaded.failed, 0);
+  const top = loaded.urls.filter(u => /\/0,0,64,64\/64,64\//.test(u) || /\/\d+,\d+,\d+,\d+\/\d+,\d*\/0\/default\.jpg$/.test(u));
+  assert.ok(top.length > 0, `no IIIF tile loaded: ${loaded.urls.join(' ')}`);
+  const a = Buffer.from(await (await fetch(`${base}/iiif/${id}/0,0,64,64/64,64/0/default.jpg`)).arrayBuffer());
+  const b = Buffer.from(await (await fetch(`${base}/images/${id}_files/${info.width > 256 ? 9 : 8}/0_0.jpeg`)).arrayBuffer());
+  assert.ok(a.equals(b), 'IIIF tile bytes differ from the DZI tile');
+});

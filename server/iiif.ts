@@ -33,8 +33,10 @@ export function iiifRoutes(app: Express, service: ImageService, base: (req: Requ
       const s = levelSize(g, L);
       if (s.width <= g.tileSize && s.height <= g.tileSize) sizes.push(s);
     }
-    res.set({ 'Content-Type': `application/ld+json;profile="${CONTEXT}"`, 'Cache-Control': 'public, max-age=60' });
-    res.send(JSON.stringify({
+    // res.end, not res.send: express would rewrite the spec's recommended media type
+    res.setHeader('Content-Type', `application/ld+json;profile="${CONTEXT}"`);
+    res.setHeader('Cache-Control', 'public, max-age=60');
+    res.end(JSON.stringify({
       '@context': CONTEXT, id: `${base(req)}/iiif/${id}`, type: 'ImageService3', protocol: 'http://iiif.io/api/image',
       profile: 'level0', width: g.width, height: g.height,
       tiles: [{ width: g.tileSize, height: g.tileSize, scaleFactors }], sizes,

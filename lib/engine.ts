@@ -170,7 +170,7 @@ export class Stage {
     for (const [k, p] of prio) {
       const b = this.block(Math.floor(k / this.C), k % this.C);
       b.prio = p;
-      if (!b.final || b.rerun) this.candidates.add(k);
+      if (!b.final || b.rerun) this.addCandidate(k);
     }
     // K/V pinned for consumers nobody waits for any more goes back to the evictable cache.
     for (const key of this.o.kv.pinnedKeys()) {
@@ -222,14 +222,17 @@ export class Stage {
           nb.rerun = nb.final; nb.evals = 0; nb.st = undefined; this.stats.reruns++;
           nb.rerunPrio = Math.max(nb.rerunPrio, this.effPrio(b));
           if (!nb.final) nb.prio = Math.max(nb.prio, this.effPrio(b));
-          this.candidates.add(r * this.C + c);
+          this.addCandidate(r * this.C + c);
         }
       } else if (nb.rerun && nb.rerunPrio < this.effPrio(b)) {
         nb.rerunPrio = this.effPrio(b);
       }
     }
+    if (!ok) return false;
+    // LR context and up(LR) are made only once the node could run: holding them for the whole
+    // closure would make memory grow with the area.
     if (!b.ctx) { this.prepare(b); return false; }
-    return ok;
+    return true;
   }
 
   private prepare(b: Block) {
@@ -244,10 +247,23 @@ export class Stage {
         b.up = upsampleRegion(ctx, 3, s, s, scale, lb, lb, this.B, this.B);
       })
       .catch(e => { if (!(e instanceof AbortError)) this.fail(e); })
-      .finally(() => { b.preparing = undefined; this.candidates.add(b.r * this.C + b.c); this.pump(); });
+      .finally(() => { b.preparing = undefined; this.addCandidate(b.r * this.C + b.c); this.pump(); });
   }
 
+  private dirty = false;
+  private addCandidate(k: number) { this.candidates.add(k); this.dirty = true; }
+
+  /** Ready nodes, best first. Checking readiness can schedule reruns (new candidates): then
+   *  look again, or the loop would stop with runnable work left. */
   private pickBatch(): Block[] {
+    for (;;) {
+      this.dirty = false;
+      const b = this.scan();
+      if (b.length || !this.dirty) return b;
+    }
+  }
+
+  private scan(): Block[] {
     const ready: Block[] = [];
     for (const k of [...this.candidates]) {
       const b = this.blocks.get(k)!;
@@ -332,7 +348,7 @@ export class Stage {
       if (b.evals === this.N) this.finish(b);
       for (const [dr, dc] of [[-1, 0], [0, -1], [-1, -1]]) if (b.r + dr >= 0 && b.c + dc >= 0) this.placeKV(b.r + dr, b.c + dc, n);
       for (const [dr, dc] of [[0, 0], [1, 0], [0, 1], [1, 1]])
-        if (b.r + dr < this.R && b.c + dc < this.C) this.candidates.add((b.r + dr) * this.C + b.c + dc);
+        if (b.r + dr < this.R && b.c + dc < this.C) this.addCandidate((b.r + dr) * this.C + b.c + dc);
     });
     this.stats.jsMs += (t1 - t0) + (performance.now() - t2);
   }

@@ -152,3 +152,24 @@ test('cascade: 16× equals stage 1 then stage 2 run separately', async () => {
   assert.equal(r8.width, 96);
   await r8.region(0, 0, r8.width, r8.height);
 });
+
+test('stress: random concurrent requests, cache sizes and batches never stall and never change a byte', async () => {
+  const base = hash(await full(render({ preset: 'detail' })));
+  let s = 99;
+  const rand = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const kvBlock = model.kvFloats * 4;
+  for (let trial = 0; trial < 24; trial++) {
+    const kvBytes = [1, kvBlock, 3 * kvBlock, 64 << 20][trial % 4];
+    const r = render({ preset: 'detail', batch: 1 + Math.floor(rand() * 8), kvBytes });
+    const waves = [];
+    for (let k = 0; k < 4; k++) {
+      const reqs = Array.from({ length: 1 + Math.floor(rand() * 3) }, () =>
+        r.last.ensure([[Math.floor(rand() * R), Math.floor(rand() * C)]], { priority: Math.floor(rand() * 3) }));
+      waves.push(Promise.all(reqs));
+      if (rand() < 0.5) await waves[waves.length - 1];
+    }
+    const timeout = new Promise((_, rej) => setTimeout(() => rej(new Error(`trial ${trial} stalled`)), 10000).unref());
+    await Promise.race([Promise.all(waves), timeout]);
+    assert.equal(hash(await full(r)), base, `trial ${trial}`);
+  }
+});

@@ -34,6 +34,9 @@ export const schema = z.object({
   backgroundFill: bool.describe('generate the rest of an image when idle'),
   tileWaitMs: int(0, 600000).describe('how long a tile request waits for generation before it is answered with the preview'),
   demo: bool.describe('list the bundled demo photo'),
+  http2: bool.describe('serve HTTP/2 over TLS (and HTTP/1.1) with --tls-cert/--tls-key, or a self-signed localhost certificate'),
+  tlsCert: z.string().optional().describe('TLS certificate (PEM) for --http2'),
+  tlsKey: z.string().optional().describe('TLS private key (PEM) for --http2'),
 }).strict();
 
 export type Config = z.infer<typeof schema>;
@@ -46,7 +49,7 @@ export const defaults: Config = {
   kvCacheMb: 1024, batch: 8, threads: 0,
   port: 8080, host: '127.0.0.1',
   uploadMaxBytes: 50 * 1024 * 1024, uploadMaxPixels: 16_000_000,
-  backgroundFill: true, tileWaitMs: 20000, demo: true,
+  backgroundFill: true, tileWaitMs: 20000, demo: true, http2: false,
 };
 
 export const KEYS = Object.keys(schema.shape) as (keyof Config)[];
@@ -77,7 +80,7 @@ export function loadConfig(overrides: Record<string, unknown> = {}, env: NodeJS.
 export function parseArgs(argv: string[], extra: string[] = []) {
   const out: Record<string, unknown> = {}, pos: string[] = [], other: Record<string, string | boolean> = {};
   const byFlag = new Map(KEYS.map(k => [kebab(k), k]));
-  const boolKeys = new Set(['backgroundFill', 'demo']);
+  const boolKeys = new Set(['backgroundFill', 'demo', 'http2']);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith('--')) { pos.push(a); continue; }

@@ -10,6 +10,7 @@ import cliProgress from 'cli-progress';
 import { loadConfig, parseArgs, helpTable, ConfigError, type Config } from '../config/index.js';
 import { ImageService } from '../lib/service.js';
 import { createApp } from './app.js';
+import { listenHttp2, selfSigned } from './http2.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const DEMO = join(ROOT, 'viewer/demo.jpg');
@@ -33,6 +34,14 @@ async function serve(cfg: Config) {
   if (cfg.demo && existsSync(DEMO)) await service.add(readFileSync(DEMO), 'demo.jpg', { demo: true });
   service.fillAll();
   const app = createApp(service);
+  if (cfg.http2) {
+    if (!!cfg.tlsCert !== !!cfg.tlsKey) throw new ConfigError('--tls-cert and --tls-key go together (or neither, for a self-signed localhost certificate)');
+    const tls = cfg.tlsCert ? { cert: readFileSync(cfg.tlsCert), key: readFileSync(cfg.tlsKey!) } : selfSigned(join(cfg.dataDir, 'tls'));
+    const { port } = await listenHttp2(app, { port: cfg.port, host: cfg.host, ...tls });
+    console.log(`infdit: model ${service.model.manifest.name} (${service.model.id}), ${cfg.scale}×, data in ${cfg.dataDir}`);
+    console.log(`infdit: viewer at https://${cfg.host}:${port}/ (HTTP/2${cfg.tlsCert ? '' : ', self-signed certificate'})`);
+    return;
+  }
   const server = app.listen(cfg.port, cfg.host, () => {
     const a = server.address();
     const port = typeof a === 'object' && a ? a.port : cfg.port;

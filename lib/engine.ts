@@ -64,7 +64,6 @@ export class Stage {
   private requests = new Set<Request>();
   private candidates = new Set<number>();
   private pumping = false;
-  private failure: Error | null = null;
   private listeners = new Set<(r: number, c: number) => void>();
 
   constructor(readonly o: StageOptions) {
@@ -277,7 +276,7 @@ export class Stage {
   // ---------------------------------------------------------------- running
 
   private pump() {
-    if (this.pumping || this.failure) return;
+    if (this.pumping) return;
     this.pumping = true;
     (async () => {
       try {
@@ -296,8 +295,8 @@ export class Stage {
     })();
   }
 
+  /** A failed ONNX call fails the requests waiting now; later requests try again. */
   private fail(e: Error) {
-    this.failure = e;
     for (const req of [...this.requests]) { this.drop(req); req.reject(e); }
   }
 
@@ -335,7 +334,13 @@ export class Stage {
       });
     });
     const t1 = performance.now();
-    const out = await model.run(nb, x, up, ctx, sigma, pos, kvNb, present);
+    let out;
+    try {
+      out = await model.run(nb, x, up, ctx, sigma, pos, kvNb, present);
+    } catch (e) {
+      for (const b of batch) b.inflight = false;   // the nodes can run again on a later request
+      throw e;
+    }
     const t2 = performance.now();
     this.stats.calls++; this.stats.nodes += nb; this.stats.onnxMs += t2 - t1;
     this.stats.batchHist[nb] = (this.stats.batchHist[nb] ?? 0) + 1;

@@ -66,6 +66,9 @@ function checkGraph(m: Manifest, s: ort.InferenceSession) {
   check(m.outputs, meta((s as any).outputMetadata, s.outputNames), 'outputs');
   const kvIn = m.inputs.find(i => i.name === 'kv_nb');
   const want = [3, m.layers, 2, m.heads, m.tokens_per_block, m.head_dim];
+  const kvOut = m.outputs.find(o => o.name === 'kv');
+  if (kvIn?.dtype !== m.kv.dtype || kvOut?.dtype !== m.kv.dtype)
+    throw new ModelError(`manifest field "kv.dtype" is ${m.kv.dtype} but the graph's kv_nb/kv are ${kvIn?.dtype}/${kvOut?.dtype}`);
   if (!kvIn || kvIn.shape.slice(1).join() !== want.join())
     throw new ModelError(`manifest field "inputs.kv_nb.shape" must be [b,${want}] for layers/heads/tokens/head_dim, got ${JSON.stringify(kvIn?.shape)}`);
 }

@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--out", default="model/release")
     ap.add_argument("--crop", default="512x384")
     ap.add_argument("--detail-steps", type=int, nargs="*", default=None)
+    ap.add_argument("--panels-only", type=int, nargs="*", default=None,
+                    help="only write crops.png, from these validation images (indices)")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     st = torch.load(a.ckpt, map_location="cpu")
@@ -76,6 +78,8 @@ def main():
     rows, sums, times = [], {}, {}
     panels = []
     for k, (entry, arr) in enumerate(val):
+        if a.panels_only is not None and k not in a.panels_only:
+            continue
         H, W = arr.shape[:2]
         y0, x0 = (H - ch) // 2 // 16 * 16, (W - cw) // 2 // 16 * 16
         gt = arr[y0:y0 + ch, x0:x0 + cw]
@@ -99,11 +103,22 @@ def main():
         sums["ground_truth"] = sums.get("ground_truth", np.zeros(4)) + seam_sums(gt, cfg.block, cfg.scale)
         rows.append(row)
         print(k, entry["packed"], {n: round(v["psnr"], 2) for n, v in row.items() if n != "file"}, flush=True)
-        if k < 3:
-            yy, xx = ch // 2 - 64, cw // 2 - 64
+        if (k < 3 and a.panels_only is None) or a.panels_only is not None:
+            # show the most textured 128×128 window: flat sky says nothing about a super-resolver
+            g = np.abs(np.diff(luma(gt), axis=1))[:-1] + np.abs(np.diff(luma(gt), axis=0))[:, :-1]
+            best, yy, xx = -1.0, 0, 0
+            for ty in range(0, ch - 128, 16):
+                for tx in range(0, cw - 128, 16):
+                    e = g[ty:ty + 128, tx:tx + 128].mean()
+                    if e > best:
+                        best, yy, xx = e, ty, tx
             lr_near = np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.NEAREST))
             cols = [lr_near, outs["lanczos3"], outs["fidelity"], outs["detail"], gt]
             panels.append(np.concatenate([c[yy:yy + 128, xx:xx + 128] for c in cols], axis=1))
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    if a.panels_only is not None:
+        Image.fromarray(np.concatenate(panels, axis=0)).save(out / "crops.png")
+        return
     gt_ratio = ratio(sums["ground_truth"])
     names = [n for n in rows[0] if n != "file"]
     summary = {n: {"psnr": float(np.mean([r[n]["psnr"] for r in rows])),
@@ -113,7 +128,6 @@ def main():
     res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "val_split": "lxqt-themes",
            "crop": a.crop, "n": len(rows), "summary": summary, "per_image": rows,
            "sampling": smp, "torch_threads": torch.get_num_threads()}
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(res, indent=1))
     Image.fromarray(np.concatenate(panels, axis=0)).save(out / "crops.png")
     for n, v in summary.items():

@@ -21,6 +21,8 @@ export interface LRSource {
   width: number; height: number;
   /** HWC uint8 of [x0,x0+w)×[y0,y0+h), coordinates clamped into the image. */
   region(x0: number, y0: number, w: number, h: number, opt: RequestOptions): Promise<Uint8Array>;
+  /** Where the pixels are at hand (the input image), the same synchronously: no scheduling gap. */
+  regionSync?(x0: number, y0: number, w: number, h: number): Uint8Array;
 }
 
 export interface RequestOptions { priority?: number; signal?: AbortSignal }
@@ -28,6 +30,8 @@ export interface RequestOptions { priority?: number; signal?: AbortSignal }
 export interface StageOptions {
   model: Model; lr: LRSource; seed: number; stage: number; plan: SamplerPlan;
   batch: number; kv: KVStore; store: BlockStore;
+  /** Global-conditioning input (planar 3×t×t) when the model uses one: the same for every block. */
+  thumb?: Float32Array;
 }
 
 export interface EngineStats { nodes: number; calls: number; onnxMs: number; jsMs: number; batchHist: Record<number, number>; reruns: number }
@@ -230,23 +234,25 @@ export class Stage {
     if (!ok) return false;
     // LR context and up(LR) are made only once the node could run: holding them for the whole
     // closure would make memory grow with the area.
-    if (!b.ctx) { this.prepare(b); return false; }
-    return true;
+    return !!b.ctx || this.prepare(b);
   }
 
-  private prepare(b: Block) {
-    if (b.preparing) return;
+  /** Cut the block's 3×3 LR context and its bicubic up(LR). True when done synchronously. */
+  private prepare(b: Block): boolean {
+    if (b.preparing) return false;
     const lb = this.lb, s = 3 * lb;
+    const fill = (px: Uint8Array) => {
+      const ctx = new Float32Array(3 * s * s);
+      for (let i = 0; i < s * s; i++) for (let ch = 0; ch < 3; ch++) ctx[ch * s * s + i] = px[i * 3 + ch] / 127.5 - 1;
+      b.ctx = ctx;
+      b.up = upsampleRegion(ctx, 3, s, s, this.o.model.manifest.scale, lb, lb, this.B, this.B);
+    };
+    if (this.o.lr.regionSync) { fill(this.o.lr.regionSync((b.c - 1) * lb, (b.r - 1) * lb, s, s)); return true; }
     b.preparing = this.o.lr.region((b.c - 1) * lb, (b.r - 1) * lb, s, s, { priority: this.effPrio(b) })
-      .then(px => {
-        const ctx = new Float32Array(3 * s * s);
-        for (let i = 0; i < s * s; i++) for (let ch = 0; ch < 3; ch++) ctx[ch * s * s + i] = px[i * 3 + ch] / 127.5 - 1;
-        b.ctx = ctx;
-        const scale = this.o.model.manifest.scale;
-        b.up = upsampleRegion(ctx, 3, s, s, scale, lb, lb, this.B, this.B);
-      })
+      .then(fill)
       .catch(e => { if (!(e instanceof AbortError)) this.fail(e); })
       .finally(() => { b.preparing = undefined; this.addCandidate(b.r * this.C + b.c); this.pump(); });
+    return false;
   }
 
   private dirty = false;
@@ -305,14 +311,34 @@ export class Stage {
       if (req.blocks.every(([r, c]) => this.block(r, c).final)) { this.drop(req); req.resolve(); }
   }
 
-  private async runBatch(batch: Block[]) {
+  /** The neighbours' K/V input is the largest buffer of a call (3 blocks' K/V per node):
+   *  reuse it between calls instead of allocating and zeroing it each time. */
+  private kvBuf: Float32Array | Uint16Array | null = null;
+  private kvInput(len: number): Float32Array | Uint16Array {
+    const half = this.o.model.manifest.kv.dtype === 'float16';
+    if (!this.kvBuf || this.kvBuf.length < len) this.kvBuf = half ? new Uint16Array(len) : new Float32Array(len);
+    return this.kvBuf.subarray(0, len);
+  }
+
+  /** All inputs of node (b, b.evals) at hand. Checking a later block's readiness can restart an
+   *  earlier one (a rerun), so the batch is checked again right before it is assembled. */
+  private runnable(b: Block) {
+    if (!b.ctx || !this.wants(b)) return false;
+    for (const [dr, dc] of [[-1, 0], [0, -1], [-1, -1]])
+      if (b.r + dr >= 0 && b.c + dc >= 0 && !this.o.kv.has(this.kvKey(b.r + dr, b.c + dc, b.evals))) return false;
+    return true;
+  }
+
+  private async runBatch(all: Block[]) {
+    const batch = all.filter(b => this.runnable(b));
+    if (!batch.length) return;
     const t0 = performance.now();
     const { model, plan, seed, stage } = this.o;
     const m = model.manifest, nb = batch.length, BF = model.blockFloats, KF = model.kvFloats;
     const s = 3 * this.lb;
     const x = new Float32Array(nb * BF), up = new Float32Array(nb * BF), ctx = new Float32Array(nb * 3 * s * s);
     const sigma = new Float32Array(nb), pos = new Float32Array(nb * 2), present = new Float32Array(nb * 3);
-    const kvNb = m.kv.dtype === 'float16' ? new Uint16Array(nb * 3 * KF) : new Float32Array(nb * 3 * KF);
+    const kvNb = this.kvInput(nb * 3 * KF);
     batch.forEach((b, i) => {
       b.inflight = true;
       const n = b.evals;
@@ -332,11 +358,19 @@ export class Stage {
         (kvNb as any).set(this.o.kv.get(this.kvKey(r, c, n))!, (i * 3 + slot) * KF);
         present[i * 3 + slot] = 1;
       });
+      // a masked slot's values are ignored, but must be finite (0 × NaN is NaN): zero it
+      for (let slot = 0; slot < 3; slot++) if (!present[i * 3 + slot]) kvNb.fill(0, (i * 3 + slot) * KF, (i * 3 + slot + 1) * KF);
     });
     const t1 = performance.now();
+    let thumbs: Float32Array | undefined;
+    if (this.o.thumb) {
+      const t = this.o.thumb;
+      thumbs = new Float32Array(nb * t.length);
+      for (let i = 0; i < nb; i++) thumbs.set(t, i * t.length);
+    }
     let out;
     try {
-      out = await model.run(nb, x, up, ctx, sigma, pos, kvNb, present);
+      out = await model.run(nb, x, up, ctx, sigma, pos, kvNb, present, thumbs);
     } catch (e) {
       for (const b of batch) b.inflight = false;   // the nodes can run again on a later request
       throw e;
@@ -349,7 +383,8 @@ export class Stage {
       this.nodeLog?.push(`${b.r},${b.c},${n}`);
       advance(plan, n, b.st!, out.denoised.subarray(i * BF, (i + 1) * BF));
       b.evals = n + 1; b.inflight = false;
-      this.placeKV(b.r, b.c, n, out.kv.slice(i * KF, (i + 1) * KF));
+      // a view, not a copy: the batch's output buffer lives until its blocks' K/V are all dropped
+      this.placeKV(b.r, b.c, n, out.kv.subarray(i * KF, (i + 1) * KF));
       if (b.evals === this.N) this.finish(b);
       for (const [dr, dc] of [[-1, 0], [0, -1], [-1, -1]]) if (b.r + dr >= 0 && b.c + dc >= 0) this.placeKV(b.r + dr, b.c + dc, n);
       for (const [dr, dc] of [[0, 0], [1, 0], [0, 1], [1, 1]])

@@ -17,7 +17,7 @@ export interface Manifest {
   inputs: IOSpec[]; outputs: IOSpec[];
   border_rule: string; target: string; sigma_data: number;
   sampling: Sampling;
-  global: { enabled: boolean; input: string | null };
+  global: { enabled: boolean; input: string | null; thumb?: number | null };
   provenance: Record<string, unknown>;
 }
 
@@ -36,6 +36,8 @@ export function validateManifest(m: any): Manifest {
     'sigma_data', 'sampling.sigma_min', 'sampling.sigma_max', 'sampling.rho']) need(m, k, 'number');
   if (m.border_rule !== 'mask') throw new ModelError(`manifest field "border_rule" must be "mask" (the rule this engine implements), got ${JSON.stringify(m.border_rule)}`);
   if (!['float32', 'float16'].includes(m.kv?.dtype)) throw new ModelError(`manifest field "kv.dtype" must be "float32" or "float16", got ${JSON.stringify(m.kv?.dtype)}`);
+  if (m.global?.enabled && !(m.global.input === 'thumb' && Number.isInteger(m.global.thumb) && m.global.thumb > 0))
+    throw new ModelError(`manifest field "global" must name input "thumb" and an integer "thumb" size when enabled, got ${JSON.stringify(m.global)}`);
   if (m.block % m.scale || m.block / m.scale !== m.lr_block) throw new ModelError(`manifest field "lr_block" must equal block/scale (${m.block}/${m.scale}), got ${m.lr_block}`);
   if (m.grid * m.patch !== m.block || m.grid * m.grid !== m.tokens_per_block) throw new ModelError(`manifest fields "grid"/"tokens_per_block" disagree with block ${m.block} and patch ${m.patch}`);
   const presets = m.sampling?.presets;
@@ -117,7 +119,7 @@ export class Model {
       kv_nb: new ort.Tensor(kvType, kvNb, [b, 3, m.layers, 2, m.heads, m.tokens_per_block, m.head_dim]),
       present: new ort.Tensor('float32', present, [b, 3]),
     };
-    if (m.global.enabled) feeds[m.global.input!] = new ort.Tensor('float32', thumb!, [b, 3, (m as any).config.thumb, (m as any).config.thumb]);
+    if (m.global.enabled) feeds[m.global.input!] = new ort.Tensor('float32', thumb!, [b, 3, m.global.thumb!, m.global.thumb!]);
     const out = await this.session.run(feeds);
     return { denoised: out.denoised.data as Float32Array, kv: out.kv.data as Float32Array | Uint16Array };
   }

@@ -10,6 +10,7 @@ import { KVStore } from './kvstore.js';
 import type { BlockStore } from './blockstore.js';
 import { SamplerPlan, type Preset } from './sampler.js';
 import { cropClamped, halve, type RGBImage } from './image.js';
+import { thumbnail } from './thumb.js';
 
 export const SCALES = [2, 4, 8, 16] as const;
 
@@ -24,6 +25,7 @@ export class ImageLR implements LRSource {
   get width() { return this.img.width; }
   get height() { return this.img.height; }
   async region(x0: number, y0: number, w: number, h: number) { return cropClamped(this.img, x0, y0, w, h); }
+  regionSync(x0: number, y0: number, w: number, h: number) { return cropClamped(this.img, x0, y0, w, h); }
 }
 
 class StageLR implements LRSource {
@@ -59,8 +61,11 @@ export class Render {
     this.plan = new SamplerPlan(p.method, p.steps, smp.sigma_min, o.sigmaMax ?? smp.sigma_max, smp.rho);
     this.kv = new KVStore(o.kvBytes);
     let lr: LRSource = new ImageLR(o.image);
+    // the global vector is the user's image's, for every stage: a stage-2 thumbnail would need
+    // all of stage 1 and break laziness
+    const thumb = m.global.enabled ? thumbnail(o.image, m.global.thumb!) : undefined;
     for (let s = 1; s <= nStages; s++) {
-      const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store });
+      const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb });
       this.stages.push(st);
       lr = new StageLR(st);
     }

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, InfDiTConfig, make_config, upsample, to_blocks, lr_contexts
+from network import InfDiT, InfDiTConfig, make_config, upsample, to_blocks, lr_contexts, thumbnail
 from sample import sample_image, karras_sigmas, block_noise
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,10 @@ def manifest(cfg, name, kv_dtype, sampling, provenance):
                 "element i: u1=(fmix32(key+(2i+1)·0x9E3779B1)+1)/(2^32+1), u2=fmix32(key+(2i+2)·0x9E3779B1)/2^32, "
                 "z=sqrt(-2 ln u1)·cos(2π u2)"},
         "global": {"enabled": cfg.global_cond, "input": "thumb" if cfg.global_cond else None,
-                   "recipe": f"LR image resized to {cfg.thumb}x{cfg.thumb} (bicubic, antialiased), [-1,1]" if cfg.global_cond else None},
+                   "thumb": cfg.thumb if cfg.global_cond else None,
+                   "recipe": (f"the user's whole input image in [-1,1], adaptive-average-pooled to {cfg.thumb}x{cfg.thumb} "
+                              "(bins floor(i*H/n)..ceil((i+1)*H/n)); the same vector for every block and every stage")
+                   if cfg.global_cond else None},
         "provenance": provenance,
     }
 
@@ -169,6 +172,17 @@ def make_fixture(out_dir):
                            sampling["rho"], seed=42)
         arrays[f"image.{preset}"] = out[0].numpy()
     arrays["noise.7.1.2.3.0"] = block_noise(7, 1, 2, 3, 0, 16)
+    # 3. the same with global conditioning (a second tiny model)
+    gcfg = make_config("infdit-tiny/8", sigma_data=0.1, global_cond=True, thumb=8)
+    gmodel = InfDiT(gcfg).randomize_(4321, std=0.1).eval()
+    export_onnx(gmodel, out_dir / "tiny-global.onnx")
+    (out_dir / "tiny-global.json").write_text(json.dumps(manifest(gcfg, "tiny-global-fixture", "float32", sampling,
+                                                                  {"data": "none: random weights (seed 4321)", "steps": 0}), indent=1))
+    arrays["global.thumb"] = thumbnail(lr, gcfg.thumb)[0].numpy()
+    for preset, p in sampling["presets"].items():
+        out = sample_image(gmodel, lr, p["method"], p["steps"], sampling["sigma_min"], sampling["sigma_max"],
+                           sampling["rho"], seed=42)
+        arrays[f"global.image.{preset}"] = out[0].numpy()
     index = write_bin(out_dir / "tiny.ref.bin", arrays)
     (out_dir / "tiny.ref.json").write_text(json.dumps({"seed": 42, "grid": [R, C], "arrays": index}, indent=1))
     return out_dir

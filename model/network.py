@@ -372,12 +372,15 @@ class InfDiT(nn.Module):
         cfg = self.cfg
         n, _, hh, ww = x.shape
         bs, R, C = cfg.block, hh // cfg.block, ww // cfg.block
+        # thumb: (N,3,t,t) global-conditioning input; default: thumbnail(lr)
         up = upsample(lr, cfg.scale)
         xb, ub = to_blocks(x, bs), to_blocks(up, bs)                        # (N·R·C,3,B,B)
         ctx = lr_contexts(lr, cfg.lr_block)                                  # (N·R·C,3,3b,3b)
         nb = n * R * C
         rep = lambda t: t.repeat_interleave(R * C, dim=0)
         sig = rep(sigma)
+        if self.g_embedder is not None and thumb is None:
+            thumb = thumbnail(lr, cfg.thumb)
         th = rep(thumb) if thumb is not None else None
         if pos0 is None:
             pos0 = torch.zeros(n, 2, device=x.device)
@@ -427,6 +430,12 @@ def to_blocks(img, b):
 def from_blocks(blocks, n, R, C):
     ch, b = blocks.shape[1], blocks.shape[2]
     return blocks.reshape(n, R, C, ch, b, b).permute(0, 3, 1, 4, 2, 5).reshape(n, ch, R * b, C * b)
+
+
+def thumbnail(lr, size):
+    """The global-conditioning input: the whole LR image average-pooled to size×size (PyTorch's
+    adaptive bins: rows floor(i·H/n) … ceil((i+1)·H/n)); lib/thumb.ts computes the same."""
+    return F.adaptive_avg_pool2d(lr, size)
 
 
 def lr_contexts(lr, lb):

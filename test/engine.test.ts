@@ -7,6 +7,7 @@ import { Render } from '../lib/render.js';
 import { MemoryBlockStore } from '../lib/blockstore.js';
 import { blockNoise } from '../lib/rng.js';
 import { upsampleRegion } from '../lib/bicubic.js';
+import { thumbnail } from '../lib/thumb.js';
 import { FIXTURE, loadRef, maxAbsDiff } from './helpers.js';
 import type { RGBImage } from '../lib/image.js';
 
@@ -171,5 +172,21 @@ test('stress: random concurrent requests, cache sizes and batches never stall an
     const timeout = new Promise((_, rej) => setTimeout(() => rej(new Error(`trial ${trial} stalled`)), 10000).unref());
     await Promise.race([Promise.all(waves), timeout]);
     assert.equal(hash(await full(r)), base, `trial ${trial}`);
+  }
+});
+
+test('global conditioning: the thumbnail and a full render equal PyTorch', async () => {
+  const gm = await Model.load(FIXTURE.replace(/tiny$/, 'tiny-global') + '.onnx', { threads: 1 });
+  assert.ok(gm.manifest.global.enabled);
+  const want = ref.get('global.thumb');
+  assert.ok(maxAbsDiff(thumbnail(lrImg, gm.manifest.global.thumb!), want.data) < 1e-5);
+  for (const preset of ['fidelity', 'detail']) {
+    const r = new Render({ model: gm, image: lrImg, scale: 4, seed: 42, preset, batch: 4, kvBytes: 1 << 26, store: new MemoryBlockStore() });
+    const out = await full(r);
+    const w = ref.get('global.image.' + preset), [, H, W] = w.shape;
+    let worst = 0;
+    for (let i = 0; i < H * W; i++) for (let c = 0; c < 3; c++)
+      worst = Math.max(worst, Math.abs(out[i * 3 + c] - Math.min(255, Math.max(0, (w.data[c * H * W + i] + 1) * 127.5))));
+    assert.ok(worst <= 0.51 + 1e-3, `${preset}: worst pixel diff ${worst}`);
   }
 });

@@ -104,6 +104,10 @@ test('uploads: non-image, truncated, empty, bomb, svg, missing field → 4xx nam
   assert.match(r.body.error, /limit|pixels|corrupt|readable/);
   r = await request(app).post('/api/images').attach('image', Buffer.from('<svg xmlns="http://www.w3.org/2000/svg"><image href="file:///etc/passwd"/></svg>'), 'x.svg').expect(400);
   assert.match(r.body.error, /SVG/);
+  r = await request(app).post('/api/images').set('Content-Type', 'application/json').send('{"image":"x"}').expect(400);
+  assert.match(r.body.error, /multipart\/form-data/);
+  r = await request(app).post('/api/images').set('Content-Type', 'image/png').send(png).expect(400);
+  assert.match(r.body.error, /multipart\/form-data/);
   r = await request(app).post('/api/images').attach('file', png, 'x.png').expect(400);
   assert.match(r.body.error, /field "image"/);
   const gif = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#f00' } }).gif().toBuffer();

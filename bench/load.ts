@@ -1,7 +1,7 @@
 /**
  * Load benchmark: 50 simulated viewers for 60 s over a partly generated image, plus one upload,
  * against a real `infdit serve` process on loopback. Prints figures (JSON); never fails on time.
- *   node --import tsx bench/load.ts [--viewers 50 --seconds 60 --model FILE]
+ *   node --import tsx bench/load.ts [--viewers 50 --seconds 60 --fill-seconds 6 --model FILE]
  * A viewer pans/zooms at random: it asks tiles of a random level around a random point, using
  * the preview URL for generated tiles it has not seen finished (as the viewer page does) and
  * the final URL otherwise; a tenth of its asks are final URLs of generated tiles (a DZI viewer
@@ -16,7 +16,7 @@ import { ROOT } from '../test/helpers.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
-const VIEWERS = Number(opt('viewers', '50')), SECONDS = Number(opt('seconds', '60'));
+const VIEWERS = Number(opt('viewers', '50')), SECONDS = Number(opt('seconds', '60')), FILL = Number(opt('fill-seconds', '6'));
 const model = opt('model', join(ROOT, 'model/release/infdit-s4.onnx'));
 const log = (s: string) => process.stderr.write(s + '\n');
 
@@ -41,8 +41,8 @@ async function main() {
   const list = JSON.parse((await (await fetch(`${base}/api/images`)).text()));
   const id = list.images[0].id;
   let st = await (await fetch(`${base}/api/images/${id}`)).json() as any;
-  log(`image ${id}: ${st.width}×${st.height}, ${st.blocks.total} blocks; letting background fill run 20 s…`);
-  await new Promise(r => setTimeout(r, 20000));
+  log(`image ${id}: ${st.width}×${st.height}, ${st.blocks.total} blocks; letting background fill run ${FILL} s…`);
+  await new Promise(r => setTimeout(r, FILL * 1000));
   st = await (await fetch(`${base}/api/images/${id}`)).json() as any;
   log(`partly generated: ${st.blocks.done}/${st.blocks.total} blocks`);
   const M = st.maxLevel, S = st.sourceMaxLevel, T = st.tileSize;

@@ -10,7 +10,7 @@
  */
 import type { Model } from './model.js';
 import type { KV } from './kvstore.js';
-import { KVStore } from './kvstore.js';
+import { KVStore, copyKV } from './kvstore.js';
 import type { BlockStore } from './blockstore.js';
 import { blockNoise } from './rng.js';
 import { upsampleRegion } from './bicubic.js';
@@ -201,10 +201,11 @@ export class Stage {
       if (pending) laterNeed = true;
     }
     const val = v ?? this.o.kv.get(key);
-    if (!val) return;
+    if (!val) return false;
     if (activeNeed) this.o.kv.pin(key, val);
     else if (laterNeed) this.o.kv.keep(key, val);
-    else this.o.kv.delete(key);
+    else { if (this.o.kv.has(key)) this.o.kv.delete(key); return false; }
+    return true;
   }
 
   /** Is node (b, b.evals) ready? Starts preparation and schedules reruns as side effects. */
@@ -272,8 +273,11 @@ export class Stage {
     const ready: Block[] = [];
     for (const k of [...this.candidates]) {
       const b = this.blocks.get(k)!;
+      // A block that is not ready leaves the set: whatever makes it ready (a neighbour's or its
+      // own node finishing, its LR context, a new request) puts it back, so a scan costs the
+      // frontier, not the closure.
       if (this.ready(b)) ready.push(b);
-      else if (!this.wants(b)) this.candidates.delete(k);
+      else this.candidates.delete(k);
     }
     ready.sort((a, b) => this.effPrio(b) - this.effPrio(a) || (a.r + a.c + a.evals) - (b.r + b.c + b.evals) || a.r - b.r || a.c - b.c);
     return ready.slice(0, this.o.batch);
@@ -316,7 +320,9 @@ export class Stage {
   private kvBuf: Float32Array | Uint16Array | null = null;
   private kvInput(len: number): Float32Array | Uint16Array {
     const half = this.o.model.manifest.kv.dtype === 'float16';
-    if (!this.kvBuf || this.kvBuf.length < len) this.kvBuf = half ? new Uint16Array(len) : new Float32Array(len);
+    // sized for the largest batch at once: growing it with the wavefront re-paid the page faults
+    const full = Math.max(len, this.o.batch * 3 * this.o.model.kvFloats);
+    if (!this.kvBuf || this.kvBuf.length < len) this.kvBuf = half ? new Uint16Array(full) : new Float32Array(full);
     return this.kvBuf.subarray(0, len);
   }
 
@@ -355,7 +361,7 @@ export class Stage {
       [[-1, 0], [0, -1], [-1, -1]].forEach(([dr, dc], slot) => {
         const r = b.r + dr, c = b.c + dc;
         if (r < 0 || c < 0) return;
-        (kvNb as any).set(this.o.kv.get(this.kvKey(r, c, n))!, (i * 3 + slot) * KF);
+        copyKV(kvNb, (i * 3 + slot) * KF, this.o.kv.get(this.kvKey(r, c, n))!);
         present[i * 3 + slot] = 1;
       });
       // a masked slot's values are ignored, but must be finite (0 × NaN is NaN): zero it
@@ -383,8 +389,9 @@ export class Stage {
       this.nodeLog?.push(`${b.r},${b.c},${n}`);
       advance(plan, n, b.st!, out.denoised.subarray(i * BF, (i + 1) * BF));
       b.evals = n + 1; b.inflight = false;
-      // a view, not a copy: the batch's output buffer lives until its blocks' K/V are all dropped
-      this.placeKV(b.r, b.c, n, out.kv.subarray(i * KF, (i + 1) * KF));
+      const own = this.o.kv.acquire();
+      copyKV(own, 0, out.kv.subarray(i * KF, (i + 1) * KF));
+      if (!this.placeKV(b.r, b.c, n, own)) this.o.kv.release(own);
       if (b.evals === this.N) this.finish(b);
       for (const [dr, dc] of [[-1, 0], [0, -1], [-1, -1]]) if (b.r + dr >= 0 && b.c + dc >= 0) this.placeKV(b.r + dr, b.c + dc, n);
       for (const [dr, dc] of [[0, 0], [1, 0], [0, 1], [1, 1]])

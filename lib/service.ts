@@ -14,6 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, renameSync, existsSync, readdirSync, rmSync, statSync, accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { LRUCache } from 'lru-cache';
 import { Model } from './model.js';
 import { Render } from './render.js';
 import { DiskBlockStore } from './blockstore.js';
@@ -208,7 +209,8 @@ export class ImageService {
     const e = await this.ready(id);
     if (!validTile(e.geometry, L, c, r)) throw new NotFound(`tile ${L}/${c}_${r} is outside the pyramid`);
     const path = this.tilePath(e, L, c, r);
-    if (existsSync(path)) return this.result(readFileSync(path), true);
+    const stored = this.finalTile(path);
+    if (stored) return stored;
     const key = `${id}/${L}/${c}/${r}`;
     // Coalesced callers share the generation; it is cancelled only if all of them go away.
     return this.withWaiters(key, opt.signal, (signal) => this.tiles.run(key, async () => {
@@ -220,7 +222,9 @@ export class ImageService {
         mkdirSync(join(e.pyramidDir, `${id}_files`, String(L)), { recursive: true });
         atomicWrite(path, bytes);
         e.events.emit('tile', { level: L, col: c, row: r });
-        return this.result(bytes, true);
+        const t = this.result(bytes, true);
+        this.hot.set(path, t);
+        return t;
       } finally {
         this.activeViewerTiles--;
         if (this.activeViewerTiles === 0) this.kickFill();
@@ -256,7 +260,8 @@ export class ImageService {
   /** Whether a tile is final on disk, without making it. */
   async tileIsFinal(id: string, L: number, c: number, r: number) {
     const e = await this.ready(id);
-    return existsSync(this.tilePath(e, L, c, r));
+    const path = this.tilePath(e, L, c, r);
+    return this.hot.has(path) || existsSync(path);
   }
 
   /** Preview of a tile: the LR, Lanczos3-resized to the level (also the compare view); never stored, never final. */
@@ -285,6 +290,17 @@ export class ImageService {
 
   private result(bytes: Buffer, final: boolean): TileResult {
     return { bytes, final, etag: `"${createHash('sha256').update(bytes).digest('base64url').slice(0, 27)}"` };
+  }
+
+  /** Final tiles are immutable: keep the hot ones (bytes and ETag) in memory, bounded in bytes. */
+  private hot = new LRUCache<string, TileResult>({ maxSize: 64 << 20, sizeCalculation: t => t.bytes.length + 64 });
+  private finalTile(path: string): TileResult | undefined {
+    const hit = this.hot.get(path);
+    if (hit) return hit;
+    if (!existsSync(path)) return undefined;
+    const t = this.result(readFileSync(path), true);
+    this.hot.set(path, t);
+    return t;
   }
 
   /** Every tile of the pyramid, top level first (lower generated levels then come from stored tiles' blocks). */

@@ -20,17 +20,17 @@ import { ROOT } from '../test/helpers.js';
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
 const modelPath = opt('model', join(ROOT, 'model/release/infdit-s4.onnx'));
-const sizes = opt('sizes', '512,1024').split(',').map(Number);
+const sizes = opt('sizes', '512,1024').split(',').map(Number).filter(n => n > 0);   // --sizes 0: block evaluations only
 const threads = Number(opt('threads', '0'));
 const batch = Number(opt('batch', '16'));
 const log = (s: string) => process.stderr.write(s + '\n');
 
 async function matmulPeak() {
-  const s = await ort.InferenceSession.create(join(ROOT, 'bench/matmul.onnx'), { intraOpNumThreads: threads });
-  const n = 1024, a = new ort.Tensor('float32', new Float32Array(n * n).fill(0.5), [n, n]), b = new ort.Tensor('float32', new Float32Array(n * n).fill(0.25), [n, n]);
+  const s = await ort.InferenceSession.create(join(ROOT, 'bench/matmul.onnx'), { intraOpNumThreads: threads || cpus().length });
+  const n = 2048, a = new ort.Tensor('float32', new Float32Array(n * n).fill(0.5), [n, n]), b = new ort.Tensor('float32', new Float32Array(n * n).fill(0.25), [n, n]);
   await s.run({ a, b });
   let best = Infinity;
-  for (let i = 0; i < 8; i++) { const t = performance.now(); await s.run({ a, b }); best = Math.min(best, performance.now() - t); }
+  for (let i = 0; i < 5; i++) { const t = performance.now(); await s.run({ a, b }); best = Math.min(best, performance.now() - t); }
   return { n, ms: best, gflops: (2 * n ** 3) / (best / 1000) / 1e9 };
 }
 

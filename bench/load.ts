@@ -82,11 +82,13 @@ async function main() {
   await Promise.all([...Array.from({ length: VIEWERS }, viewer), upload]);
   clearInterval(rssTimer);
   const after = await (await fetch(`${base}/api/images/${id}`)).json() as any;
+  const health = await (await fetch(`${base}/api/health`)).json() as any;
   proc.kill('SIGTERM');
   const res = {
     date: new Date().toISOString(), viewers: VIEWERS, seconds: SECONDS, protocol: 'HTTP/1.1 (6 connections per viewer)', image: { id, width: st.width, height: st.height },
     blocksAtStart: st.blocks.done, blocksAtEnd: after.blocks.done, blocksTotal: st.blocks.total,
     tiles, tilesPerSecond: tiles / SECONDS, errors, megabytes: bytes / 1e6, upload: await upload, serverPeakRssMiB: Math.round(rss / 2 ** 20),
+    serverMemoryAtEndMiB: health.memoryMiB,
     latencyMs: Object.fromEntries(Object.entries(lat).map(([k, v]) => [k, { n: v.length, p50: pct(v, 50), p95: pct(v, 95), p99: pct(v, 99) }])),
   };
   mkdirSync(join(ROOT, 'bench/results'), { recursive: true });

@@ -45,6 +45,13 @@ export function createApp(service: ImageService) {
       events: `${base}/api/images/${id}/events`, viewer: `${base}/#${id}`, download: `${base}/api/images/${id}/pyramid.tar` };
   };
 
+  // Operators' view of memory: the K/V and image caches are bounded by config; this shows the rest.
+  app.get('/api/health', (_req, res) => {
+    const m = process.memoryUsage();
+    res.set('Cache-Control', 'no-store').json({ ok: true, images: service.list().length,
+      memoryMiB: Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Math.round(v / 2 ** 20)])) });
+  });
+
   app.get('/api/images', (req, res) => {
     res.set('Cache-Control', 'no-store').json({ images: service.list().map(m => ({ ...m, width: m.lrWidth * cfg.scale, height: m.lrHeight * cfg.scale,
       scale: cfg.scale, tileSize: cfg.tileSize, format: cfg.tileFormat, urls: urls(req, m.id) })) });

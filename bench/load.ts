@@ -36,7 +36,7 @@ const pct = (a: number[], p: number) => { if (!a.length) return null; const s = 
 
 async function main() {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-load-'));
-  const proc = spawn(process.execPath, [join(ROOT, 'bin/infdit.js'), 'serve', '--port', '0', '--data-dir', dataDir, '--model', model, '--tile-wait-ms', '20000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc = spawn(process.execPath, ['--max-old-space-size=1024', join(ROOT, 'bin/infdit.js'), 'serve', '--port', '0', '--data-dir', dataDir, '--model', model, '--tile-wait-ms', '20000'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const base: string = await new Promise(res => { let o = ''; proc.stdout!.on('data', d => { o += d; const m = /viewer at (http:\/\/[\d.]+:\d+)\//.exec(o); if (m) res(m[1]); }); });
   const list = JSON.parse((await (await fetch(`${base}/api/images`)).text()));
   const id = list.images[0].id;

@@ -22,7 +22,7 @@ import { DiskBlockStore } from './blockstore.js';
 import { AbortError } from './engine.js';
 import { loadRGB, encode, ImageError, type RGBImage } from './image.js';
 import { SharedPromiseCache } from './shared-promise.js';
-import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, tileCount, type Geometry, type TileFormat } from './pyramid.js';
+import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, tileCount, crop, type Geometry } from './pyramid.js';
 import type { Config } from '../config/index.js';
 
 export interface ImageMeta { id: string; name: string; lrWidth: number; lrHeight: number; created: string; demo?: boolean }
@@ -61,7 +61,6 @@ class Entry {
   readonly events = new EventEmitter();
   readonly dir: string; readonly pyramidDir: string;
   times: number[] = [];
-  filling = false;
   constructor(readonly meta: ImageMeta, root: string, key: string, readonly geometry: Geometry) {
     this.dir = join(root, meta.id);
     this.pyramidDir = join(this.dir, `r-${key}`);
@@ -286,7 +285,7 @@ export class ImageService {
     const rect = tileRect(e.geometry, L, c, r);
     const src = e.sources!.get(L);
     let img: RGBImage;
-    if (src) img = (await import('./pyramid.js')).crop(src, rect.x, rect.y, rect.w, rect.h);
+    if (src) img = crop(src, rect.x, rect.y, rect.w, rect.h);
     else {
       const lr = e.lr!, ls = levelSize(e.geometry, L);
       const f = ls.width / lr.width;

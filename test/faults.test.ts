@@ -136,3 +136,14 @@ test('pyramid download: a tar of the .dzi and every tile', async () => {
   assert.ok(readFileSync(join(dir, `${meta.id}_files/7/1_1.jpeg`)).equals(Buffer.from(tile.body)));
   assert.ok(statSync(join(dir, `${meta.id}_files/0/0_0.jpeg`)).size > 0);
 });
+
+test('a full disk is refused at start with a clear error (needs root to mount a tiny tmpfs)', async (t) => {
+  const dir = tmp('infdit-full-');
+  try { execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16k', 'tmpfs', dir], { stdio: 'pipe' }); }
+  catch { t.skip('cannot mount a tmpfs here (not root)'); return; }
+  try {
+    try { writeFileSync(join(dir, 'filler'), Buffer.alloc(64 * 1024)); } catch { /* ENOSPC: the disk is now full */ }
+    await assert.rejects(ImageService.open(loadConfig({ model: FIXTURE + '.onnx', dataDir: join(dir, 'data'), demo: false, backgroundFill: false })),
+      /data directory .* is not writable .*(ENOSPC|no space)/i);
+  } finally { execFileSync('umount', [dir]); }
+});

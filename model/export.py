@@ -2,6 +2,7 @@
 
     /usr/bin/python3 model/export.py --ckpt runs/gpu2/last.pt --out model/release/infdit-s4 [--kv-dtype float16]
     /usr/bin/python3 model/export.py --fixture            # test/fixtures/tiny.{onnx,json} + reference
+    /usr/bin/python3 model/export.py --random infdit-s/8 --out /tmp/s8 --kv-dtype float16   # cost benchmarks
 
 The graph evaluates a batch of blocks at one σ each (see network.InfDiT.forward_blocks); the
 manifest says everything the engine must not guess (DESIGN.md §3).
@@ -196,12 +197,22 @@ def main():
     ap.add_argument("--provenance", help="JSON file merged into the manifest's provenance")
     ap.add_argument("--sampling", help="JSON file replacing the default sampling section")
     ap.add_argument("--fixture", action="store_true")
+    ap.add_argument("--random", metavar="CONFIG", help="export a named size with random weights (for cost benchmarks)")
     a = ap.parse_args()
     if a.fixture:
         print("fixture written to", make_fixture(ROOT / "test/fixtures"))
         return
+    if a.random and a.out:
+        cfg = make_config(a.random, sigma_data=0.1)
+        model = InfDiT(cfg).randomize_(0, std=0.02)
+        out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, out.with_suffix(".onnx"), a.kv_dtype)
+        out.with_suffix(".json").write_text(json.dumps(manifest(cfg, a.random, a.kv_dtype, DEFAULT_SAMPLING,
+                                                                {"data": "random weights: for cost benchmarks only"}), indent=1))
+        print(f"wrote {out}.onnx ({a.random}, random weights)")
+        return
     if not (a.ckpt and a.out):
-        ap.error("--ckpt and --out are required (or --fixture)")
+        ap.error("--ckpt and --out are required (or --fixture, or --random CONFIG --out)")
     from train import load_parts
     st = load_parts(a.ckpt)
     cfg = InfDiTConfig(**st["config"])

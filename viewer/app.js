@@ -122,6 +122,7 @@
   }
   $('compare').addEventListener('click', () => setCompare($('compare').getAttribute('aria-pressed') !== 'true'));
   $('swipe').addEventListener('input', applySwipe);
+  $('show-pending').addEventListener('change', () => state.st && drawOverlay());
 
   // ----------------------------------------------------------------- progress
 
@@ -139,7 +140,30 @@
   }
   function formatSecs(s) { return s < 90 ? `${s} s` : `${Math.round(s / 60)} min`; }
 
+  /** Pending blocks shaded on the image itself (an OpenSeadragon overlay), so a viewer sees where
+   *  detail is still coming; it empties as blocks finish and goes away at 100%. */
+  function drawOverlay() {
+    const st = state.st;
+    if (!st) return;
+    let cv = state.overlay;
+    if (!cv) {
+      cv = state.overlay = document.createElement('canvas');
+      cv.className = 'pending-overlay'; cv.setAttribute('aria-hidden', 'true');
+      // the block grid covers the LR padded to whole blocks: size the overlay by blocks, not by the image
+      const B = st.blocks.size;
+      viewer.addOverlay({ element: cv, location: new OpenSeadragon.Rect(0, 0, st.blocks.cols * B / st.width, st.blocks.rows * B / st.width) });
+    }
+    const { rows, cols } = st.blocks;
+    cv.width = cols; cv.height = rows;
+    const ctx = cv.getContext('2d');
+    ctx.clearRect(0, 0, cols, rows);
+    if (!$('show-pending').checked) return;
+    ctx.fillStyle = 'rgba(24, 24, 27, 0.35)';
+    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) if (!state.done.has(r * cols + c)) ctx.fillRect(c, r, 1, 1);
+  }
+
   function drawBlocks() {
+    drawOverlay();
     const st = state.st, cv = $('blocks'), ctx = cv.getContext('2d');
     const { rows, cols } = st.blocks;
     const cell = Math.max(1, Math.min(160 / cols, 120 / rows));
@@ -177,6 +201,7 @@
     clearTimeout(state.pollTimer);
     Object.assign(state, { id, st, done: new Set(st.blocks.doneList), layers: [], compareLayer: null, swapping: false });
     viewer.world.removeAll();
+    if (state.overlay) { viewer.removeOverlay(state.overlay); state.overlay = null; }
     setCompare(false);
     $('compare').disabled = false;
     $('dzi-url').value = st.urls.dzi;

@@ -46,6 +46,7 @@ interface Block {
   st?: BlockSampleState;
   up?: Float32Array; ctx?: Float32Array;
   preparing?: Promise<void>;
+  prepAbort?: AbortController;   // cancels the LR fetch (stage-1 work) when nobody wants the block
   prio: number;                  // highest priority of an active request whose closure holds it; -1: none
 }
 
@@ -169,7 +170,11 @@ export class Stage {
           if ((prio.get(k) ?? -1) < req.priority) prio.set(k, req.priority);
         }
     }
-    for (const [k, b] of this.blocks) if (!prio.has(k)) b.prio = -1;
+    for (const [k, b] of this.blocks) if (!prio.has(k)) {
+      b.prio = -1;
+      // its LR context may be a lower stage's work in flight: stop that too
+      if (b.preparing && !this.wants(b)) b.prepAbort?.abort();
+    }
     for (const [k, p] of prio) {
       const b = this.block(Math.floor(k / this.C), k % this.C);
       b.prio = p;
@@ -249,10 +254,11 @@ export class Stage {
       b.up = upsampleRegion(ctx, 3, s, s, this.o.model.manifest.scale, lb, lb, this.B, this.B);
     };
     if (this.o.lr.regionSync) { fill(this.o.lr.regionSync((b.c - 1) * lb, (b.r - 1) * lb, s, s)); return true; }
-    b.preparing = this.o.lr.region((b.c - 1) * lb, (b.r - 1) * lb, s, s, { priority: this.effPrio(b) })
+    b.prepAbort = new AbortController();
+    b.preparing = this.o.lr.region((b.c - 1) * lb, (b.r - 1) * lb, s, s, { priority: this.effPrio(b), signal: b.prepAbort.signal })
       .then(fill)
       .catch(e => { if (!(e instanceof AbortError)) this.fail(e); })
-      .finally(() => { b.preparing = undefined; this.addCandidate(b.r * this.C + b.c); this.pump(); });
+      .finally(() => { b.preparing = undefined; b.prepAbort = undefined; this.addCandidate(b.r * this.C + b.c); this.pump(); });
     return false;
   }
 

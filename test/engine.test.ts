@@ -190,3 +190,4 @@ test('global conditioning: the thumbnail and a full render equal PyTorch', async
     assert.ok(worst <= 0.51 + 1e-3, `${preset}: worst pixel diff ${worst}`);
   }
 });
+

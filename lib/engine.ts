@@ -106,11 +106,11 @@ export class Stage {
     return new Promise<void>((resolve, reject) => {
       const req: Request = { blocks, priority: opt.priority ?? 0, resolve, reject, signal: opt.signal };
       if (opt.signal) {
-        req.onAbort = () => { this.drop(req); reject(new AbortError()); };
+        req.onAbort = () => { this.drop(req, true); reject(new AbortError()); };
         opt.signal.addEventListener('abort', req.onAbort, { once: true });
       }
       this.requests.add(req);
-      this.replan();
+      this.applyRequest(req);
       this.pump();
     });
   }
@@ -148,23 +148,47 @@ export class Stage {
 
   // ---------------------------------------------------------------- planning
 
-  private drop(req: Request) {
+  /**
+   * A request leaves. Answered ones change nothing (their closure is final); a cancelled one may
+   * lower priorities, which are recomputed once before the next batch however many left.
+   */
+  private drop(req: Request, cancelled = false) {
     if (!this.requests.delete(req)) return;
     if (req.signal && req.onAbort) req.signal.removeEventListener('abort', req.onAbort);
-    this.replan();
+    if (cancelled) { this.planDirty = true; this.pump(); }
+  }
+
+  private planDirty = false;
+
+  /** The request's closure as a staircase: maxCol[r] = the largest wanted column at rows ≥ r. */
+  private staircase(req: Request): Int32Array {
+    let maxR = -1;
+    for (const [r] of req.blocks) maxR = Math.max(maxR, r);
+    const maxCol = new Int32Array(maxR + 1).fill(-1);
+    for (const [r, c] of req.blocks) maxCol[r] = Math.max(maxCol[r], c);
+    for (let r = maxR - 1; r >= 0; r--) maxCol[r] = Math.max(maxCol[r], maxCol[r + 1]);
+    return maxCol;
+  }
+
+  /** A new request can only raise priorities: apply its closure alone. */
+  private applyRequest(req: Request) {
+    const maxCol = this.staircase(req);
+    for (let r = 0; r < maxCol.length; r++)
+      for (let c = 0; c <= maxCol[r]; c++) {
+        const b = this.block(r, c);
+        if (b.final && !b.rerun) continue;
+        if (b.prio < req.priority) b.prio = req.priority;
+        this.addCandidate(r * this.C + c);
+      }
   }
 
   /** Recompute each block's active priority from the open requests' closures. */
   private replan() {
+    this.planDirty = false;
     const prio = new Map<number, number>();
     for (const req of this.requests) {
-      // staircase: maxCol[r] = the largest wanted column at rows ≥ r
-      let maxR = -1;
-      for (const [r] of req.blocks) maxR = Math.max(maxR, r);
-      const maxCol = new Int32Array(maxR + 1).fill(-1);
-      for (const [r, c] of req.blocks) maxCol[r] = Math.max(maxCol[r], c);
-      for (let r = maxR - 1; r >= 0; r--) maxCol[r] = Math.max(maxCol[r], maxCol[r + 1]);
-      for (let r = 0; r <= maxR; r++)
+      const maxCol = this.staircase(req);
+      for (let r = 0; r < maxCol.length; r++)
         for (let c = 0; c <= maxCol[r]; c++) {
           const k = r * this.C + c;
           if ((prio.get(k) ?? -1) < req.priority) prio.set(k, req.priority);
@@ -268,6 +292,7 @@ export class Stage {
   /** Ready nodes, best first. Checking readiness can schedule reruns (new candidates): then
    *  look again, or the loop would stop with runnable work left. */
   private pickBatch(): Block[] {
+    if (this.planDirty) this.replan();
     for (;;) {
       this.dirty = false;
       const b = this.scan();
@@ -313,7 +338,7 @@ export class Stage {
 
   /** A failed ONNX call fails the requests waiting now; later requests try again. */
   private fail(e: Error) {
-    for (const req of [...this.requests]) { this.drop(req); req.reject(e); }
+    for (const req of [...this.requests]) { this.drop(req, true); req.reject(e); }
   }
 
   private settle() {

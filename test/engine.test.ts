@@ -154,7 +154,7 @@ test('cascade: 16× equals stage 1 then stage 2 run separately', async () => {
   await r8.region(0, 0, r8.width, r8.height);
 });
 
-test('stress: random concurrent requests, cache sizes and batches never stall and never change a byte', async () => {
+test('stress: random concurrent and cancelled requests, cache sizes and batches never stall and never change a byte', async () => {
   const base = hash(await full(render({ preset: 'detail' })));
   let s = 99;
   const rand = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
@@ -164,8 +164,12 @@ test('stress: random concurrent requests, cache sizes and batches never stall an
     const r = render({ preset: 'detail', batch: 1 + Math.floor(rand() * 8), kvBytes });
     const waves = [];
     for (let k = 0; k < 4; k++) {
-      const reqs = Array.from({ length: 1 + Math.floor(rand() * 3) }, () =>
-        r.last.ensure([[Math.floor(rand() * R), Math.floor(rand() * C)]], { priority: Math.floor(rand() * 3) }));
+      const reqs = Array.from({ length: 1 + Math.floor(rand() * 3) }, () => {
+        const ac = new AbortController();
+        const p = r.last.ensure([[Math.floor(rand() * R), Math.floor(rand() * C)]], { priority: Math.floor(rand() * 3), signal: ac.signal });
+        if (rand() < 0.3) setTimeout(() => ac.abort(), Math.floor(rand() * 5));   // a viewer panned away
+        return p.catch(e => { if (e.name !== 'AbortError') throw e; });
+      });
       waves.push(Promise.all(reqs));
       if (rand() < 0.5) await waves[waves.length - 1];
     }

@@ -83,7 +83,17 @@ export class Stage {
   onBlockDone(fn: (r: number, c: number) => void) { this.listeners.add(fn); return () => this.listeners.delete(fn); }
 
   isFinal(r: number, c: number) { return this.block(r, c).final; }
-  doneCount() { let n = 0; for (let r = 0; r < this.R; r++) for (let c = 0; c < this.C; c++) if (this.o.store.has(this.o.stage, r, c)) n++; return n; }
+  /** Finished blocks: one scan of the store, then counted as blocks finish (the progress events
+   *  ask for it after every block, so it must not cost the whole grid each time). */
+  private doneN = -1;
+  doneCount() {
+    if (this.doneN < 0) {
+      let n = 0;
+      for (let r = 0; r < this.R; r++) for (let c = 0; c < this.C; c++) if (this.block(r, c).final) n++;
+      this.doneN = n;
+    }
+    return this.doneN;
+  }
 
   private block(r: number, c: number): Block {
     const k = r * this.C + c;
@@ -439,6 +449,9 @@ export class Stage {
     const wasFinal = b.final;
     b.final = true; b.rerun = false; b.rerunPrio = -1;
     b.st = undefined; b.up = undefined; b.ctx = undefined;
-    if (!wasFinal) for (const fn of this.listeners) fn(b.r, b.c);
+    if (!wasFinal) {
+      if (this.doneN >= 0) this.doneN++;
+      for (const fn of this.listeners) fn(b.r, b.c);
+    }
   }
 }

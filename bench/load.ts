@@ -7,12 +7,11 @@
  * the final URL otherwise; a tenth of its asks are final URLs of generated tiles (a DZI viewer
  * without previews), which wait for generation.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import http from 'node:http';
-import { ROOT } from '../test/helpers.js';
+import { ROOT, spawnServe } from '../test/helpers.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
@@ -36,8 +35,7 @@ const pct = (a: number[], p: number) => { if (!a.length) return null; const s = 
 
 async function main() {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-load-'));
-  const proc = spawn(process.execPath, ['--max-old-space-size=1024', join(ROOT, 'bin/infdit.js'), 'serve', '--port', '0', '--data-dir', dataDir, '--model', model, '--tile-wait-ms', '20000'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const base: string = await new Promise(res => { let o = ''; proc.stdout!.on('data', d => { o += d; const m = /viewer at (http:\/\/[\d.]+:\d+)\//.exec(o); if (m) res(m[1]); }); });
+  const { proc, base } = await spawnServe(['--data-dir', dataDir, '--model', model, '--tile-wait-ms', '20000'], ['--max-old-space-size=1024']);
   const list = JSON.parse((await (await fetch(`${base}/api/images`)).text()));
   const id = list.images[0].id;
   let st = await (await fetch(`${base}/api/images/${id}`)).json() as any;

@@ -6,14 +6,14 @@
  * --rtt-ms puts a relay that delays every chunk by half that each way between client and server:
  * on loopback alone there is no latency for HTTP/2's multiplexing to hide.
  */
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import https from 'node:https';
 import http2 from 'node:http2';
 import net from 'node:net';
-import { ROOT } from '../test/helpers.js';
+import { ROOT, spawnServe } from '../test/helpers.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
@@ -42,8 +42,7 @@ async function main() {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-zoom-'));
   log('pre-rendering the demo photo…');
   execFileSync(process.execPath, [join(ROOT, 'bin/infdit.js'), 'render', join(ROOT, 'viewer/demo.jpg'), '--out', join(dataDir, 'out'), '--data-dir', dataDir, '--model', model], { stdio: 'pipe' });
-  const proc = spawn(process.execPath, [join(ROOT, 'bin/infdit.js'), 'serve', '--http2', '--port', '0', '--data-dir', dataDir, '--model', model, '--no-background-fill'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const direct: string = await new Promise(res => { let o = ''; proc.stdout!.on('data', d => { o += d; const m = /viewer at (https:\/\/[\d.]+:\d+)\//.exec(o); if (m) res(m[1]); }); });
+  const { proc, base: direct } = await spawnServe(['--http2', '--data-dir', dataDir, '--model', model, '--no-background-fill']);
   const base = RTT ? await delayProxy(new URL(direct), RTT) : direct;
   const agent = new https.Agent({ keepAlive: true, maxSockets: 6, rejectUnauthorized: false });
   const h1 = (path: string) => new Promise<number>((resolve, reject) => https.get(base + path, { agent }, r => { let n = 0; r.on('data', d => { n += d.length; }); r.on('end', () => resolve(n)); }).on('error', reject));

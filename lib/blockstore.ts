@@ -1,7 +1,7 @@
 /** Finished blocks (uint8 HWC pixels) behind a small interface; the disk one writes atomically. */
-import { mkdirSync, existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
+import { mkdirSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { atomicWrite } from './atomic.js';
 
 export interface BlockStore {
   has(stage: number, r: number, c: number): boolean;
@@ -25,10 +25,7 @@ export class DiskBlockStore implements BlockStore {
     try { const b = readFileSync(this.path(s, r, c)); return new Uint8Array(b.buffer, b.byteOffset, b.length); } catch { return undefined; }
   }
   put(s: number, r: number, c: number, px: Uint8Array) {
-    const p = this.path(s, r, c);
     mkdirSync(join(this.dir, `s${s}`), { recursive: true });
-    const tmp = `${p}.${randomBytes(4).toString('hex')}.tmp`;
-    writeFileSync(tmp, px);
-    renameSync(tmp, p);
+    atomicWrite(this.path(s, r, c), px);
   }
 }

@@ -34,7 +34,7 @@ export interface StageOptions {
   thumb?: Float32Array;
 }
 
-export interface EngineStats { nodes: number; calls: number; onnxMs: number; jsMs: number; batchHist: Record<number, number>; reruns: number }
+export interface EngineStats { nodes: number; calls: number; onnxMs: number; jsMs: number; reruns: number }
 
 interface Block {
   r: number; c: number;
@@ -57,12 +57,25 @@ interface Request {
   signal?: AbortSignal; onAbort?: () => void;
 }
 
+/** The slots of UniBA in the graph's kv_nb order: top, left, top-left. */
+const UP_LEFT = [[-1, 0], [0, -1], [-1, -1]] as const;
+
+/** The existing upper/left neighbours of (r, c), with their kv_nb slot. */
+function upLeft(r: number, c: number): { r: number; c: number; slot: number }[] {
+  const out = [];
+  for (let slot = 0; slot < 3; slot++) {
+    const nr = r + UP_LEFT[slot][0], nc = c + UP_LEFT[slot][1];
+    if (nr >= 0 && nc >= 0) out.push({ r: nr, c: nc, slot });
+  }
+  return out;
+}
+
 export class AbortError extends Error { constructor() { super('request cancelled'); this.name = 'AbortError'; } }
 
 export class Stage {
   readonly R: number; readonly C: number; readonly N: number;
   readonly B: number; readonly lb: number;
-  readonly stats: EngineStats = { nodes: 0, calls: 0, onnxMs: 0, jsMs: 0, batchHist: {}, reruns: 0 };
+  readonly stats: EngineStats = { nodes: 0, calls: 0, onnxMs: 0, jsMs: 0, reruns: 0 };
   /** Every node run, in order (tests count and compare them). */
   nodeLog: string[] | null = null;
   private blocks = new Map<number, Block>();
@@ -71,10 +84,17 @@ export class Stage {
   private pumping = false;
   private listeners = new Set<(r: number, c: number) => void>();
 
+  /** The global vector repeated for a full batch, made once (it is the same for every block). */
+  private readonly thumbBatch?: Float32Array;
+
   constructor(readonly o: StageOptions) {
     const m = o.model.manifest;
     this.B = m.block; this.lb = m.lr_block; this.N = o.plan.count;
     this.R = Math.ceil(o.lr.height / this.lb); this.C = Math.ceil(o.lr.width / this.lb);
+    if (o.thumb) {
+      this.thumbBatch = new Float32Array(o.batch * o.thumb.length);
+      for (let i = 0; i < o.batch; i++) this.thumbBatch.set(o.thumb, i * o.thumb.length);
+    }
   }
 
   get outWidth() { return this.o.lr.width * this.o.model.manifest.scale; }
@@ -243,7 +263,7 @@ export class Stage {
     if (!val) return false;
     if (activeNeed) this.o.kv.pin(key, val);
     else if (laterNeed) this.o.kv.keep(key, val);
-    else { if (this.o.kv.has(key)) this.o.kv.delete(key); return false; }
+    else { this.o.kv.delete(key); return false; }
     return true;
   }
 
@@ -252,9 +272,7 @@ export class Stage {
     if (!this.wants(b) || b.inflight) return false;
     const n = b.evals;
     let ok = true;
-    for (const [dr, dc] of [[-1, 0], [0, -1], [-1, -1]]) {
-      const r = b.r + dr, c = b.c + dc;
-      if (r < 0 || c < 0) continue;
+    for (const { r, c } of upLeft(b.r, b.c)) {
       if (this.o.kv.has(this.kvKey(r, c, n))) { this.placeKV(r, c, n); continue; }
       ok = false;
       const nb = this.block(r, c);
@@ -356,14 +374,13 @@ export class Stage {
       if (req.blocks.every(([r, c]) => this.block(r, c).final)) { this.drop(req); req.resolve(); }
   }
 
-  /** The neighbours' K/V input is the largest buffer of a call (3 blocks' K/V per node):
-   *  reuse it between calls instead of allocating and zeroing it each time. */
+  /** The neighbours' K/V input is the largest buffer of a call (3 blocks' K/V per node). It is
+   *  made once, for a full batch: allocating it per call (or growing it with the wavefront)
+   *  paid page faults on every first touch. */
   private kvBuf: Float32Array | Uint16Array | null = null;
   private kvInput(len: number): Float32Array | Uint16Array {
-    const half = this.o.model.manifest.kv.dtype === 'float16';
-    // sized for the largest batch at once: growing it with the wavefront re-paid the page faults
-    const full = Math.max(len, this.o.batch * 3 * this.o.model.kvFloats);
-    if (!this.kvBuf || this.kvBuf.length < len) this.kvBuf = half ? new Uint16Array(full) : new Float32Array(full);
+    const full = this.o.batch * 3 * this.o.model.kvFloats;
+    this.kvBuf ??= this.o.model.manifest.kv.dtype === 'float16' ? new Uint16Array(full) : new Float32Array(full);
     return this.kvBuf.subarray(0, len);
   }
 
@@ -371,9 +388,7 @@ export class Stage {
    *  earlier one (a rerun), so the batch is checked again right before it is assembled. */
   private runnable(b: Block) {
     if (!b.ctx || !this.wants(b)) return false;
-    for (const [dr, dc] of [[-1, 0], [0, -1], [-1, -1]])
-      if (b.r + dr >= 0 && b.c + dc >= 0 && !this.o.kv.has(this.kvKey(b.r + dr, b.c + dc, b.evals))) return false;
-    return true;
+    return upLeft(b.r, b.c).every(({ r, c }) => this.o.kv.has(this.kvKey(r, c, b.evals)));
   }
 
   private async runBatch(all: Block[]) {
@@ -399,22 +414,15 @@ export class Stage {
       up.set(b.up!, i * BF); ctx.set(b.ctx!, i * 3 * s * s);
       sigma[i] = plan.evals[n].sigma;
       pos[2 * i] = b.r * m.grid; pos[2 * i + 1] = b.c * m.grid;
-      [[-1, 0], [0, -1], [-1, -1]].forEach(([dr, dc], slot) => {
-        const r = b.r + dr, c = b.c + dc;
-        if (r < 0 || c < 0) return;
+      for (const { r, c, slot } of upLeft(b.r, b.c)) {
         copyKV(kvNb, (i * 3 + slot) * KF, this.o.kv.get(this.kvKey(r, c, n))!);
         present[i * 3 + slot] = 1;
-      });
+      }
       // a masked slot's values are ignored, but must be finite (0 × NaN is NaN): zero it
       for (let slot = 0; slot < 3; slot++) if (!present[i * 3 + slot]) kvNb.fill(0, (i * 3 + slot) * KF, (i * 3 + slot + 1) * KF);
     });
     const t1 = performance.now();
-    let thumbs: Float32Array | undefined;
-    if (this.o.thumb) {
-      const t = this.o.thumb;
-      thumbs = new Float32Array(nb * t.length);
-      for (let i = 0; i < nb; i++) thumbs.set(t, i * t.length);
-    }
+    const thumbs = this.thumbBatch?.subarray(0, nb * this.o.thumb!.length);
     let out;
     try {
       out = await model.run(nb, x, up, ctx, sigma, pos, kvNb, present, thumbs);
@@ -424,7 +432,6 @@ export class Stage {
     }
     const t2 = performance.now();
     this.stats.calls++; this.stats.nodes += nb; this.stats.onnxMs += t2 - t1;
-    this.stats.batchHist[nb] = (this.stats.batchHist[nb] ?? 0) + 1;
     batch.forEach((b, i) => {
       const n = b.evals;
       this.nodeLog?.push(`${b.r},${b.c},${n}`);
@@ -434,7 +441,7 @@ export class Stage {
       copyKV(own, 0, out.kv.subarray(i * KF, (i + 1) * KF));
       if (!this.placeKV(b.r, b.c, n, own)) this.o.kv.release(own);
       if (b.evals === this.N) this.finish(b);
-      for (const [dr, dc] of [[-1, 0], [0, -1], [-1, -1]]) if (b.r + dr >= 0 && b.c + dc >= 0) this.placeKV(b.r + dr, b.c + dc, n);
+      for (const nb of upLeft(b.r, b.c)) this.placeKV(nb.r, nb.c, n);
       for (const [dr, dc] of [[0, 0], [1, 0], [0, 1], [1, 1]])
         if (b.r + dr < this.R && b.c + dc < this.C) this.addCandidate((b.r + dr) * this.C + b.c + dc);
     });

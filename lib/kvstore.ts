@@ -29,15 +29,13 @@ export class KVStore {
   /** Arrays of dropped entries, reused for new ones: a fresh multi-megabyte array costs page
    *  faults on every first touch, which on this machine outweighed the copy itself. */
   private pool: KV[] = [];
-  private moving = false;
 
   constructor(maxBytes: number, private readonly make?: () => KV) {
     this.lru = new LRUCache<string, KV>({
       maxSize: Math.max(1, maxBytes), sizeCalculation: v => Math.max(1, v.byteLength),
-      dispose: (v, _k, reason) => {
-        if (reason === 'evict') this.evictions++;
-        if (!this.moving) this.release(v);
-      },
+      // only an eviction ends an array's life here: moving an entry to the pinned map (delete)
+      // or re-setting it keeps the array in use; `delete()` below recycles explicitly
+      dispose: (v, _k, reason) => { if (reason === 'evict') { this.evictions++; this.release(v); } },
     });
   }
 
@@ -54,7 +52,7 @@ export class KVStore {
   has(key: string): boolean { return this.pinned.has(key) || this.lru.has(key); }
 
   pin(key: string, v: KV) {
-    if (this.lru.has(key)) { this.moving = true; this.lru.delete(key); this.moving = false; }
+    this.lru.delete(key);
     const old = this.pinned.get(key);
     if (old) this.pinnedBytes -= old.byteLength;
     this.pinned.set(key, v); this.pinnedBytes += v.byteLength;
@@ -65,11 +63,8 @@ export class KVStore {
   keep(key: string, v: KV) {
     const old = this.pinned.get(key);
     if (old) { this.pinned.delete(key); this.pinnedBytes -= old.byteLength; }
-    if (v.byteLength <= this.lru.maxSize) {
-      this.moving = this.lru.get(key) === v;          // re-setting the same array must not recycle it
-      this.lru.set(key, v);
-      this.moving = false;
-    } else this.release(v);
+    if (v.byteLength <= this.lru.maxSize) this.lru.set(key, v);
+    else this.release(v);
     this.track();
   }
 
@@ -80,10 +75,10 @@ export class KVStore {
   delete(key: string) {
     const v = this.pinned.get(key);
     if (v) { this.pinned.delete(key); this.pinnedBytes -= v.byteLength; this.release(v); }
-    this.lru.delete(key);
+    const w = this.lru.peek(key);
+    if (w) { this.lru.delete(key); this.release(w); }
   }
 
   get bytes() { return this.pinnedBytes + this.lru.calculatedSize; }
-  get entries() { return this.pinned.size + this.lru.size; }
   private track() { if (this.bytes > this.highWater) this.highWater = this.bytes; }
 }

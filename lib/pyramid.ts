@@ -24,6 +24,14 @@ export function tileCount(g: Geometry, L: number) {
   return { cols: Math.ceil(s.width / g.tileSize), rows: Math.ceil(s.height / g.tileSize) };
 }
 
+/** Every tile of the pyramid, top level first (lower generated levels then reuse its blocks). */
+export function* allTiles(g: Geometry): Generator<{ L: number; c: number; r: number }> {
+  for (let L = maxLevel(g.width, g.height); L >= 0; L--) {
+    const t = tileCount(g, L);
+    for (let r = 0; r < t.rows; r++) for (let c = 0; c < t.cols; c++) yield { L, c, r };
+  }
+}
+
 /** Pixel rectangle of tile (L, col, row), overlap on interior edges only. */
 export function tileRect(g: Geometry, L: number, col: number, row: number) {
   const s = levelSize(g, L), T = g.tileSize, O = g.overlap;

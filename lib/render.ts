@@ -87,16 +87,6 @@ export class Render {
     return halve(native);
   }
 
-  /** Blocks of the last stage under an output rectangle. */
-  blocksUnder(x0: number, y0: number, w: number, h: number): [number, number][] {
-    const f = this.halveOutput ? 2 : 1, B = this.last.B;
-    const out: [number, number][] = [];
-    const r1 = Math.min(Math.floor((Math.min((y0 + h) * f, this.last.outHeight) - 1) / B), this.last.R - 1);
-    const c1 = Math.min(Math.floor((Math.min((x0 + w) * f, this.last.outWidth) - 1) / B), this.last.C - 1);
-    for (let r = Math.floor(y0 * f / B); r <= r1; r++) for (let c = Math.floor(x0 * f / B); c <= c1; c++) out.push([r, c]);
-    return out;
-  }
-
   /** Total and finished blocks of the last stage. */
   progress() { const s = this.last; return { total: s.R * s.C, done: s.doneCount() }; }
 }

@@ -10,8 +10,8 @@
  * Every file is written to a temp name and renamed, so a crash never leaves half a file.
  */
 import { EventEmitter } from 'node:events';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync, renameSync, existsSync, readdirSync, rmSync, statSync, accessSync, constants } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync, existsSync, readdirSync, rmSync, statSync, accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import { cpus } from 'node:os';
 import sharp from 'sharp';
@@ -22,12 +22,13 @@ import { DiskBlockStore } from './blockstore.js';
 import { AbortError } from './engine.js';
 import { loadRGB, encode, ImageError, type RGBImage } from './image.js';
 import { SharedPromiseCache } from './shared-promise.js';
-import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, tileCount, crop, type Geometry } from './pyramid.js';
+import { atomicWrite } from './atomic.js';
+import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, allTiles, crop, type Geometry } from './pyramid.js';
 import type { Config } from '../config/index.js';
 
 export interface ImageMeta { id: string; name: string; lrWidth: number; lrHeight: number; created: string; demo?: boolean }
 
-export interface TileResult { bytes: Buffer; final: boolean; etag: string }
+export interface TileResult { bytes: Buffer; etag: string }
 
 export class NotFound extends Error {}
 
@@ -40,15 +41,12 @@ const IMAGE_OPS = Math.max(2, cpus().length);
 let imageOpsActive = 0;
 const imageOpsWaiting: (() => void)[] = [];
 async function imageOp<T>(f: () => Promise<T>): Promise<T> {
-  if (imageOpsActive >= IMAGE_OPS) await new Promise<void>(r => imageOpsWaiting.push(r));
-  imageOpsActive++;
-  try { return await f(); } finally { imageOpsActive--; imageOpsWaiting.shift()?.(); }
-}
-
-function atomicWrite(path: string, data: Buffer | string) {
-  const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
-  writeFileSync(tmp, data);
-  renameSync(tmp, path);
+  if (imageOpsActive < IMAGE_OPS) imageOpsActive++;
+  else await new Promise<void>(r => imageOpsWaiting.push(r));   // a finishing op hands its slot over
+  try { return await f(); } finally {
+    const next = imageOpsWaiting.shift();
+    if (next) next(); else imageOpsActive--;
+  }
 }
 
 const ID_RE = /^[0-9a-f]{16}$/;
@@ -210,11 +208,6 @@ export class ImageService {
     return join(e.pyramidDir, `${e.meta.id}_files`, String(L), `${c}_${r}.${this.cfg.tileFormat}`);
   }
 
-  isSourceLevel(id: string, L: number) {
-    const e = this.entry(id);
-    return L <= maxLevel(e.geometry.width, e.geometry.height) - Math.log2(this.cfg.scale);
-  }
-
   /**
    * A final tile: from the store, else made (coalesced with any other request for it) and
    * stored. `signal` cancels the caller's interest; the generation stops when no one waits.
@@ -236,7 +229,7 @@ export class ImageService {
         mkdirSync(join(e.pyramidDir, `${id}_files`, String(L)), { recursive: true });
         atomicWrite(path, bytes);
         e.events.emit('tile', { level: L, col: c, row: r });
-        const t = this.result(bytes, true);
+        const t = this.result(bytes);
         this.hot.set(path, t);
         return t;
       } finally {
@@ -299,11 +292,11 @@ export class ImageService {
         .raw().toBuffer({ resolveWithObject: true }));
       img = { width: rect.w, height: rect.h, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
     }
-    return this.result(await imageOp(() => encode(img, this.cfg.tileFormat, this.cfg.tileQuality)), false);
+    return this.result(await imageOp(() => encode(img, this.cfg.tileFormat, this.cfg.tileQuality)));
   }
 
-  private result(bytes: Buffer, final: boolean): TileResult {
-    return { bytes, final, etag: `"${createHash('sha256').update(bytes).digest('base64url').slice(0, 27)}"` };
+  private result(bytes: Buffer): TileResult {
+    return { bytes, etag: `"${createHash('sha256').update(bytes).digest('base64url').slice(0, 27)}"` };
   }
 
   /** Final tiles are immutable: keep the hot ones (bytes and ETag) in memory, bounded in bytes. */
@@ -312,24 +305,19 @@ export class ImageService {
     const hit = this.hot.get(path);
     if (hit) return hit;
     if (!existsSync(path)) return undefined;
-    const t = this.result(readFileSync(path), true);
+    const t = this.result(readFileSync(path));
     this.hot.set(path, t);
     return t;
   }
 
-  /** Every tile of the pyramid, top level first (lower generated levels then come from stored tiles' blocks). */
+  /** Make every tile of the pyramid that is not stored yet. */
   async renderAll(id: string, onTile?: (done: number, total: number) => void, opt: { priority?: number; signal?: AbortSignal } = {}) {
     const e = await this.ready(id);
-    const M = maxLevel(e.geometry.width, e.geometry.height);
-    let total = 0;
-    for (let L = 0; L <= M; L++) { const t = tileCount(e.geometry, L); total += t.cols * t.rows; }
+    const tiles = [...allTiles(e.geometry)];
     let done = 0;
-    for (let L = M; L >= 0; L--) {
-      const t = tileCount(e.geometry, L);
-      for (let r = 0; r < t.rows; r++) for (let c = 0; c < t.cols; c++) {
-        await this.tile(id, L, c, r, opt);
-        onTile?.(++done, total);
-      }
+    for (const { L, c, r } of tiles) {
+      await this.tile(id, L, c, r, opt);
+      onTile?.(++done, tiles.length);
     }
     return { dzi: join(e.pyramidDir, `${id}.dzi`), dir: e.pyramidDir };
   }
@@ -338,15 +326,11 @@ export class ImageService {
   async pyramidFiles(id: string, opt: { signal?: AbortSignal; priority?: number } = {}) {
     const e = await this.ready(id);
     await this.renderAll(id, undefined, opt);
-    const M = maxLevel(e.geometry.width, e.geometry.height);
     const files: { name: string; data?: Buffer }[] = [
       { name: `${id}.dzi`, data: Buffer.from(dziXml(e.geometry, this.cfg.tileFormat)) }, { name: `${id}_files` }];
-    for (let L = 0; L <= M; L++) {
-      files.push({ name: `${id}_files/${L}` });
-      const t = tileCount(e.geometry, L);
-      for (let r = 0; r < t.rows; r++) for (let c = 0; c < t.cols; c++)
-        files.push({ name: `${id}_files/${L}/${c}_${r}.${this.cfg.tileFormat}`, data: readFileSync(this.tilePath(e, L, c, r)) });
-    }
+    for (let L = 0; L <= maxLevel(e.geometry.width, e.geometry.height); L++) files.push({ name: `${id}_files/${L}` });
+    for (const { L, c, r } of allTiles(e.geometry))
+      files.push({ name: `${id}_files/${L}/${c}_${r}.${this.cfg.tileFormat}`, data: readFileSync(this.tilePath(e, L, c, r)) });
     return files;
   }
 
@@ -355,8 +339,6 @@ export class ImageService {
     const e = await this.ready(id);
     return e.render!.region(0, 0, e.geometry.width, e.geometry.height, opt);
   }
-
-  pyramidDir(id: string) { return this.entry(id).pyramidDir; }
 
   // ------------------------------------------------------------- background fill
 

@@ -85,6 +85,14 @@ def export_onnx(model, path, kv_dtype="float32"):
                           do_constant_folding=True)
 
 
+def write_model(model, out, name, kv_dtype, sampling, provenance):
+    """<out>.onnx and its manifest <out>.json."""
+    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, out.with_suffix(".onnx"), kv_dtype)
+    out.with_suffix(".json").write_text(json.dumps(manifest(model.cfg, name, kv_dtype, sampling, provenance), indent=1))
+    return out
+
+
 def manifest(cfg, name, kv_dtype, sampling, provenance):
     ins, outs = io_spec(cfg, kv_dtype)
     bpe = 2 if kv_dtype == "float16" else 4
@@ -147,9 +155,7 @@ def make_fixture(out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     sampling = {**DEFAULT_SAMPLING, "sigma_max": 1.0,
                 "presets": {"fidelity": {"method": "euler", "steps": 1}, "detail": {"method": "heun", "steps": 3}}}
-    export_onnx(model, out_dir / "tiny.onnx")
-    (out_dir / "tiny.json").write_text(json.dumps(manifest(cfg, "tiny-fixture", "float32", sampling,
-                                                           {"data": "none: random weights (seed 1234)", "steps": 0}), indent=1))
+    write_model(model, out_dir / "tiny", "tiny-fixture", "float32", sampling, {"data": "none: random weights (seed 1234)", "steps": 0})
     torch.save({"config": cfg.to_dict(), "ema": model.state_dict()}, out_dir / "tiny.pt")
     g = torch.Generator().manual_seed(99)
     arrays = {}
@@ -168,22 +174,20 @@ def make_fixture(out_dir):
     lr = lr8 / 127.5 - 1
     arrays["image.lr_uint8"] = lr8[0].permute(1, 2, 0).numpy()          # HWC, as sharp gives it
     arrays["image.up"] = upsample(lr, cfg.scale)[0].numpy()
-    for preset, p in sampling["presets"].items():
-        out = sample_image(model, lr, p["method"], p["steps"], sampling["sigma_min"], sampling["sigma_max"],
-                           sampling["rho"], seed=42)
-        arrays[f"image.{preset}"] = out[0].numpy()
+    def sampled(m, prefix):
+        for preset, p in sampling["presets"].items():
+            out = sample_image(m, lr, p["method"], p["steps"], sampling["sigma_min"], sampling["sigma_max"],
+                               sampling["rho"], seed=42)
+            arrays[f"{prefix}image.{preset}"] = out[0].numpy()
+    sampled(model, "")
     arrays["noise.7.1.2.3.0"] = block_noise(7, 1, 2, 3, 0, 16)
     # 3. the same with global conditioning (a second tiny model)
     gcfg = make_config("infdit-tiny/8", sigma_data=0.1, global_cond=True, thumb=8)
     gmodel = InfDiT(gcfg).randomize_(4321, std=0.1).eval()
-    export_onnx(gmodel, out_dir / "tiny-global.onnx")
-    (out_dir / "tiny-global.json").write_text(json.dumps(manifest(gcfg, "tiny-global-fixture", "float32", sampling,
-                                                                  {"data": "none: random weights (seed 4321)", "steps": 0}), indent=1))
+    write_model(gmodel, out_dir / "tiny-global", "tiny-global-fixture", "float32", sampling,
+                {"data": "none: random weights (seed 4321)", "steps": 0})
     arrays["global.thumb"] = thumbnail(lr, gcfg.thumb)[0].numpy()
-    for preset, p in sampling["presets"].items():
-        out = sample_image(gmodel, lr, p["method"], p["steps"], sampling["sigma_min"], sampling["sigma_max"],
-                           sampling["rho"], seed=42)
-        arrays[f"global.image.{preset}"] = out[0].numpy()
+    sampled(gmodel, "global.")
     index = write_bin(out_dir / "tiny.ref.bin", arrays)
     (out_dir / "tiny.ref.json").write_text(json.dumps({"seed": 42, "grid": [R, C], "arrays": index}, indent=1))
     return out_dir
@@ -203,12 +207,8 @@ def main():
         print("fixture written to", make_fixture(ROOT / "test/fixtures"))
         return
     if a.random and a.out:
-        cfg = make_config(a.random, sigma_data=0.1)
-        model = InfDiT(cfg).randomize_(0, std=0.02)
-        out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(model, out.with_suffix(".onnx"), a.kv_dtype)
-        out.with_suffix(".json").write_text(json.dumps(manifest(cfg, a.random, a.kv_dtype, DEFAULT_SAMPLING,
-                                                                {"data": "random weights: for cost benchmarks only"}), indent=1))
+        model = InfDiT(make_config(a.random, sigma_data=0.1)).randomize_(0, std=0.02)
+        out = write_model(model, a.out, a.random, a.kv_dtype, DEFAULT_SAMPLING, {"data": "random weights: for cost benchmarks only"})
         print(f"wrote {out}.onnx ({a.random}, random weights)")
         return
     if not (a.ckpt and a.out):
@@ -218,13 +218,11 @@ def main():
     cfg = InfDiTConfig(**st["config"])
     model = InfDiT(cfg)
     model.load_state_dict(st["ema"])
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, out.with_suffix(".onnx"), a.kv_dtype)
     prov = {"steps": st.get("step"), "crops": st.get("crops")}
     if a.provenance:
         prov.update(json.loads(Path(a.provenance).read_text()))
     sampling = json.loads(Path(a.sampling).read_text()) if a.sampling else DEFAULT_SAMPLING
-    out.with_suffix(".json").write_text(json.dumps(manifest(cfg, out.name, a.kv_dtype, sampling, prov), indent=1))
+    out = write_model(model, a.out, Path(a.out).name, a.kv_dtype, sampling, prov)
     print(f"wrote {out}.onnx ({out.with_suffix('.onnx').stat().st_size / 1e6:.1f} MB) and {out}.json")
 
 

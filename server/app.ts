@@ -13,11 +13,10 @@ import { AbortError } from '../lib/engine.js';
 import { FORMATS } from '../lib/pyramid.js';
 import { writeTar } from '../lib/tar.js';
 import { iiifRoutes } from './iiif.js';
+import { HttpError, baseUrl, clientGone, sendImmutable } from './respond.js';
 
 const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..');
-const IMMUTABLE = 'public, max-age=31536000, immutable';
 
-class HttpError extends Error { constructor(readonly status: number, msg: string) { super(msg); } }
 
 export function createApp(service: ImageService) {
   const cfg = service.cfg;
@@ -40,7 +39,7 @@ export function createApp(service: ImageService) {
   const upload = multer({ storage: multer.memoryStorage(), limits: { fileSize: cfg.uploadMaxBytes, files: 1, fields: 10 } });
 
   const urls = (req: Request, id: string) => {
-    const base = `${req.protocol}://${req.get('host')}`;
+    const base = baseUrl(req);
     return { dzi: `${base}/images/${id}.dzi`, iiif: `${base}/iiif/${id}/info.json`, status: `${base}/api/images/${id}`,
       events: `${base}/api/images/${id}/events`, viewer: `${base}/#${id}`, download: `${base}/api/images/${id}/pyramid.tar` };
   };
@@ -96,16 +95,14 @@ export function createApp(service: ImageService) {
   app.get('/api/images/:id/pyramid.tar', async (req, res) => {
     const id = String(req.params.id);
     if (!service.has(id)) throw new HttpError(404, `no image with id "${id.slice(0, 40)}"`);
-    const ac = new AbortController();
-    res.on('close', () => { if (!res.writableFinished) ac.abort(); });
-    const files = await service.pyramidFiles(id, { signal: ac.signal, priority: 5 });
+    const files = await service.pyramidFiles(id, { signal: clientGone(res), priority: 5 });
     res.set({ 'Content-Type': 'application/x-tar', 'Content-Disposition': `attachment; filename="${id}.tar"` });
     await writeTar(res, files);
     res.end();
   });
 
   // ---------------------------------------------------------------- IIIF Image API 3.0, level 0
-  iiifRoutes(app, service, (req: Request) => `${req.protocol}://${req.get('host')}`, HttpError);
+  iiifRoutes(app, service);
 
   // ---------------------------------------------------------------- DZI
   app.get('/images/:file', async (req, res) => {
@@ -130,28 +127,18 @@ export function createApp(service: ImageService) {
 
   async function sendTile(req: Request, res: Response, id: string, L: number, c: number, r: number) {
     const type = `image/${cfg.tileFormat}`;
+    const sendPreview = async (extra: Record<string, string> = {}) =>
+      res.set({ 'Content-Type': type, 'Cache-Control': 'no-store', 'X-Infdit-Tile': 'preview', ...extra }).send((await service.preview(id, L, c, r)).bytes);
     // ?preview: the Lanczos upscale until the tile is final; ?preview=lanczos: always (compare view)
-    if (req.query.preview !== undefined && (req.query.preview === 'lanczos' || !(await service.tileIsFinal(id, L, c, r)))) {
-      const p = await service.preview(id, L, c, r);
-      res.set({ 'Content-Type': type, 'Cache-Control': 'no-store', 'X-Infdit-Tile': 'preview' }).send(p.bytes);
-      return;
-    }
-    const ac = new AbortController();
-    res.on('close', () => { if (!res.writableFinished) ac.abort(); });
-    const timer = cfg.tileWaitMs > 0 ? new Promise<'timeout'>(resolve => setTimeout(() => resolve('timeout'), cfg.tileWaitMs).unref()) : null;
-    const work = service.tile(id, L, c, r, { signal: ac.signal, priority: 10 });
+    if (req.query.preview !== undefined && (req.query.preview === 'lanczos' || !(await service.tileIsFinal(id, L, c, r)))) return sendPreview();
+    const work = service.tile(id, L, c, r, { signal: clientGone(res), priority: 10 });
     work.catch(() => {});
+    const timer = cfg.tileWaitMs > 0 ? new Promise<'timeout'>(resolve => setTimeout(() => resolve('timeout'), cfg.tileWaitMs).unref()) : null;
     const t = await (timer ? Promise.race([work, timer]) : work);
-    if (t === 'timeout') {
-      // Not ready within the documented bound: answer the preview (never cached), so no
-      // viewer marks the tile failed; generation goes on for the next ask.
-      const p = await service.preview(id, L, c, r);
-      res.set({ 'Content-Type': type, 'Cache-Control': 'no-store', 'X-Infdit-Tile': 'preview', 'Retry-After': '5' }).send(p.bytes);
-      return;
-    }
-    res.set({ 'Content-Type': type, ETag: t.etag, 'Cache-Control': IMMUTABLE, 'X-Infdit-Tile': 'final' });
-    if (req.headers['if-none-match'] === t.etag) { res.status(304).end(); return; }
-    res.send(t.bytes);
+    // Not ready within the documented bound: answer the preview (never cached), so no viewer
+    // marks the tile failed; generation goes on for the next ask.
+    if (t === 'timeout') return sendPreview({ 'Retry-After': '5' });
+    sendImmutable(req, res, type, t, { 'X-Infdit-Tile': 'final' });
   }
 
   // ---------------------------------------------------------------- errors

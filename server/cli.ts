@@ -2,18 +2,20 @@
  * `infdit serve` and `infdit render`. Both take the same settings (config/index.ts) as flags
  * or INFDIT_* environment variables; `--help` lists them.
  */
-import { readFileSync, cpSync, mkdirSync, rmSync, existsSync, writeFileSync, renameSync } from 'node:fs';
+import { readFileSync, cpSync, mkdirSync, rmSync, existsSync } from 'node:fs';
 import { basename, extname, join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import sharp from 'sharp';
 import cliProgress from 'cli-progress';
 import { loadConfig, parseArgs, helpTable, ConfigError, type Config } from '../config/index.js';
 import { ImageService } from '../lib/service.js';
+import { encode } from '../lib/image.js';
+import { atomicWrite } from '../lib/atomic.js';
 import { createApp } from './app.js';
 import { listenHttp2, selfSigned } from './http2.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const DEMO = join(ROOT, 'viewer/demo.jpg');
+const FULL_FORMATS: Record<string, 'png' | 'tiff' | 'jpeg' | 'webp'> = { '.png': 'png', '.tif': 'tiff', '.tiff': 'tiff', '.jpg': 'jpeg', '.jpeg': 'jpeg', '.webp': 'webp' };
 
 const USAGE = `infdit — a deep-zoom server that super-resolves photos lazily with Inf-DiT
 
@@ -34,19 +36,21 @@ async function serve(cfg: Config) {
   if (cfg.demo && existsSync(DEMO)) await service.add(readFileSync(DEMO), 'demo.jpg', { demo: true });
   service.fillAll();
   const app = createApp(service);
+  const announce = (url: string) => {
+    console.log(`infdit: model ${service.model.manifest.name} (${service.model.id}), ${cfg.scale}×, data in ${cfg.dataDir}`);
+    console.log(`infdit: viewer at ${url}`);
+  };
   if (cfg.http2) {
     if (!!cfg.tlsCert !== !!cfg.tlsKey) throw new ConfigError('--tls-cert and --tls-key go together (or neither, for a self-signed localhost certificate)');
     const tls = cfg.tlsCert ? { cert: readFileSync(cfg.tlsCert), key: readFileSync(cfg.tlsKey!) } : selfSigned(join(cfg.dataDir, 'tls'));
     const { port } = await listenHttp2(app, { port: cfg.port, host: cfg.host, ...tls });
-    console.log(`infdit: model ${service.model.manifest.name} (${service.model.id}), ${cfg.scale}×, data in ${cfg.dataDir}`);
-    console.log(`infdit: viewer at https://${cfg.host}:${port}/ (HTTP/2${cfg.tlsCert ? '' : ', self-signed certificate'})`);
+    announce(`https://${cfg.host}:${port}/ (HTTP/2${cfg.tlsCert ? '' : ', self-signed certificate'})`);
     return;
   }
   const server = app.listen(cfg.port, cfg.host, () => {
     const a = server.address();
     const port = typeof a === 'object' && a ? a.port : cfg.port;
-    console.log(`infdit: model ${service.model.manifest.name} (${service.model.id}), ${cfg.scale}×, data in ${cfg.dataDir}`);
-    console.log(`infdit: viewer at http://${cfg.host}:${port}/`);
+    announce(`http://${cfg.host}:${port}/`);
   });
   server.on('error', e => { console.error(`infdit: cannot listen on ${cfg.host}:${cfg.port}: ${e.message}`); process.exit(1); });
 }
@@ -54,8 +58,8 @@ async function serve(cfg: Config) {
 async function render(cfg: Config, input: string | undefined, out: string, full?: string) {
   if (!input) throw new ConfigError('render needs an INPUT image: infdit render photo.jpg [--out DIR] [--full out.png]');
   if (!existsSync(input)) throw new ConfigError(`input ${input} does not exist`);
-  if (full && !['.png', '.tif', '.tiff', '.jpg', '.jpeg', '.webp'].includes(extname(full).toLowerCase()))
-    throw new ConfigError(`--full ${full}: accepted extensions are .png, .tif, .tiff, .jpg, .jpeg, .webp`);
+  if (full && !FULL_FORMATS[extname(full).toLowerCase()])
+    throw new ConfigError(`--full ${full}: accepted extensions are ${Object.keys(FULL_FORMATS).join(', ')}`);
   const service = await ImageService.open({ ...cfg, backgroundFill: false });
   const meta = await service.add(readFileSync(input), basename(input));
   const name = basename(input, extname(input)).replace(/[^\w.-]+/g, '_') || 'image';
@@ -72,12 +76,7 @@ async function render(cfg: Config, input: string | undefined, out: string, full?
   console.log(`wrote ${join(out, name + '.dzi')} (${(Date.now() - t0) / 1000} s)`);
   if (full) {
     const img = await service.full(meta.id);
-    const ext = extname(full).toLowerCase();
-    let s = sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.length), { raw: { width: img.width, height: img.height, channels: 3 } });
-    s = ext === '.png' ? s.png() : ext === '.webp' ? s.webp({ quality: 95 }) : ext.startsWith('.tif') ? s.tiff({ compression: 'lzw' }) : s.jpeg({ quality: 95 });
-    const tmp = `${full}.tmp`;
-    writeFileSync(tmp, await s.toBuffer());
-    renameSync(tmp, full);
+    atomicWrite(full, await encode(img, FULL_FORMATS[extname(full).toLowerCase()], 95));
     console.log(`wrote ${full} (${img.width}×${img.height})`);
   }
 }

@@ -4,7 +4,8 @@
  * the DZI tile is cropped). Anything beyond level 0 gets the status the spec gives.
  * https://iiif.io/api/image/3.0/
  */
-import type { Express, Request } from 'express';
+import type { Express } from 'express';
+import { HttpError, baseUrl, clientGone, sendImmutable } from './respond.js';
 import sharp from 'sharp';
 import type { ImageService } from '../lib/service.js';
 import { maxLevel, levelSize, tileRect, tileCount } from '../lib/pyramid.js';
@@ -12,8 +13,7 @@ import { maxLevel, levelSize, tileRect, tileCount } from '../lib/pyramid.js';
 const CONTEXT = 'http://iiif.io/api/image/3/context.json';
 const EXT: Record<string, string> = { jpeg: 'jpg', png: 'png', webp: 'webp' };
 
-export function iiifRoutes(app: Express, service: ImageService, base: (req: Request) => string,
-  HttpError: new (status: number, msg: string) => Error) {
+export function iiifRoutes(app: Express, service: ImageService) {
   const cfg = service.cfg;
   const idOf = (raw: unknown) => {
     const id = String(raw);
@@ -21,7 +21,7 @@ export function iiifRoutes(app: Express, service: ImageService, base: (req: Requ
     return id;
   };
 
-  app.get('/iiif/:id', (req, res) => res.redirect(303, `${base(req)}/iiif/${idOf(req.params.id)}/info.json`));
+  app.get('/iiif/:id', (req, res) => res.redirect(303, `${baseUrl(req)}/iiif/${idOf(req.params.id)}/info.json`));
 
   app.get('/iiif/:id/info.json', (req, res) => {
     const id = idOf(req.params.id);
@@ -37,7 +37,7 @@ export function iiifRoutes(app: Express, service: ImageService, base: (req: Requ
     res.setHeader('Content-Type', `application/ld+json;profile="${CONTEXT}"`);
     res.setHeader('Cache-Control', 'public, max-age=60');
     res.end(JSON.stringify({
-      '@context': CONTEXT, id: `${base(req)}/iiif/${id}`, type: 'ImageService3', protocol: 'http://iiif.io/api/image',
+      '@context': CONTEXT, id: `${baseUrl(req)}/iiif/${id}`, type: 'ImageService3', protocol: 'http://iiif.io/api/image',
       profile: 'level0', width: g.width, height: g.height,
       tiles: [{ width: g.tileSize, height: g.tileSize, scaleFactors }], sizes,
       ...(cfg.tileFormat !== 'jpeg' ? { extraFormats: [EXT[cfg.tileFormat]], preferredFormats: [EXT[cfg.tileFormat]] } : {}),
@@ -88,18 +88,11 @@ export function iiifRoutes(app: Express, service: ImageService, base: (req: Requ
     const L = found, s = 2 ** (M - L);
     const c = region === 'full' ? 0 : x / (g.tileSize * s), r = region === 'full' ? 0 : y / (g.tileSize * s);
     if (c >= tileCount(g, L).cols || r >= tileCount(g, L).rows) throw new HttpError(400, `region ${region} is outside the image`);
-    const ac = new AbortController();
-    res.on('close', () => { if (!res.writableFinished) ac.abort(); });
-    const t = await service.tile(id, L, c, r, { signal: ac.signal, priority: 10 });
-    let bytes = t.bytes, etag = t.etag;
-    if (g.overlap > 0) {
-      const rect = tileRect(g, L, c, r);
-      const want = { left: c * g.tileSize - rect.x, top: r * g.tileSize - rect.y, width: Math.ceil(w / s), height: Math.ceil(h / s) };
-      bytes = await sharp(t.bytes).extract(want).toFormat(cfg.tileFormat, { quality: cfg.tileQuality }).toBuffer();
-      etag = `"${etag.slice(1, -1)}-c"`;
-    }
-    res.set({ 'Content-Type': `image/${cfg.tileFormat}`, 'Cache-Control': 'public, max-age=31536000, immutable', ETag: etag });
-    if (req.headers['if-none-match'] === etag) { res.status(304).end(); return; }
-    res.send(bytes);
+    const t = await service.tile(id, L, c, r, { signal: clientGone(res), priority: 10 });
+    if (g.overlap === 0) return sendImmutable(req, res, `image/${cfg.tileFormat}`, t);
+    const rect = tileRect(g, L, c, r);
+    const want = { left: c * g.tileSize - rect.x, top: r * g.tileSize - rect.y, width: Math.ceil(w / s), height: Math.ceil(h / s) };
+    const bytes = await sharp(t.bytes).extract(want).toFormat(cfg.tileFormat, { quality: cfg.tileQuality }).toBuffer();
+    sendImmutable(req, res, `image/${cfg.tileFormat}`, { bytes, etag: `"${t.etag.slice(1, -1)}-c"` });
   });
 }

@@ -4,34 +4,20 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, readdirSync, writeFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import sharp from 'sharp';
 import request from 'supertest';
 import { createApp } from '../server/app.js';
 import { ImageService } from '../lib/service.js';
 import { loadConfig } from '../config/index.js';
-import { FIXTURE, ROOT } from './helpers.js';
+import { FIXTURE, ROOT, wavePng, spawnServe } from './helpers.js';
 
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
 const common = ['--model', FIXTURE + '.onnx', '--tile-size', '64', '--threads', '1', '--preset', 'detail'];
 
-async function photo(w: number, h: number) {
-  const data = Buffer.alloc(w * h * 3);
-  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) data[(y * w + x) * 3 + c] = 128 + Math.round(90 * Math.cos(x / (4 + c) - y / 7));
-  return sharp(data, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
-}
-
-function startServer(dataDir: string, extra: string[] = []): Promise<{ proc: ChildProcess; base: string }> {
-  const proc = spawn(process.execPath, [join(ROOT, 'bin/infdit.js'), 'serve', '--port', '0', '--data-dir', dataDir, '--no-demo', '--batch', '1', ...common, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    proc.stdout!.on('data', d => { out += d; const m = /viewer at (http:\/\/[\d.]+:\d+)\//.exec(out); if (m) resolve({ proc, base: m[1] }); });
-    proc.stderr!.on('data', d => { out += d; });
-    proc.on('exit', c => reject(new Error(`server exited ${c}: ${out}`)));
-  });
-}
+const photo = wavePng;
+const startServer = (dataDir: string) => spawnServe(['--data-dir', dataDir, '--no-demo', '--batch', '1', ...common]);
 
 const status = async (base: string, id: string) => (await fetch(`${base}/api/images/${id}`)).json() as Promise<any>;
 

@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import sharp from 'sharp';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 
@@ -22,4 +24,23 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>) {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;
+}
+
+/** A synthetic photo with detail in every block: colour waves, as PNG bytes. */
+export async function wavePng(w: number, h: number) {
+  const data = Buffer.alloc(w * h * 3);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++)
+    data[(y * w + x) * 3 + c] = 128 + Math.round(90 * Math.sin(x / (3 + c) + y / 5));
+  return sharp(data, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
+}
+
+/** Start `infdit serve` in its own process (port 0) and resolve once it says where it listens. */
+export function spawnServe(args: string[], nodeArgs: string[] = []): Promise<{ proc: ChildProcess; base: string }> {
+  const proc = spawn(process.execPath, [...nodeArgs, join(ROOT, 'bin/infdit.js'), 'serve', '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    proc.stdout!.on('data', d => { out += d; const m = /viewer at (https?:\/\/[\d.]+:\d+)\//.exec(out); if (m) resolve({ proc, base: m[1] }); });
+    proc.stderr!.on('data', d => { out += d; });
+    proc.on('exit', c => reject(new Error(`server exited ${c}: ${out}`)));
+  });
 }

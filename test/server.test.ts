@@ -10,18 +10,12 @@ import request from 'supertest';
 import { createApp } from '../server/app.js';
 import { ImageService } from '../lib/service.js';
 import { loadConfig, ConfigError, parseArgs } from '../config/index.js';
-import { FIXTURE, ROOT } from './helpers.js';
+import { FIXTURE, ROOT, wavePng } from './helpers.js';
 
 const settings = { model: FIXTURE + '.onnx', tileSize: 64, tileOverlap: 0, backgroundFill: false, demo: false, threads: 1, tileWaitMs: 0, uploadMaxPixels: 1_000_000 };
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
 
-async function photo(w: number, h: number, fmt: 'png' | 'jpeg' = 'png') {
-  const data = Buffer.alloc(w * h * 3);
-  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++)
-    data[(y * w + x) * 3 + c] = 128 + Math.round(100 * Math.sin(x / (3 + c) + y / 5));
-  const s = sharp(data, { raw: { width: w, height: h, channels: 3 } });
-  return fmt === 'png' ? s.png().toBuffer() : s.jpeg().toBuffer();
-}
+const photo = wavePng;
 
 let app: ReturnType<typeof createApp>, service: ImageService, dataDir: string, id: string, img: Buffer;
 before(async () => {

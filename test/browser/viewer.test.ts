@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
-import sharp from 'sharp';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { createApp } from '../../server/app.js';
 import { ImageService } from '../../lib/service.js';
 import { loadConfig } from '../../config/index.js';
+import sharp from 'sharp';
 import { FIXTURE, ROOT } from '../helpers.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium';
@@ -94,7 +94,7 @@ test('upload through the page, zoom to the top level, final tiles replace the pr
     return { got: [...px].slice(0, 3), want: [...want].slice(0, 3), lanczos: [...lanczos].slice(0, 3) };
   }, { id, M });
   const dist = (a: number[], b: number[]) => Math.max(...a.map((v, i) => Math.abs(v - b[i])));
-  assert.ok(dist(probe.got, probe.want) <= 12, `screen ${probe.got} vs final tile ${probe.want}`);
+  assert.ok(dist(probe.got, probe.want) <= 12, `screen ${probe.got} vs final tile ${probe.want} (lanczos ${probe.lanczos})`);
   await page.screenshot({ path: join(ARTIFACTS, 'viewer-top-level.png') });
 
   // compare mode shows the Lanczos layer with a swipe

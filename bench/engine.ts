@@ -19,7 +19,7 @@ import { ROOT } from '../test/helpers.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
-const modelPath = opt('model', join(ROOT, 'model/release/infdit-s4.onnx'));
+const modelPath = opt('model', join(ROOT, 'model/release/infdit-s4.json'));
 const sizes = opt('sizes', '512,1024').split(',').map(Number).filter(n => n > 0);   // --sizes 0: block evaluations only
 const threads = Number(opt('threads', '0'));
 const batch = Number(opt('batch', '16'));

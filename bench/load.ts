@@ -16,7 +16,7 @@ import { ROOT, spawnServe } from '../test/helpers.js';
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
 const VIEWERS = Number(opt('viewers', '50')), SECONDS = Number(opt('seconds', '60')), FILL = Number(opt('fill-seconds', '6'));
-const model = opt('model', join(ROOT, 'model/release/infdit-s4.onnx'));
+const model = opt('model', join(ROOT, 'model/release/infdit-s4.json'));
 const log = (s: string) => process.stderr.write(s + '\n');
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 6 * VIEWERS });   // 6 per viewer, like a browser

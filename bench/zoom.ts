@@ -17,7 +17,7 @@ import { ROOT, spawnServe } from '../test/helpers.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
-const model = opt('model', join(ROOT, 'model/release/infdit-s4.onnx')), ROUNDS = Number(opt('rounds', '3')), RTT = Number(opt('rtt-ms', '0'));
+const model = opt('model', join(ROOT, 'model/release/infdit-s4.json')), ROUNDS = Number(opt('rounds', '3')), RTT = Number(opt('rtt-ms', '0'));
 /** A TCP relay that holds every chunk RTT/2 in each direction: a network round trip on
  *  loopback (this kernel has no netem). TLS passes through untouched. */
 async function delayProxy(target: URL, rtt: number): Promise<string> {

@@ -13,7 +13,7 @@ const int = (min: number, max: number) => z.coerce.number().int().min(min).max(m
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform(v => v === true || v === 'true' || v === '1' || v === 'yes');
 
 export const schema = z.object({
-  model: z.string().min(1).describe('exported model: <name>.onnx with <name>.json beside it'),
+  model: z.string().min(1).describe('exported model: its manifest <name>.json, with the graphs <name>.input.onnx, <name>.layer0.onnx, … beside it'),
   scale: z.coerce.number().refine(v => [2, 4, 8, 16].includes(v), 'must be one of 2, 4, 8, 16').describe('output size ÷ input size'),
   preset: z.string().regex(/^[a-z0-9_-]+$/).optional().describe("sampler preset from the model manifest (e.g. fidelity, detail); default: the manifest's"),
   steps: int(1, 200).optional().describe("sampler steps (overrides the preset's)"),
@@ -42,7 +42,7 @@ export const schema = z.object({
 export type Config = z.infer<typeof schema>;
 
 export const defaults: Config = {
-  model: join(ROOT, 'model/release/infdit-s4.onnx'),
+  model: join(ROOT, 'model/release/infdit-s4.json'),
   scale: 4, seed: 0,
   tileSize: 256, tileOverlap: 0, tileFormat: 'jpeg', tileQuality: 90,
   dataDir: join(ROOT, 'data'),

@@ -1,15 +1,23 @@
 /**
- * The lazy block engine (DESIGN.md §2). A node is (block r, c, evaluation n). Node (r,c,n)
- * needs the block's own state after evaluation n-1 and the K/V that (r-1,c,n), (r,c-1,n),
- * (r-1,c-1,n) produced. `ensure(blocks)` computes exactly the nodes in the blocks' upper-left
- * closure that are not done yet, in batches of independent nodes.
+ * The lazy block engine (DESIGN.md §2). A node is (block r, c, level), level = n·(L+1) + k:
+ * evaluation n of the sampler, step k of it — k = 0 the input stage (tokens h and layer 0's
+ * K/V), k = l+1 layer l (h after it and layer l+1's K/V; the last layer gives the denoised
+ * block). UniBA's dependency is per layer: node (n, k ≥ 1) of a block needs its own state at
+ * (n, k-1) and the layer-(k-1) K/V of its top, left and top-left neighbours, i.e. their state
+ * at (n, k-1); node (n, 0) needs the block's own evaluation n-1. So a block wanted at level λ
+ * needs its neighbours only to level der(λ) < λ, and the closure of a block is a cone: a block
+ * d steps up/left is needed to depth L-d of the same evaluation, not the upper-left rectangle.
  *
- * Order: among ready nodes, higher request priority first, then the smallest r+c+n. Nodes
- * with equal r+c+n never depend on each other, so this pipelines the anti-diagonal wavefront
- * across evaluations: batches stay full and only the wavefront's K/V is alive.
+ * Demand: a request raises its blocks to the top level; each raise propagates der(λ) to the
+ * three upper/left neighbours unless their K/V at that level is already stored (a far tile
+ * costs its cone, wherever it lies). Every state lives in the byte-bounded store (kvstore.ts):
+ * pinned while a wanted node needs it, evictable while an unfinished block might, freed
+ * otherwise; an evicted one is recomputed from the block's start, deterministically.
+ *
+ * Order: among ready nodes, higher request priority first, then the smallest r+c+level (the
+ * wavefront: live state stays a band along it); a batch is nodes of one graph.
  */
-import type { Model } from './model.js';
-import type { KV } from './kvstore.js';
+import type { Model, Feeds, Arr } from './model.js';
 import { KVStore, copyKV } from './kvstore.js';
 import type { BlockStore } from './blockstore.js';
 import { blockNoise } from './rng.js';
@@ -38,16 +46,15 @@ export interface EngineStats { nodes: number; calls: number; onnxMs: number; jsM
 
 interface Block {
   r: number; c: number;
-  evals: number;                 // evaluations done in the current run
   final: boolean;                // pixels are in the block store
-  rerun: boolean;                // final, but running again to regenerate evicted K/V
-  rerunPrio: number;
+  lvl: number;                   // last level done in the current run; -1: none
+  need: number;                  // level some open request needs; -1: none
+  prio: number;                  // highest priority among those requests; -1: none
   inflight: boolean;
-  st?: BlockSampleState;
+  st?: BlockSampleState;         // sampler state while the block is active (parked in the store when idle)
   up?: Float32Array; ctx?: Float32Array;
   preparing?: Promise<void>;
   prepAbort?: AbortController;   // cancels the LR fetch (stage-1 work) when nobody wants the block
-  prio: number;                  // highest priority of an active request whose closure holds it; -1: none
 }
 
 interface Request {
@@ -57,44 +64,36 @@ interface Request {
   signal?: AbortSignal; onAbort?: () => void;
 }
 
-/** The slots of UniBA in the graph's kv_nb order: top, left, top-left. */
+/** The slots of UniBA in the graphs' kv_nb order: top, left, top-left. */
 const UP_LEFT = [[-1, 0], [0, -1], [-1, -1]] as const;
-
-/** The existing upper/left neighbours of (r, c), with their kv_nb slot. */
-function upLeft(r: number, c: number): { r: number; c: number; slot: number }[] {
-  const out = [];
-  for (let slot = 0; slot < 3; slot++) {
-    const nr = r + UP_LEFT[slot][0], nc = c + UP_LEFT[slot][1];
-    if (nr >= 0 && nc >= 0) out.push({ r: nr, c: nc, slot });
-  }
-  return out;
-}
+/** Who consumes a block's K/V: itself and the blocks below, right, below-right. */
+const CONSUMERS = [[0, 0], [1, 0], [0, 1], [1, 1]] as const;
 
 export class AbortError extends Error { constructor() { super('request cancelled'); this.name = 'AbortError'; } }
 
 export class Stage {
   readonly R: number; readonly C: number; readonly N: number;
   readonly B: number; readonly lb: number;
+  /** Levels per evaluation (input stage + one per layer), and the last level. */
+  readonly S: number; readonly TOP: number;
   readonly stats: EngineStats = { nodes: 0, calls: 0, onnxMs: 0, jsMs: 0, reruns: 0 };
-  /** Every node run, in order (tests count and compare them). */
+  /** Every node run, as "r,c,level", in order (tests count and compare them). */
   nodeLog: string[] | null = null;
   private blocks = new Map<number, Block>();
+  private planned = new Set<Block>();
   private requests = new Set<Request>();
-  private candidates = new Set<number>();
+  private candidates = new Set<Block>();
   private pumping = false;
   private listeners = new Set<(r: number, c: number) => void>();
-
-  /** The global vector repeated for a full batch, made once (it is the same for every block). */
-  private readonly thumbBatch?: Float32Array;
+  private readonly L: number; private readonly cross: boolean;
+  private readonly half: boolean;
 
   constructor(readonly o: StageOptions) {
     const m = o.model.manifest;
     this.B = m.block; this.lb = m.lr_block; this.N = o.plan.count;
+    this.L = m.layers; this.S = m.layers + 1; this.TOP = this.N * this.S - 1;
+    this.cross = m.config.lr_cross_attn; this.half = m.kv.dtype === 'float16';
     this.R = Math.ceil(o.lr.height / this.lb); this.C = Math.ceil(o.lr.width / this.lb);
-    if (o.thumb) {
-      this.thumbBatch = new Float32Array(o.batch * o.thumb.length);
-      for (let i = 0; i < o.batch; i++) this.thumbBatch.set(o.thumb, i * o.thumb.length);
-    }
   }
 
   get outWidth() { return this.o.lr.width * this.o.model.manifest.scale; }
@@ -119,13 +118,26 @@ export class Stage {
     const k = r * this.C + c;
     let b = this.blocks.get(k);
     if (!b) {
-      b = { r, c, evals: 0, final: this.o.store.has(this.o.stage, r, c), rerun: false, rerunPrio: -1, inflight: false, prio: -1 };
+      b = { r, c, final: this.o.store.has(this.o.stage, r, c), lvl: -1, need: -1, prio: -1, inflight: false };
       this.blocks.set(k, b);
     }
     return b;
   }
 
-  private kvKey(r: number, c: number, n: number) { return `${this.o.stage}:${r},${c},${n}`; }
+  private *upLeft(b: Block) {
+    for (let slot = 0; slot < 3; slot++) {
+      const r = b.r + UP_LEFT[slot][0], c = b.c + UP_LEFT[slot][1];
+      if (r >= 0 && c >= 0) yield { nb: this.block(r, c), slot };
+    }
+  }
+
+  // Store keys: K/V of a level (k < L), hidden state + cond after a level, parked sampler state at an evaluation's start.
+  private kvKey(b: Block, lvl: number) { return `${this.o.stage}k:${b.r},${b.c},${lvl}`; }
+  private hKey(b: Block, lvl: number) { return `${this.o.stage}h:${b.r},${b.c},${lvl}`; }
+  private stKey(b: Block, n: number) { return `${this.o.stage}x:${b.r},${b.c},${n}`; }
+
+  /** The neighbours' level that node `lvl` consumes: (n, k-1), or (n-1, L-1) for an input stage. */
+  private der(lvl: number) { return lvl % this.S >= 1 ? lvl - 1 : lvl - 2; }
 
   /** Ensure the blocks' final pixels exist (in the block store). */
   ensure(blocks: [number, number][], opt: RequestOptions = {}): Promise<void> {
@@ -178,121 +190,174 @@ export class Stage {
 
   // ---------------------------------------------------------------- planning
 
-  /**
-   * A request leaves. Answered ones change nothing (their closure is final); a cancelled one may
-   * lower priorities, which are recomputed once before the next batch however many left.
-   */
+  /** A request leaves. Its demand is recomputed away once before the next batch, however many left. */
   private drop(req: Request, cancelled = false) {
     if (!this.requests.delete(req)) return;
     if (req.signal && req.onAbort) req.signal.removeEventListener('abort', req.onAbort);
-    if (cancelled) { this.planDirty = true; this.pump(); }
+    this.planDirty = true;
+    if (cancelled) this.pump();
   }
 
   private planDirty = false;
 
-  /** The request's closure as a staircase: maxCol[r] = the largest wanted column at rows ≥ r. */
-  private staircase(req: Request): Int32Array {
-    let maxR = -1;
-    for (const [r] of req.blocks) maxR = Math.max(maxR, r);
-    const maxCol = new Int32Array(maxR + 1).fill(-1);
-    for (const [r, c] of req.blocks) maxCol[r] = Math.max(maxCol[r], c);
-    for (let r = maxR - 1; r >= 0; r--) maxCol[r] = Math.max(maxCol[r], maxCol[r + 1]);
-    return maxCol;
-  }
-
-  /** A new request can only raise priorities: apply its closure alone. */
   private applyRequest(req: Request) {
-    const maxCol = this.staircase(req);
-    for (let r = 0; r < maxCol.length; r++)
-      for (let c = 0; c <= maxCol[r]; c++) {
-        const b = this.block(r, c);
-        if (b.final && !b.rerun) continue;
-        if (b.prio < req.priority) b.prio = req.priority;
-        this.addCandidate(r * this.C + c);
-      }
+    for (const [r, c] of req.blocks) this.raise(this.block(r, c), this.TOP, req.priority, true);
   }
 
-  /** Recompute each block's active priority from the open requests' closures. */
+  /**
+   * Block `start` is needed at level `lvl` (as a target: its final pixels; else: its K/V at
+   * that level). Propagates the cone: each neighbour is needed at der(level), unless its K/V
+   * there is stored already.
+   */
+  private raise(start: Block, lvl: number, prio: number, target = false) {
+    const work: [Block, number, boolean][] = [[start, lvl, target]];
+    while (work.length) {
+      const [b, l, tgt] = work.pop()!;
+      if (tgt ? b.final : this.o.kv.has(this.kvKey(b, l))) continue;
+      if (!tgt && b.lvl >= l) {
+        // past that level, but its K/V there is gone (evicted): run the block again from its start
+        if (b.inflight) continue;   // re-checked when its node lands
+        this.reset(b);
+      }
+      if (b.need >= l && b.prio >= prio) continue;
+      b.need = Math.max(b.need, l); b.prio = Math.max(b.prio, prio);
+      this.planned.add(b);
+      this.addCandidate(b);
+      const d = this.der(l);
+      if (d >= 0) for (const { nb } of this.upLeft(b)) work.push([nb, d, false]);
+    }
+  }
+
+  /** Forget a block's run (its states are gone or stale); its sampler chain gives the same values again. */
+  private reset(b: Block) {
+    if (b.lvl >= 0) {
+      this.o.kv.delete(this.hKey(b, b.lvl));
+      if (b.lvl % this.S < this.L) { const l = b.lvl; b.lvl = -1; this.placeKV(b, l); }
+    }
+    b.lvl = -1; b.st = undefined;
+    this.stats.reruns++;
+    this.addCandidate(b);
+  }
+
+  /** Recompute every block's demand from the open requests (after a cancellation or an answer). */
   private replan() {
     this.planDirty = false;
-    const prio = new Map<number, number>();
-    for (const req of this.requests) {
-      const maxCol = this.staircase(req);
-      for (let r = 0; r < maxCol.length; r++)
-        for (let c = 0; c <= maxCol[r]; c++) {
-          const k = r * this.C + c;
-          if ((prio.get(k) ?? -1) < req.priority) prio.set(k, req.priority);
-        }
-    }
-    for (const [k, b] of this.blocks) if (!prio.has(k)) {
-      b.prio = -1;
+    const before = [...this.planned];
+    for (const b of before) { b.need = -1; b.prio = -1; }
+    this.planned.clear();
+    for (const req of this.requests) this.applyRequest(req);
+    for (const b of before) if (!this.active(b)) {
       // its LR context may be a lower stage's work in flight: stop that too
-      if (b.preparing && !this.wants(b)) b.prepAbort?.abort();
+      if (b.preparing) b.prepAbort?.abort();
+      this.park(b);
     }
-    for (const [k, p] of prio) {
-      const b = this.block(Math.floor(k / this.C), k % this.C);
-      b.prio = p;
-      if (!b.final || b.rerun) this.addCandidate(k);
-    }
-    // K/V pinned for consumers nobody waits for any more goes back to the evictable cache.
+    // states pinned for consumers nobody waits for any more go back to the evictable cache
     for (const key of this.o.kv.pinnedKeys()) {
-      const [st, rest] = key.split(':');
-      if (Number(st) !== this.o.stage) continue;
-      const [r, c, n] = rest.split(',').map(Number);
-      this.placeKV(r, c, n);
+      const m = /^(\d+)([khx]):(\d+),(\d+),(\d+)$/.exec(key)!;
+      if (Number(m[1]) !== this.o.stage) continue;
+      const b = this.block(Number(m[3]), Number(m[4])), l = Number(m[5]);
+      if (m[2] === 'k') this.placeKV(b, l); else if (m[2] === 'h') this.placeH(b, l);
     }
   }
 
-  private effPrio(b: Block) { return Math.max(b.prio, b.rerun ? b.rerunPrio : -1); }
-  private wants(b: Block) { return this.effPrio(b) >= 0 && (!b.final || b.rerun) && b.evals < this.N; }
+  private active(b: Block) { return b.need > b.lvl; }
 
-  /** Decide where K/V (r,c,n) lives: pinned while a wanted dependent still needs it,
-   *  evictable while any unfinished dependent may need it later, else gone. */
-  private placeKV(r: number, c: number, n: number, v?: KV) {
-    const key = this.kvKey(r, c, n);
+  /**
+   * Decide where the K/V of (b, lvl) lives: pinned while a wanted consumer still needs it,
+   * evictable while an unfinished one may need it later, else gone.
+   */
+  private placeKV(b: Block, lvl: number, v?: Arr) {
+    const key = this.kvKey(b, lvl), use = lvl + 1;
     let activeNeed = false, laterNeed = false;
-    for (const [dr, dc] of [[1, 0], [0, 1], [1, 1]]) {
-      const rr = r + dr, cc = c + dc;
-      if (rr >= this.R || cc >= this.C) continue;
-      const d = this.block(rr, cc);
-      const pending = (!d.final || d.rerun) && d.evals <= n;
-      if (pending && this.wants(d)) activeNeed = true;
-      if (pending) laterNeed = true;
+    for (const [dr, dc] of CONSUMERS) {
+      const r = b.r + dr, c = b.c + dc;
+      if (r >= this.R || c >= this.C) continue;
+      const z = this.block(r, c);
+      if (dr === 0 && dc === 0 ? z.lvl !== lvl : z.lvl >= use) continue;   // consumed already (or, for itself, not next)
+      if (z.need >= use) activeNeed = true;
+      else if (!z.final) laterNeed = true;
     }
     const val = v ?? this.o.kv.get(key);
     if (!val) return false;
     if (activeNeed) this.o.kv.pin(key, val);
     else if (laterNeed) this.o.kv.keep(key, val);
-    else { this.o.kv.delete(key); return false; }
+    else { if (v) this.o.kv.release(v); this.o.kv.delete(key); return false; }
     return true;
   }
 
-  /** Is node (b, b.evals) ready? Starts preparation and schedules reruns as side effects. */
+  /** A hidden state is consumed only by the block's own next node. */
+  private placeH(b: Block, lvl: number, v?: Arr) {
+    const key = this.hKey(b, lvl);
+    const val = v ?? this.o.kv.get(key);
+    if (!val) return;
+    if (b.lvl !== lvl) { if (v) this.o.kv.release(v); this.o.kv.delete(key); }
+    else if (b.need > lvl) this.o.kv.pin(key, val);
+    else this.o.kv.keep(key, val);
+  }
+
+  /** An idle block gives back what it can rebuild (its LR context) and parks its sampler state. */
+  private park(b: Block) {
+    if (b.inflight || this.active(b)) return;
+    b.up = undefined; b.ctx = undefined;
+    if (b.lvl >= 0 && b.lvl % this.S < this.L) this.placeH(b, b.lvl);
+    if (!b.st) return;
+    const n = Math.floor((b.lvl + 1) / this.S);         // the evaluation whose start b.st is
+    if (n > 0 && b.lvl < this.TOP) this.o.kv.keep(this.stKey(b, n), this.packState(b.st, n));
+    b.st = undefined;                                  // evaluation 0's start is the noise: rebuilt
+  }
+
+  private packState(st: BlockSampleState, n: number): Float32Array {
+    const BF = this.o.model.blockFloats, corr = this.o.plan.evals[n].corrector;
+    const out = this.o.kv.acquire(corr ? 3 * BF : BF) as Float32Array;
+    out.set(st.x);
+    if (corr) { out.set(st.xPred!, BF); out.set(st.d!, 2 * BF); }
+    return out;
+  }
+
+  private unpackState(v: Float32Array, n: number): BlockSampleState {
+    const BF = this.o.model.blockFloats;
+    const st: BlockSampleState = { x: v.slice(0, BF) };
+    if (this.o.plan.evals[n].corrector) { st.xPred = v.slice(BF, 2 * BF); st.d = v.slice(2 * BF, 3 * BF); }
+    this.o.kv.release(v);
+    return st;
+  }
+
+  /** Is b's next node ready? Starts LR preparation, unparks state and raises neighbours as side effects. */
   private ready(b: Block): boolean {
-    if (!this.wants(b) || b.inflight) return false;
-    const n = b.evals;
+    if (b.inflight || !this.active(b)) return false;
+    const l = b.lvl + 1, n = Math.floor(l / this.S), k = l % this.S;
+    if (k >= 1 && !(this.o.kv.has(this.hKey(b, l - 1)) && this.o.kv.has(this.kvKey(b, l - 1)))) { this.reset(b); return this.ready(b); }
+    if ((k === 0 || k === this.L) && !b.st && n > 0) {
+      const v = this.o.kv.take(this.stKey(b, n));
+      if (!v) { this.reset(b); return this.ready(b); }
+      b.st = this.unpackState(v as Float32Array, n);
+    }
     let ok = true;
-    for (const { r, c } of upLeft(b.r, b.c)) {
-      if (this.o.kv.has(this.kvKey(r, c, n))) { this.placeKV(r, c, n); continue; }
-      ok = false;
-      const nb = this.block(r, c);
-      if ((nb.final && !nb.rerun) || nb.evals > n) {
-        // Its K/V at n was evicted (or never kept): run the neighbour again from the start.
-        // Its sampler chain is deterministic, so the regenerated K/V is the same.
-        if (!nb.inflight) {
-          nb.rerun = nb.final; nb.evals = 0; nb.st = undefined; this.stats.reruns++;
-          nb.rerunPrio = Math.max(nb.rerunPrio, this.effPrio(b));
-          if (!nb.final) nb.prio = Math.max(nb.prio, this.effPrio(b));
-          this.addCandidate(r * this.C + c);
-        }
-      } else if (nb.rerun && nb.rerunPrio < this.effPrio(b)) {
-        nb.rerunPrio = this.effPrio(b);
+    if (k >= 1) {
+      this.placeH(b, l - 1); this.placeKV(b, l - 1);
+      for (const { nb } of this.upLeft(b)) {
+        if (this.o.kv.has(this.kvKey(nb, l - 1))) { this.placeKV(nb, l - 1); continue; }
+        ok = false;
+        this.raise(nb, l - 1, b.prio);
       }
     }
     if (!ok) return false;
-    // LR context and up(LR) are made only once the node could run: holding them for the whole
-    // closure would make memory grow with the area.
-    return !!b.ctx || this.prepare(b);
+    // LR context and up(LR) are made only once a node that reads them could run, and given back
+    // when the block goes idle: holding them for every touched block would grow with the area.
+    const wantsLR = k === 0 || k === this.L || (k === 1 && this.cross);
+    return !wantsLR || !!b.up || this.prepare(b);
+  }
+
+  /** All inputs of b's next node at hand, without side effects (a later readiness check can reset an earlier block). */
+  private runnable(b: Block, l: number) {
+    if (b.inflight || b.lvl + 1 !== l || !this.active(b)) return false;
+    const n = Math.floor(l / this.S), k = l % this.S;
+    if ((k === 0 || k === this.L || (k === 1 && this.cross)) && !b.up) return false;
+    if ((k === 0 || k === this.L) && !b.st && n > 0) return false;
+    if (k === 0) return true;
+    if (!this.o.kv.has(this.hKey(b, l - 1)) || !this.o.kv.has(this.kvKey(b, l - 1))) return false;
+    for (const { nb } of this.upLeft(b)) if (!this.o.kv.has(this.kvKey(nb, l - 1))) return false;
+    return true;
   }
 
   /** Cut the block's 3×3 LR context and its bicubic up(LR). True when done synchronously. */
@@ -307,39 +372,43 @@ export class Stage {
     };
     if (this.o.lr.regionSync) { fill(this.o.lr.regionSync((b.c - 1) * lb, (b.r - 1) * lb, s, s)); return true; }
     b.prepAbort = new AbortController();
-    b.preparing = this.o.lr.region((b.c - 1) * lb, (b.r - 1) * lb, s, s, { priority: this.effPrio(b), signal: b.prepAbort.signal })
+    b.preparing = this.o.lr.region((b.c - 1) * lb, (b.r - 1) * lb, s, s, { priority: b.prio, signal: b.prepAbort.signal })
       .then(fill)
       .catch(e => { if (!(e instanceof AbortError)) this.fail(e); })
-      .finally(() => { b.preparing = undefined; b.prepAbort = undefined; this.addCandidate(b.r * this.C + b.c); this.pump(); });
+      .finally(() => { b.preparing = undefined; b.prepAbort = undefined; this.addCandidate(b); this.pump(); });
     return false;
   }
 
   private dirty = false;
-  private addCandidate(k: number) { this.candidates.add(k); this.dirty = true; }
+  private addCandidate(b: Block) { this.candidates.add(b); this.dirty = true; }
 
-  /** Ready nodes, best first. Checking readiness can schedule reruns (new candidates): then
-   *  look again, or the loop would stop with runnable work left. */
-  private pickBatch(): Block[] {
+  /** Ready nodes of one graph, best first. Checking readiness can raise or restart blocks (new
+   *  candidates): then look again, or the loop would stop with runnable work left. */
+  private pickBatch(): { batch: Block[]; k: number } {
     if (this.planDirty) this.replan();
     for (;;) {
       this.dirty = false;
-      const b = this.scan();
-      if (b.length || !this.dirty) return b;
+      const ready = this.scan();
+      if (ready.length) {
+        const k = (ready[0].lvl + 1) % this.S;
+        return { batch: ready.filter(b => (b.lvl + 1) % this.S === k).slice(0, this.o.batch), k };
+      }
+      if (!this.dirty) return { batch: [], k: 0 };
     }
   }
 
   private scan(): Block[] {
     const ready: Block[] = [];
-    for (const k of [...this.candidates]) {
-      const b = this.blocks.get(k)!;
+    for (const b of [...this.candidates]) {
       // A block that is not ready leaves the set: whatever makes it ready (a neighbour's or its
       // own node finishing, its LR context, a new request) puts it back, so a scan costs the
       // frontier, not the closure.
       if (this.ready(b)) ready.push(b);
-      else this.candidates.delete(k);
+      else this.candidates.delete(b);
     }
-    ready.sort((a, b) => this.effPrio(b) - this.effPrio(a) || (a.r + a.c + a.evals) - (b.r + b.c + b.evals) || a.r - b.r || a.c - b.c);
-    return ready.slice(0, this.o.batch);
+    const t = (b: Block) => b.r + b.c + b.lvl;
+    ready.sort((a, b) => b.prio - a.prio || t(a) - t(b) || a.r - b.r || a.c - b.c);
+    return ready;
   }
 
   // ---------------------------------------------------------------- running
@@ -350,9 +419,9 @@ export class Stage {
     (async () => {
       try {
         for (;;) {
-          const batch = this.pickBatch();
+          const { batch, k } = this.pickBatch();
           if (!batch.length) break;
-          await this.runBatch(batch);
+          await this.runBatch(batch, k);
           this.settle();
         }
       } catch (e) {
@@ -364,7 +433,7 @@ export class Stage {
     })();
   }
 
-  /** A failed ONNX call fails the requests waiting now; later requests try again. */
+  /** A failed model call fails the requests waiting now; later requests try again. */
   private fail(e: Error) {
     for (const req of [...this.requests]) { this.drop(req, true); req.reject(e); }
   }
@@ -374,76 +443,104 @@ export class Stage {
       if (req.blocks.every(([r, c]) => this.block(r, c).final)) { this.drop(req); req.resolve(); }
   }
 
-  /** The neighbours' K/V input is the largest buffer of a call (3 blocks' K/V per node). It is
-   *  made once, for a full batch: allocating it per call (or growing it with the wavefront)
-   *  paid page faults on every first touch. */
-  private kvBuf: Float32Array | Uint16Array | null = null;
-  private kvInput(len: number): Float32Array | Uint16Array {
-    const full = this.o.batch * 3 * this.o.model.kvFloats;
-    this.kvBuf ??= this.o.model.manifest.kv.dtype === 'float16' ? new Uint16Array(full) : new Float32Array(full);
-    return this.kvBuf.subarray(0, len);
+  /** Input buffers by graph and name, sized for a full batch once and reused: they travel to
+   *  the model thread and come back with the answer. */
+  private bufs = new Map<string, ArrayBuffer>();
+  private feed(gi: number, name: string, per: number, nb: number, half = false): Arr {
+    const el = half ? 2 : 4, key = `${gi}:${name}`;
+    let buf = this.bufs.get(key);
+    if (!buf || buf.byteLength < per * el * this.o.batch) buf = new ArrayBuffer(per * el * this.o.batch);
+    this.bufs.delete(key);          // in flight until it comes back
+    return half ? new Uint16Array(buf, 0, per * nb) : new Float32Array(buf, 0, per * nb);
   }
 
-  /** All inputs of node (b, b.evals) at hand. Checking a later block's readiness can restart an
-   *  earlier one (a rerun), so the batch is checked again right before it is assembled. */
-  private runnable(b: Block) {
-    if (!b.ctx || !this.wants(b)) return false;
-    return upLeft(b.r, b.c).every(({ r, c }) => this.o.kv.has(this.kvKey(r, c, b.evals)));
-  }
-
-  private async runBatch(all: Block[]) {
-    const batch = all.filter(b => this.runnable(b));
+  private async runBatch(picked: Block[], k: number) {
+    const levels = picked.map(b => b.lvl + 1);
+    const batch = picked.filter((b, i) => this.runnable(b, levels[i]));
     if (!batch.length) return;
     const t0 = performance.now();
     const { model, plan, seed, stage } = this.o;
-    const m = model.manifest, nb = batch.length, BF = model.blockFloats, KF = model.kvFloats;
-    const s = 3 * this.lb;
-    const x = new Float32Array(nb * BF), up = new Float32Array(nb * BF), ctx = new Float32Array(nb * 3 * s * s);
-    const sigma = new Float32Array(nb), pos = new Float32Array(nb * 2), present = new Float32Array(nb * 3);
-    const kvNb = this.kvInput(nb * 3 * KF);
-    batch.forEach((b, i) => {
-      b.inflight = true;
-      const n = b.evals;
-      if (n === 0 || !b.st) {
-        const eps = blockNoise(seed, stage, b.r, b.c, 0, BF);
-        const x0 = new Float32Array(BF), s0 = plan.sigmas[0];
-        for (let j = 0; j < BF; j++) x0[j] = b.up![j] + s0 * eps[j];
-        b.st = { x: x0 };
+    const m = model.manifest, nb = batch.length, BF = model.blockFloats, KF = model.kvFloats, HF = model.hFloats, D = m.config.dim;
+    const gi = k === 0 ? 0 : k, last = k === this.L, s = 3 * this.lb;
+    const feeds: Feeds = {};
+    const f = (name: string, per: number, half = false) => (feeds[name] = this.feed(gi, name, per, nb, half));
+    const pos = f('pos', 2) as Float32Array;
+    for (const b of batch) b.inflight = true;
+    batch.forEach((b, i) => { pos[2 * i] = b.r * m.grid; pos[2 * i + 1] = b.c * m.grid; });
+    if (k === 0 || last) {
+      const x = f('x', BF), up = f('up', BF), sigma = f('sigma', 1);
+      batch.forEach((b, i) => {
+        const n = Math.floor(levels[i] / this.S);
+        if (!b.st) {   // evaluation 0's start: up(LR) plus σ_max-scaled noise keyed by the block
+          const eps = blockNoise(seed, stage, b.r, b.c, 0, BF), x0 = new Float32Array(BF), s0 = plan.sigmas[0];
+          for (let j = 0; j < BF; j++) x0[j] = b.up![j] + s0 * eps[j];
+          b.st = { x: x0 };
+        }
+        x.set(evalInput(plan, n, b.st), i * BF); up.set(b.up!, i * BF);
+        sigma[i] = plan.evals[n].sigma;
+      });
+      if (k === 0 && m.global.enabled) {
+        const th = this.o.thumb!, t = f('thumb', th.length) as Float32Array;
+        for (let i = 0; i < nb; i++) t.set(th, i * th.length);
       }
-      x.set(evalInput(plan, n, b.st), i * BF);
-      up.set(b.up!, i * BF); ctx.set(b.ctx!, i * 3 * s * s);
-      sigma[i] = plan.evals[n].sigma;
-      pos[2 * i] = b.r * m.grid; pos[2 * i + 1] = b.c * m.grid;
-      for (const { r, c, slot } of upLeft(b.r, b.c)) {
-        copyKV(kvNb, (i * 3 + slot) * KF, this.o.kv.get(this.kvKey(r, c, n))!);
-        present[i * 3 + slot] = 1;
+    }
+    if (k >= 1) {
+      const h = f('h', HF), cond = f('cond', D), kv = f('kv', KF, this.half), kvNb = f('kv_nb', 3 * KF, this.half), present = f('present', 3);
+      present.fill(0);
+      batch.forEach((b, i) => {
+        const l = levels[i] - 1, hs = this.o.kv.get(this.hKey(b, l))!;
+        copyKV(h, i * HF, hs, 0, HF); copyKV(cond, i * D, hs, HF, D);
+        copyKV(kv, i * KF, this.o.kv.get(this.kvKey(b, l))!);
+        for (const { nb: y, slot } of this.upLeft(b)) {
+          copyKV(kvNb, (i * 3 + slot) * KF, this.o.kv.get(this.kvKey(y, l))!);
+          present[i * 3 + slot] = 1;
+        }
+        // a masked slot's values are ignored, but must be finite (0 × NaN is NaN): zero it
+        for (let slot = 0; slot < 3; slot++) if (!present[i * 3 + slot]) kvNb.fill(0, (i * 3 + slot) * KF, (i * 3 + slot + 1) * KF);
+      });
+      if (k === 1 && this.cross) {
+        const ctx = f('lr_ctx', 3 * s * s);
+        batch.forEach((b, i) => ctx.set(b.ctx!, i * 3 * s * s));
       }
-      // a masked slot's values are ignored, but must be finite (0 × NaN is NaN): zero it
-      for (let slot = 0; slot < 3; slot++) if (!present[i * 3 + slot]) kvNb.fill(0, (i * 3 + slot) * KF, (i * 3 + slot + 1) * KF);
-    });
+    }
     const t1 = performance.now();
-    const thumbs = this.thumbBatch?.subarray(0, nb * this.o.thumb!.length);
-    let out;
+    let res;
     try {
-      out = await model.run(nb, x, up, ctx, sigma, pos, kvNb, present, thumbs);
+      res = await model.run(gi, nb, feeds);
     } catch (e) {
       for (const b of batch) b.inflight = false;   // the nodes can run again on a later request
       throw e;
+    } finally {
+      for (const [name, a] of Object.entries(res?.feeds ?? {})) this.bufs.set(`${gi}:${name}`, a.buffer as ArrayBuffer);
     }
     const t2 = performance.now();
     this.stats.calls++; this.stats.nodes += nb; this.stats.onnxMs += t2 - t1;
+    const { out, feeds: back } = res;
     batch.forEach((b, i) => {
-      const n = b.evals;
-      this.nodeLog?.push(`${b.r},${b.c},${n}`);
-      advance(plan, n, b.st!, out.denoised.subarray(i * BF, (i + 1) * BF));
-      b.evals = n + 1; b.inflight = false;
-      const own = this.o.kv.acquire();
-      copyKV(own, 0, out.kv.subarray(i * KF, (i + 1) * KF));
-      if (!this.placeKV(b.r, b.c, n, own)) this.o.kv.release(own);
-      if (b.evals === this.N) this.finish(b);
-      for (const nb of upLeft(b.r, b.c)) this.placeKV(nb.r, nb.c, n);
-      for (const [dr, dc] of [[0, 0], [1, 0], [0, 1], [1, 1]])
-        if (b.r + dr < this.R && b.c + dc < this.C) this.addCandidate((b.r + dr) * this.C + b.c + dc);
+      const l = levels[i], n = Math.floor(l / this.S);
+      this.nodeLog?.push(`${b.r},${b.c},${l}`);
+      b.inflight = false;
+      b.lvl = l;
+      if (last) {
+        advance(plan, n, b.st!, (out.denoised as Float32Array).subarray(i * BF, (i + 1) * BF));
+      } else {
+        const hs = this.o.kv.acquire(HF + D) as Float32Array;
+        copyKV(hs, 0, k === 0 ? out.h : out.h_next, i * HF, HF);
+        copyKV(hs, HF, k === 0 ? out.cond : back.cond, i * D, D);
+        const kv = this.o.kv.acquire(KF, this.half);
+        copyKV(kv, 0, k === 0 ? out.kv : out.kv_next, i * KF, KF);
+        this.placeH(b, l, hs);
+        this.placeKV(b, l, kv);
+      }
+      if (k >= 1) {
+        this.o.kv.delete(this.hKey(b, l - 1));
+        this.placeKV(b, l - 1);
+        for (const { nb: y } of this.upLeft(b)) this.placeKV(y, l - 1);
+      }
+      if (l === this.TOP) this.finish(b);
+      this.park(b);
+      for (const [dr, dc] of CONSUMERS)
+        if (b.r + dr < this.R && b.c + dc < this.C) this.addCandidate(this.block(b.r + dr, b.c + dc));
     });
     this.stats.jsMs += (t1 - t0) + (performance.now() - t2);
   }
@@ -452,13 +549,11 @@ export class Stage {
     const B = this.B, x = b.st!.x, px = new Uint8Array(B * B * 3), P = B * B;
     for (let i = 0; i < P; i++)
       for (let ch = 0; ch < 3; ch++) px[i * 3 + ch] = Math.min(255, Math.max(0, Math.round((x[ch * P + i] + 1) * 127.5)));
-    if (!b.final) this.o.store.put(this.o.stage, b.r, b.c, px);
-    const wasFinal = b.final;
-    b.final = true; b.rerun = false; b.rerunPrio = -1;
-    b.st = undefined; b.up = undefined; b.ctx = undefined;
-    if (!wasFinal) {
-      if (this.doneN >= 0) this.doneN++;
-      for (const fn of this.listeners) fn(b.r, b.c);
-    }
+    b.st = undefined;
+    if (b.final) return;
+    this.o.store.put(this.o.stage, b.r, b.c, px);
+    b.final = true;
+    if (this.doneN >= 0) this.doneN++;
+    for (const fn of this.listeners) fn(b.r, b.c);
   }
 }

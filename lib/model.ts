@@ -1,21 +1,29 @@
 /**
- * The model: an ONNX block-step graph plus its JSON manifest, run with onnxruntime-node.
- * The manifest is checked against the graph at load; a mismatch is refused with an error
- * naming the field, so a model never runs with guessed shapes.
+ * The model: layer-granular ONNX graphs (an input stage, one graph per layer, the last with the
+ * output fused in) plus their JSON manifest. The manifest is checked against every graph at load;
+ * a mismatch is refused with an error naming the field, so a model never runs with guessed shapes.
+ *
+ * The graphs run in a worker thread (lib/model-worker.js): onnxruntime-node's `session.run`
+ * holds its JavaScript thread for the whole call, and the HTTP thread must keep answering while
+ * the cores generate (DESIGN.md §6). Inputs travel to the worker and back by transfer, not copy.
  */
 import { readFileSync, existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { cpus } from 'node:os';
+import { dirname, join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { Sampling } from './sampler.js';
 
 export interface IOSpec { name: string; shape: (number | string)[]; dtype: string }
+export interface GraphSpec { name: string; file: string; inputs: IOSpec[]; outputs: IOSpec[] }
 export interface Manifest {
   format: string; version: number; name: string;
   scale: number; block: number; patch: number; layers: number; heads: number; head_dim: number;
-  tokens_per_block: number; grid: number; lr_block: number; flops_per_block_eval: number;
-  kv: { dtype: 'float32' | 'float16'; bytes_per_block: number };
-  inputs: IOSpec[]; outputs: IOSpec[];
+  tokens_per_block: number; grid: number; lr_block: number; flops_per_block_eval: number; flops_per_layer_step?: number;
+  config: { dim: number; lr_cross_attn: boolean };
+  kv: { dtype: 'float32' | 'float16'; bytes_per_layer: number };
+  graphs: GraphSpec[];
   border_rule: string; target: string; sigma_data: number;
   sampling: Sampling;
   global: { enabled: boolean; input: string | null; thumb?: number | null };
@@ -31,9 +39,12 @@ const need = (m: any, key: string, type: string) => {
 };
 
 export function validateManifest(m: any): Manifest {
-  if (m?.format !== 'infdit-blockstep') throw new ModelError(`manifest field "format" must be "infdit-blockstep", got ${JSON.stringify(m?.format)}`);
-  if (m.version !== 1) throw new ModelError(`manifest field "version" must be 1, got ${JSON.stringify(m.version)}`);
-  for (const k of ['scale', 'block', 'patch', 'layers', 'heads', 'head_dim', 'tokens_per_block', 'grid', 'lr_block',
+  if (m?.format === 'infdit-blockstep')
+    throw new ModelError('manifest format "infdit-blockstep" (version 1) is a whole-evaluation export; this engine runs layer graphs: ' +
+      're-export with /usr/bin/python3 model/export.py --ckpt <checkpoint> --out <name>');
+  if (m?.format !== 'infdit-layerstep') throw new ModelError(`manifest field "format" must be "infdit-layerstep", got ${JSON.stringify(m?.format)}`);
+  if (m.version !== 2) throw new ModelError(`manifest field "version" must be 2, got ${JSON.stringify(m.version)}`);
+  for (const k of ['scale', 'block', 'patch', 'layers', 'heads', 'head_dim', 'tokens_per_block', 'grid', 'lr_block', 'config.dim',
     'sigma_data', 'sampling.sigma_min', 'sampling.sigma_max', 'sampling.rho']) need(m, k, 'number');
   if (m.border_rule !== 'mask') throw new ModelError(`manifest field "border_rule" must be "mask" (the rule this engine implements), got ${JSON.stringify(m.border_rule)}`);
   if (!['float32', 'float16'].includes(m.kv?.dtype)) throw new ModelError(`manifest field "kv.dtype" must be "float32" or "float16", got ${JSON.stringify(m.kv?.dtype)}`);
@@ -41,6 +52,9 @@ export function validateManifest(m: any): Manifest {
     throw new ModelError(`manifest field "global" must name input "thumb" and an integer "thumb" size when enabled, got ${JSON.stringify(m.global)}`);
   if (m.block % m.scale || m.block / m.scale !== m.lr_block) throw new ModelError(`manifest field "lr_block" must equal block/scale (${m.block}/${m.scale}), got ${m.lr_block}`);
   if (m.grid * m.patch !== m.block || m.grid * m.grid !== m.tokens_per_block) throw new ModelError(`manifest fields "grid"/"tokens_per_block" disagree with block ${m.block} and patch ${m.patch}`);
+  const want = ['input', ...Array.from({ length: m.layers }, (_, i) => `layer${i}`)];
+  if (!Array.isArray(m.graphs) || m.graphs.map((g: any) => g?.name).join() !== want.join())
+    throw new ModelError(`manifest field "graphs" must list [${want}] in that order, got ${JSON.stringify(m.graphs?.map?.((g: any) => g?.name) ?? m.graphs)}`);
   const presets = m.sampling?.presets;
   if (!presets || typeof presets !== 'object' || !presets[m.sampling.default_preset])
     throw new ModelError(`manifest field "sampling.default_preset" must name one of sampling.presets, got ${JSON.stringify(m.sampling?.default_preset)}`);
@@ -51,78 +65,173 @@ export function validateManifest(m: any): Manifest {
   return m as Manifest;
 }
 
-/** Compare the manifest's declared inputs/outputs with what the graph really has. */
-function checkGraph(m: Manifest, s: ort.InferenceSession) {
-  const meta = (list: readonly any[] | undefined, names: readonly string[]) =>
-    names.map((n, i) => ({ name: n, ...(list?.[i] ?? {}) }));
-  const check = (decl: IOSpec[], real: any[], what: string) => {
-    if (decl.length !== real.length || decl.some((d, i) => d.name !== real[i].name))
-      throw new ModelError(`manifest field "${what}" names [${decl.map(d => d.name)}] but the graph has [${real.map(r => r.name)}]`);
-    decl.forEach((d, i) => {
-      const r = real[i];
-      if (r.type && r.type !== d.dtype) throw new ModelError(`manifest field "${what}[${i}].dtype" is ${d.dtype} but the graph's ${d.name} is ${r.type}`);
-      if (r.shape && (r.shape.length !== d.shape.length || r.shape.some((v: any, j: number) => typeof d.shape[j] === 'number' && v !== d.shape[j])))
-        throw new ModelError(`manifest field "${what}[${i}].shape" is [${d.shape}] but the graph's ${d.name} is [${r.shape}]`);
-    });
-  };
-  check(m.inputs, meta((s as any).inputMetadata, s.inputNames), 'inputs');
-  check(m.outputs, meta((s as any).outputMetadata, s.outputNames), 'outputs');
-  const kvIn = m.inputs.find(i => i.name === 'kv_nb');
-  const want = [3, m.layers, 2, m.heads, m.tokens_per_block, m.head_dim];
-  const kvOut = m.outputs.find(o => o.name === 'kv');
-  if (kvIn?.dtype !== m.kv.dtype || kvOut?.dtype !== m.kv.dtype)
-    throw new ModelError(`manifest field "kv.dtype" is ${m.kv.dtype} but the graph's kv_nb/kv are ${kvIn?.dtype}/${kvOut?.dtype}`);
-  if (!kvIn || kvIn.shape.slice(1).join() !== want.join())
-    throw new ModelError(`manifest field "inputs.kv_nb.shape" must be [b,${want}] for layers/heads/tokens/head_dim, got ${JSON.stringify(kvIn?.shape)}`);
+/** The inputs and outputs each graph must have: what the engine feeds and reads. */
+function expectedIO(m: Manifest, gi: number): { ins: IOSpec[]; outs: IOSpec[] } {
+  const B = m.block, T = m.tokens_per_block, D = m.config.dim, kvd = m.kv.dtype, lb = m.lr_block, L = m.layers;
+  const f = (name: string, shape: (number | string)[], dtype = 'float32'): IOSpec => ({ name, shape: ['b', ...shape], dtype });
+  const kv1 = [2, m.heads, T, m.head_dim];
+  if (gi === 0) {
+    const ins = [f('x', [3, B, B]), f('up', [3, B, B]), f('sigma', []), f('pos', [2])];
+    if (m.global.enabled) ins.push(f('thumb', [3, m.global.thumb!, m.global.thumb!]));
+    return { ins, outs: [f('h', [T, D]), f('cond', [D]), f('kv', kv1, kvd)] };
+  }
+  const li = gi - 1;
+  const ins = [f('h', [T, D]), f('cond', [D]), f('pos', [2]), f('kv', kv1, kvd), f('kv_nb', [3, ...kv1], kvd), f('present', [3])];
+  if (li === 0 && m.config.lr_cross_attn) ins.push(f('lr_ctx', [3, 3 * lb, 3 * lb]));
+  if (li === L - 1) return { ins: [...ins, f('x', [3, B, B]), f('up', [3, B, B]), f('sigma', [])], outs: [f('denoised', [3, B, B])] };
+  return { ins, outs: [f('h_next', [T, D]), f('kv_next', kv1, kvd)] };
 }
 
-export interface ModelOptions { threads?: number }
+/** Compare each graph's declared inputs/outputs with what the engine needs and the graph really has. */
+function checkGraph(m: Manifest, gi: number, s: ort.InferenceSession) {
+  const g = m.graphs[gi], at = `graphs[${gi}] (${g.name})`;
+  const { ins, outs } = expectedIO(m, gi);
+  const same = (a: IOSpec[], b: IOSpec[]) => a.length === b.length && a.every((x, i) => x.name === b[i].name && x.dtype === b[i].dtype && x.shape.join() === b[i].shape.join());
+  const show = (l: IOSpec[]) => l.map(x => `${x.name}:${x.dtype}[${x.shape}]`).join(', ');
+  if (!same(g.inputs ?? [], ins)) throw new ModelError(`manifest field "${at}.inputs" is [${show(g.inputs ?? [])}]; this engine feeds [${show(ins)}]`);
+  if (!same(g.outputs ?? [], outs)) throw new ModelError(`manifest field "${at}.outputs" is [${show(g.outputs ?? [])}]; this engine reads [${show(outs)}]`);
+  const meta = (list: readonly any[] | undefined, names: readonly string[]) => names.map((n, i) => ({ name: n, ...(list?.[i] ?? {}) }));
+  const check = (decl: IOSpec[], real: any[], what: string) => {
+    if (decl.length !== real.length || decl.some((d, i) => d.name !== real[i].name))
+      throw new ModelError(`manifest field "${at}.${what}" names [${decl.map(d => d.name)}] but the graph ${g.file} has [${real.map(r => r.name)}]`);
+    decl.forEach((d, i) => {
+      const r = real[i];
+      if (r.type && r.type !== d.dtype) throw new ModelError(`manifest field "${at}.${what}[${i}].dtype" is ${d.dtype} but the graph's ${d.name} is ${r.type}`);
+      if (r.shape && (r.shape.length !== d.shape.length || r.shape.some((v: any, j: number) => typeof d.shape[j] === 'number' && typeof v === 'number' && v !== d.shape[j])))
+        throw new ModelError(`manifest field "${at}.${what}[${i}].shape" is [${d.shape}] but the graph's ${d.name} is [${r.shape}]`);
+    });
+  };
+  check(g.inputs, meta((s as any).inputMetadata, s.inputNames), 'inputs');
+  check(g.outputs, meta((s as any).outputMetadata, s.outputNames), 'outputs');
+}
+
+export type Arr = Float32Array | Uint16Array;
+export type Feeds = Record<string, Arr>;
+
+/** Runs graph `gi` on a batch of `b` blocks. `feeds` come back (moved to the worker and back):
+ *  the caller reuses their buffers. */
+export interface GraphRunner {
+  run(gi: number, b: number, feeds: Feeds): Promise<{ out: Feeds; feeds: Feeds }>;
+  close(): Promise<void>;
+}
+
+export interface ModelOptions {
+  threads?: number;
+  /** Run in the calling thread (benchmarks of the worker's cost); default: a worker thread. */
+  inThread?: boolean;
+  /** onnxruntime's intra-op spin-waiting (measured in bench/responsive.ts; default off). */
+  spinning?: boolean;
+}
+
+export function sessionOptions(threads: number, spinning: boolean): ort.InferenceSession.SessionOptions {
+  return {
+    // 0 means every core: onnxruntime's own default counted fewer here (measured: 2 threads 40 ms vs 51 ms per block at batch 16)
+    intraOpNumThreads: threads || cpus().length, interOpNumThreads: 1, graphOptimizationLevel: 'all',
+    extra: { session: { intra_op: { allow_spinning: spinning ? '1' : '0' } } },
+  };
+}
+
+function tensors(specs: IOSpec[], b: number, feeds: Feeds) {
+  const t: Record<string, ort.Tensor> = {};
+  for (const s of specs) t[s.name] = new ort.Tensor(s.dtype as 'float32', feeds[s.name], s.shape.map(v => (v === 'b' ? b : v as number)));
+  return t;
+}
+
+class InThreadRunner implements GraphRunner {
+  constructor(private sessions: ort.InferenceSession[], private m: Manifest) {}
+  async run(gi: number, b: number, feeds: Feeds) {
+    const r = await this.sessions[gi].run(tensors(this.m.graphs[gi].inputs, b, feeds));
+    const out: Feeds = {};
+    for (const o of this.m.graphs[gi].outputs) out[o.name] = r[o.name].data as Arr;
+    return { out, feeds };
+  }
+  async close() { for (const s of this.sessions) await s.release(); }
+}
+
+class WorkerRunner implements GraphRunner {
+  private next = 0;
+  private pending = new Map<number, { resolve: (v: { out: Feeds; feeds: Feeds }) => void; reject: (e: Error) => void }>();
+  private dead: Error | null = null;
+  constructor(private w: Worker) {
+    w.on('message', (msg: any) => {
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (msg.error) p.reject(new ModelError(msg.error)); else p.resolve({ out: msg.out, feeds: msg.feeds });
+    });
+    const fail = (e: Error) => {
+      this.dead = e;
+      for (const p of this.pending.values()) p.reject(e);
+      this.pending.clear();
+    };
+    w.on('error', fail);
+    w.on('exit', code => fail(new ModelError(`the model worker thread exited (code ${code})`)));
+    w.unref();   // an idle worker does not keep the process alive
+  }
+  run(gi: number, b: number, feeds: Feeds) {
+    if (this.dead) return Promise.reject(this.dead);
+    const id = this.next++;
+    const transfer = new Set<ArrayBuffer>();
+    for (const a of Object.values(feeds)) transfer.add(a.buffer as ArrayBuffer);
+    return new Promise<{ out: Feeds; feeds: Feeds }>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      if (this.pending.size === 1) this.w.ref();
+      this.w.postMessage({ id, gi, b, feeds }, [...transfer]);
+    }).finally(() => { if (this.pending.size === 0) this.w.unref(); });
+  }
+  async close() { await this.w.terminate(); }
+}
 
 export class Model {
-  readonly kvFloats: number;          // elements of one block's K/V (all layers)
+  readonly kvFloats: number;          // elements of one block's K/V for one layer
+  readonly hFloats: number;           // the hidden state of one block: tokens × dim
   readonly blockFloats: number;       // 3·B·B
   readonly ctxSide: number;
-  constructor(readonly manifest: Manifest, readonly session: ort.InferenceSession, readonly id: string) {
-    this.kvFloats = manifest.layers * 2 * manifest.heads * manifest.tokens_per_block * manifest.head_dim;
+  constructor(readonly manifest: Manifest, readonly runner: GraphRunner, readonly id: string) {
+    this.kvFloats = 2 * manifest.heads * manifest.tokens_per_block * manifest.head_dim;
+    this.hFloats = manifest.tokens_per_block * manifest.config.dim;
     this.blockFloats = 3 * manifest.block * manifest.block;
     this.ctxSide = 3 * manifest.lr_block;
   }
 
-  /** Load `<path>.onnx` with `<path>.json` beside it (path may name either file). */
+  get layers() { return this.manifest.layers; }
+
+  /** Load the model whose manifest is `<path>.json` (path may name the .json, or end in .onnx). */
   static async load(path: string, opts: ModelOptions = {}): Promise<Model> {
     const base = path.replace(/\.(onnx|json)$/, '');
-    for (const f of [base + '.onnx', base + '.json'])
-      if (!existsSync(f)) throw new ModelError(`model file ${f} not found: --model must name an exported model (<name>.onnx with <name>.json beside it)`);
+    if (!existsSync(base + '.json')) throw new ModelError(`model manifest ${base}.json not found: --model must name an exported model (<name>.json with its graphs <name>.input.onnx, <name>.layer0.onnx, … beside it)`);
     let raw: unknown;
     try { raw = JSON.parse(readFileSync(base + '.json', 'utf8')); } catch (e) { throw new ModelError(`manifest ${base}.json is not valid JSON: ${(e as Error).message}`); }
     const manifest = validateManifest(raw);
-    const bytes = readFileSync(base + '.onnx');
-    const session = await ort.InferenceSession.create(bytes, {
-      // 0 means every core: onnxruntime's own default counted fewer here (measured: 2 threads 40 ms vs 51 ms per block at batch 16)
-      intraOpNumThreads: opts.threads || cpus().length, interOpNumThreads: 1, graphOptimizationLevel: 'all',
-    });
-    checkGraph(manifest, session);
+    const files = manifest.graphs.map(g => join(dirname(base), g.file));
+    for (const f of files) if (!existsSync(f)) throw new ModelError(`model graph ${f} (named in ${base}.json) not found`);
+    const hash = createHash('sha256').update(readFileSync(base + '.json'));
+    const opt = sessionOptions(opts.threads ?? 0, opts.spinning ?? false);
+    // Checked here, in this thread, once: a mismatch is refused before any worker starts.
+    const sessions: ort.InferenceSession[] = [];
+    for (let gi = 0; gi < files.length; gi++) {
+      const bytes = readFileSync(files[gi]);
+      hash.update(bytes);
+      const s = await ort.InferenceSession.create(bytes, opts.inThread ? opt : { ...opt, intraOpNumThreads: 1 });
+      checkGraph(manifest, gi, s);
+      sessions.push(s);
+    }
     // The model's identity keys every cache on disk: same bytes, same pixels.
-    const id = createHash('sha256').update(bytes).update(readFileSync(base + '.json')).digest('hex').slice(0, 16);
-    return new Model(manifest, session, id);
+    const id = hash.digest('hex').slice(0, 16);
+    if (opts.inThread) return new Model(manifest, new InThreadRunner(sessions, manifest), id);
+    for (const s of sessions) await s.release();
+    const w = new Worker(new URL('./model-worker.js', import.meta.url), {
+      workerData: { files, options: opt, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
+    });
+    await new Promise<void>((resolve, reject) => {
+      w.once('message', (m: any) => (m.ready ? resolve() : reject(new ModelError(`model worker: ${m.error}`))));
+      w.once('error', reject);
+    });
+    return new Model(manifest, new WorkerRunner(w), id);
   }
 
-  /** One batched block-step call. Arrays are concatenated per block in batch order. */
-  async run(b: number, x: Float32Array, up: Float32Array, ctx: Float32Array, sigma: Float32Array, pos: Float32Array,
-    kvNb: Float32Array | Uint16Array, present: Float32Array, thumb?: Float32Array): Promise<{ denoised: Float32Array; kv: Float32Array | Uint16Array }> {
-    const m = this.manifest, B = m.block, s = this.ctxSide;
-    const kvType = m.kv.dtype;
-    const feeds: Record<string, ort.Tensor> = {
-      x: new ort.Tensor('float32', x, [b, 3, B, B]),
-      up: new ort.Tensor('float32', up, [b, 3, B, B]),
-      lr_ctx: new ort.Tensor('float32', ctx, [b, 3, s, s]),
-      sigma: new ort.Tensor('float32', sigma, [b]),
-      pos: new ort.Tensor('float32', pos, [b, 2]),
-      kv_nb: new ort.Tensor(kvType, kvNb, [b, 3, m.layers, 2, m.heads, m.tokens_per_block, m.head_dim]),
-      present: new ort.Tensor('float32', present, [b, 3]),
-    };
-    if (m.global.enabled) feeds[m.global.input!] = new ort.Tensor('float32', thumb!, [b, 3, m.global.thumb!, m.global.thumb!]);
-    const out = await this.session.run(feeds);
-    return { denoised: out.denoised.data as Float32Array, kv: out.kv.data as Float32Array | Uint16Array };
-  }
+  /** Run graph `gi` ('input' is 0, layer l is l+1) on `b` blocks. */
+  run(gi: number, b: number, feeds: Feeds) { return this.runner.run(gi, b, feeds); }
+
+  close() { return this.runner.close(); }
 }

@@ -59,8 +59,7 @@ export class Render {
     const p = resolvePreset(o.model, o.preset, o.steps);
     const smp = m.sampling;
     this.plan = new SamplerPlan(p.method, p.steps, smp.sigma_min, o.sigmaMax ?? smp.sigma_max, smp.rho);
-    const kvLen = o.model.kvFloats, half = m.kv.dtype === 'float16';
-    this.kv = new KVStore(o.kvBytes, () => (half ? new Uint16Array(kvLen) : new Float32Array(kvLen)));
+    this.kv = new KVStore(o.kvBytes);
     let lr: LRSource = new ImageLR(o.image);
     // the global vector is the user's image's, for every stage: a stage-2 thumbnail would need
     // all of stage 1 and break laziness

@@ -50,6 +50,8 @@ async function imageOp<T>(f: () => Promise<T>): Promise<T> {
 }
 
 const ID_RE = /^[0-9a-f]{16}$/;
+/** Block rows per background-fill request. */
+const FILL_ROWS = 4;
 
 /** One image at the configured settings: its render (lazy) and its pyramid. */
 class Entry {
@@ -193,6 +195,8 @@ export class ImageService {
       percent: p.total ? Math.round((1000 * p.done) / p.total) / 10 : 100,
       etaSeconds: rate && p.done < p.total ? Math.round((p.total - p.done) / rate) : (p.done >= p.total ? 0 : null),
       model: { name: this.model.manifest.name, id: this.model.id },
+      // the engine's work so far (nodes: block layer-steps run, all stages)
+      engine: e.render!.stages.reduce((a, st) => ({ nodes: a.nodes + st.stats.nodes, calls: a.calls + st.stats.calls, reruns: a.reruns + st.stats.reruns }), { nodes: 0, calls: 0, reruns: 0 }),
     };
   }
 
@@ -357,8 +361,14 @@ export class ImageService {
       try {
         const e = await this.ready(id);
         const s = e.render!.last;
-        // Low priority: any viewer tile overtakes it inside the engine.
-        await s.ensure([[s.R - 1, s.C - 1]], { priority: 0 });
+        // Low priority: any viewer tile overtakes it inside the engine. Band by band of block rows:
+        // the engine's closure of a block is its cone, so the fill names every block, and a band
+        // keeps one request's plan (and the live state along its wavefront) a few rows high.
+        for (let r0 = 0; r0 < s.R; r0 += FILL_ROWS) {
+          const band: [number, number][] = [];
+          for (let r = r0; r < Math.min(s.R, r0 + FILL_ROWS); r++) for (let c = 0; c < s.C; c++) band.push([r, c]);
+          await s.ensure(band, { priority: 0 });
+        }
         this.fillQueue.shift();
       } catch (err) {
         if (!(err instanceof AbortError)) { console.error(`background fill of ${id} failed: ${(err as Error).message}`); this.fillQueue.shift(); }

@@ -1,11 +1,13 @@
 """Export the block-step graph to ONNX with its manifest; make the test fixture.
 
     /usr/bin/python3 model/export.py --ckpt runs/gpu2/last.pt --out model/release/infdit-s4 [--kv-dtype float16]
-    /usr/bin/python3 model/export.py --fixture            # test/fixtures/tiny.{onnx,json} + reference
-    /usr/bin/python3 model/export.py --random infdit-s/8 --out /tmp/s8 --kv-dtype float16   # cost benchmarks
+    /usr/bin/python3 model/export.py --fixture            # test/fixtures/tiny.*.onnx, tiny.json + reference
+    /usr/bin/python3 model/export.py --random infdit-s/8 --out /tmp/s8 --kv-dtype float16 [--whole]   # cost benchmarks
 
-The graph evaluates a batch of blocks at one σ each (see network.InfDiT.forward_blocks); the
-manifest says everything the engine must not guess (DESIGN.md §3).
+The graphs evaluate a batch of blocks at one σ each, one layer at a time (network.InfDiT.layer_*:
+an input stage, one graph per layer, the last with the output stage fused in), so the engine's
+node is (block, evaluation, layer) and a block's closure is a cone (DESIGN.md §2, §3). The
+manifest says everything the engine must not guess, the graphs' inputs and outputs included.
 """
 import argparse, json, math, os, sys, time
 from pathlib import Path
@@ -22,6 +24,9 @@ OPSET = 14
 
 
 class BlockStep(torch.nn.Module):
+    """One whole evaluation in one graph (release 1's export). Kept as a reference for
+    benchmarks (`--whole`); the engine runs the layer graphs below."""
+
     def __init__(self, model, kv_dtype):
         super().__init__()
         self.m, self.half = model, kv_dtype == "float16"
@@ -33,7 +38,40 @@ class BlockStep(torch.nn.Module):
         return out, (kv.half() if self.half else kv)
 
 
+class InputStage(torch.nn.Module):
+    """Graph `input`: (x, up, sigma, pos[, thumb]) -> h, cond, kv (layer 0's K/V)."""
+
+    def __init__(self, model, kv_dtype):
+        super().__init__()
+        self.m, self.half = model, kv_dtype == "float16"
+
+    def forward(self, x, up, sigma, pos, thumb=None):
+        h, c, kv = self.m.layer_input(x, up, sigma, pos, thumb)
+        return h, c, (kv.half() if self.half else kv)
+
+
+class LayerStage(torch.nn.Module):
+    """Graph `layer<l>`: (h, cond, pos, kv, kv_nb, present[, lr_ctx][, x, up, sigma]) ->
+    (h_next, kv_next), or `denoised` for the last layer (the output stage fused in: it is a
+    single linear, not worth a call of its own)."""
+
+    def __init__(self, model, li, kv_dtype, names):
+        super().__init__()
+        self.m, self.li, self.half, self.names = model, li, kv_dtype == "float16", names
+
+    def forward(self, *args):
+        a = dict(zip(self.names, args))
+        kv, kv_nb = a["kv"], a["kv_nb"]
+        if self.half:
+            kv, kv_nb = kv.float(), kv_nb.float()
+        h, nxt = self.m.layer_step(self.li, a["h"], a["cond"], a["pos"], kv, kv_nb, a["present"], a.get("lr_ctx"))
+        if nxt is None:
+            return self.m.layer_output(h, a["cond"], a["x"], a["up"], a["sigma"])
+        return h, (nxt.half() if self.half else nxt)
+
+
 def io_spec(cfg, kv_dtype):
+    """The whole-evaluation graph's inputs and outputs."""
     B, lb, L, h, T, dh = cfg.block, cfg.lr_block, cfg.depth, cfg.heads, cfg.tokens, cfg.head_dim
     ins = [("x", ["b", 3, B, B], "float32"), ("up", ["b", 3, B, B], "float32"),
            ("lr_ctx", ["b", 3, 3 * lb, 3 * lb], "float32"), ("sigma", ["b"], "float32"),
@@ -45,10 +83,32 @@ def io_spec(cfg, kv_dtype):
     return ins, outs
 
 
-def dummy_inputs(cfg, b, kv_dtype, gen):
-    ins, _ = io_spec(cfg, kv_dtype)
+def layer_specs(cfg, kv_dtype):
+    """Inputs and outputs of every layer-granular graph, in run order: input, layer0 … layer{L-1}."""
+    B, lb, L, h, T, dh, D = cfg.block, cfg.lr_block, cfg.depth, cfg.heads, cfg.tokens, cfg.head_dim, cfg.dim
+    kv1, kv3 = ["b", 2, h, T, dh], ["b", 3, 2, h, T, dh]
+    ins = [("x", ["b", 3, B, B], "float32"), ("up", ["b", 3, B, B], "float32"),
+           ("sigma", ["b"], "float32"), ("pos", ["b", 2], "float32")]
+    if cfg.global_cond:
+        ins.append(("thumb", ["b", 3, cfg.thumb, cfg.thumb], "float32"))
+    specs = [("input", ins, [("h", ["b", T, D], "float32"), ("cond", ["b", D], "float32"), ("kv", kv1, kv_dtype)])]
+    for li in range(L):
+        ins = [("h", ["b", T, D], "float32"), ("cond", ["b", D], "float32"), ("pos", ["b", 2], "float32"),
+               ("kv", kv1, kv_dtype), ("kv_nb", kv3, kv_dtype), ("present", ["b", 3], "float32")]
+        if li == 0 and cfg.lr_cross_attn:
+            ins.append(("lr_ctx", ["b", 3, 3 * lb, 3 * lb], "float32"))
+        if li == L - 1:
+            ins += [("x", ["b", 3, B, B], "float32"), ("up", ["b", 3, B, B], "float32"), ("sigma", ["b"], "float32")]
+            outs = [("denoised", ["b", 3, B, B], "float32")]
+        else:
+            outs = [("h_next", ["b", T, D], "float32"), ("kv_next", kv1, kv_dtype)]
+        specs.append((f"layer{li}", ins, outs))
+    return specs
+
+
+def dummy(spec, b, gen):
     out = []
-    for name, shape, dt in ins:
+    for name, shape, dt in spec:
         shape = [b if s == "b" else s for s in shape]
         t = torch.randn(*shape, generator=gen)
         if name == "sigma":
@@ -59,6 +119,17 @@ def dummy_inputs(cfg, b, kv_dtype, gen):
             t = (torch.rand(*shape, generator=gen) > 0.3).float()
         out.append(t.half() if dt == "float16" else t)
     return out
+
+
+def dummy_inputs(cfg, b, kv_dtype, gen):
+    return dummy(io_spec(cfg, kv_dtype)[0], b, gen)
+
+
+def layer_flops(cfg):
+    """Multiply-adds ×2 of one layer step of one block (matmuls only), cross-attention excluded."""
+    d, T = cfg.dim, cfg.tokens
+    hid = int(d * cfg.mlp_ratio)
+    return 2 * (T * (3 * d * d + d * d + 2 * d * hid) + 2 * T * 4 * T * d + 6 * d * d)
 
 
 def block_flops(cfg):
@@ -73,39 +144,67 @@ def block_flops(cfg):
     return 2 * f
 
 
-def export_onnx(model, path, kv_dtype="float32"):
-    cfg = model.cfg
-    wrapper = BlockStep(model.eval(), kv_dtype).eval()
-    ins, outs = io_spec(cfg, kv_dtype)
-    args = tuple(dummy_inputs(cfg, 2, kv_dtype, torch.Generator().manual_seed(0)))
+def _export(module, args, ins, outs, path):
     dyn = {n: {0: "b"} for n, _, _ in ins + outs}
     with torch.no_grad():
-        torch.onnx.export(wrapper, args, str(path), input_names=[n for n, _, _ in ins],
+        torch.onnx.export(module, tuple(args), str(path), input_names=[n for n, _, _ in ins],
                           output_names=[n for n, _, _ in outs], dynamic_axes=dyn, opset_version=OPSET,
                           do_constant_folding=True)
 
 
-def write_model(model, out, name, kv_dtype, sampling, provenance):
-    """<out>.onnx and its manifest <out>.json."""
+def export_whole(model, path, kv_dtype="float32"):
+    """One graph per evaluation (reference for benchmarks)."""
+    ins, outs = io_spec(model.cfg, kv_dtype)
+    _export(BlockStep(model.eval(), kv_dtype).eval(), dummy(ins, 2, torch.Generator().manual_seed(0)), ins, outs, path)
+
+
+def export_layers(model, out, kv_dtype="float32"):
+    """<out>.input.onnx, <out>.layer0.onnx, …: one graph per layer. Returns the manifest's `graphs`."""
+    model = model.eval()
+    graphs = []
+    for name, ins, outs in layer_specs(model.cfg, kv_dtype):
+        if name == "input":
+            mod = InputStage(model, kv_dtype)
+        else:
+            mod = LayerStage(model, int(name[5:]), kv_dtype, [n for n, _, _ in ins])
+        path = Path(f"{out}.{name}.onnx")
+        _export(mod.eval(), dummy(ins, 2, torch.Generator().manual_seed(0)), ins, outs, path)
+        graphs.append({"name": name, "file": path.name,
+                       "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in ins],
+                       "outputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in outs]})
+    return graphs
+
+
+def write_model(model, out, name, kv_dtype, sampling, provenance, whole=False):
+    """The layer graphs <out>.<graph>.onnx and the manifest <out>.json (with --whole also
+    <out>.onnx, the single whole-evaluation graph, for benchmarks)."""
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, out.with_suffix(".onnx"), kv_dtype)
-    out.with_suffix(".json").write_text(json.dumps(manifest(model.cfg, name, kv_dtype, sampling, provenance), indent=1))
+    graphs = export_layers(model, out, kv_dtype)
+    if whole:
+        export_whole(model, out.with_suffix(".onnx"), kv_dtype)
+    # an existing <out>.onnx beside the layer graphs (release 1's file) stays the benchmark reference
+    ref = out.with_suffix(".onnx")
+    m = manifest(model.cfg, name, kv_dtype, sampling, provenance, graphs, ref.name if ref.exists() else None)
+    out.with_suffix(".json").write_text(json.dumps(m, indent=1))
     return out
 
 
-def manifest(cfg, name, kv_dtype, sampling, provenance):
-    ins, outs = io_spec(cfg, kv_dtype)
+def manifest(cfg, name, kv_dtype, sampling, provenance, graphs, whole=None):
     bpe = 2 if kv_dtype == "float16" else 4
-    return {
-        "format": "infdit-blockstep", "version": 1, "name": name, "config": cfg.to_dict(),
+    m = {
+        "format": "infdit-layerstep", "version": 2, "name": name, "config": cfg.to_dict(),
         "scale": cfg.scale, "block": cfg.block, "patch": cfg.patch, "layers": cfg.depth, "heads": cfg.heads,
         "head_dim": cfg.head_dim, "tokens_per_block": cfg.tokens, "grid": cfg.grid, "lr_block": cfg.lr_block,
         "params": sum(p.numel() for p in InfDiT(cfg).parameters()), "flops_per_block_eval": block_flops(cfg),
-        "kv": {"layout": ["layer", "k|v", "head", "token", "head_dim"], "dtype": kv_dtype,
-               "bytes_per_block": cfg.depth * 2 * cfg.tokens * cfg.dim * bpe,
+        "flops_per_layer_step": layer_flops(cfg),
+        "kv": {"layout": ["k|v", "head", "token", "head_dim"], "per": "block and layer", "dtype": kv_dtype,
+               "bytes_per_layer": 2 * cfg.tokens * cfg.dim * bpe,
                "neighbour_slots": ["top", "left", "topleft"]},
-        "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in ins],
-        "outputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in outs],
+        "graphs": graphs,
+        "graphs_doc": ("run in order: input (depth 0: h, cond and layer 0's K/V), then layer l for l = 0 … L-1. "
+                       "layer l takes the block's h and its own layer-l K/V, the neighbours' layer-l K/V (kv_nb, "
+                       "slots as kv.neighbour_slots) and gives h and layer l+1's K/V; the last layer gives the "
+                       "denoised block. cond is the input stage's, passed unchanged to every layer."),
         "pixels": {"range": [-1, 1], "from_uint8": "v / 127.5 - 1", "to_uint8": "round(clamp((v + 1) * 127.5, 0, 255))"},
         "upsample": {"method": "bicubic", "a": -0.75, "align_corners": False, "border": "clamp",
                      "note": "PyTorch F.interpolate(mode='bicubic'); lib/bicubic.ts reproduces it"},
@@ -126,6 +225,10 @@ def manifest(cfg, name, kv_dtype, sampling, provenance):
                    if cfg.global_cond else None},
         "provenance": provenance,
     }
+    if whole:
+        m["reference_whole_graph"] = {"file": whole, "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in io_spec(cfg, kv_dtype)[0]],
+                                      "doc": "one whole evaluation per call (release 1's graph): for benchmarks only; the engine never runs it"}
+    return m
 
 
 DEFAULT_SAMPLING = {
@@ -150,7 +253,8 @@ def write_bin(path, arrays):
 
 def make_fixture(out_dir):
     """A tiny random-weights model and PyTorch reference outputs for the TypeScript tests."""
-    cfg = make_config("infdit-tiny/8", sigma_data=0.1)
+    # depth 3 (not the size table's 2): a cone test needs partial depths 1 and 2 to mean something
+    cfg = make_config("infdit-tiny/8", sigma_data=0.1, depth=3)
     model = InfDiT(cfg).randomize_(1234, std=0.1).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     sampling = {**DEFAULT_SAMPLING, "sigma_max": 1.0,
@@ -182,7 +286,7 @@ def make_fixture(out_dir):
     sampled(model, "")
     arrays["noise.7.1.2.3.0"] = block_noise(7, 1, 2, 3, 0, 16)
     # 3. the same with global conditioning (a second tiny model)
-    gcfg = make_config("infdit-tiny/8", sigma_data=0.1, global_cond=True, thumb=8)
+    gcfg = make_config("infdit-tiny/8", sigma_data=0.1, depth=3, global_cond=True, thumb=8)
     gmodel = InfDiT(gcfg).randomize_(4321, std=0.1).eval()
     write_model(gmodel, out_dir / "tiny-global", "tiny-global-fixture", "float32", sampling,
                 {"data": "none: random weights (seed 4321)", "steps": 0})
@@ -201,6 +305,7 @@ def main():
     ap.add_argument("--provenance", help="JSON file merged into the manifest's provenance")
     ap.add_argument("--sampling", help="JSON file replacing the default sampling section")
     ap.add_argument("--fixture", action="store_true")
+    ap.add_argument("--whole", action="store_true", help="also <out>.onnx: one whole evaluation per call (benchmark reference)")
     ap.add_argument("--random", metavar="CONFIG", help="export a named size with random weights (for cost benchmarks)")
     a = ap.parse_args()
     if a.fixture:
@@ -208,7 +313,7 @@ def main():
         return
     if a.random and a.out:
         model = InfDiT(make_config(a.random, sigma_data=0.1)).randomize_(0, std=0.02)
-        out = write_model(model, a.out, a.random, a.kv_dtype, DEFAULT_SAMPLING, {"data": "random weights: for cost benchmarks only"})
+        out = write_model(model, a.out, a.random, a.kv_dtype, DEFAULT_SAMPLING, {"data": "random weights: for cost benchmarks only"}, whole=a.whole)
         print(f"wrote {out}.onnx ({a.random}, random weights)")
         return
     if not (a.ckpt and a.out):
@@ -222,8 +327,9 @@ def main():
     if a.provenance:
         prov.update(json.loads(Path(a.provenance).read_text()))
     sampling = json.loads(Path(a.sampling).read_text()) if a.sampling else DEFAULT_SAMPLING
-    out = write_model(model, a.out, Path(a.out).name, a.kv_dtype, sampling, prov)
-    print(f"wrote {out}.onnx ({out.with_suffix('.onnx').stat().st_size / 1e6:.1f} MB) and {out}.json")
+    out = write_model(model, a.out, Path(a.out).name, a.kv_dtype, sampling, prov, whole=a.whole)
+    size = sum(p.stat().st_size for p in out.parent.glob(out.name + ".*.onnx"))
+    print(f"wrote {out}.{{input,layer0…}}.onnx ({size / 1e6:.1f} MB) and {out}.json")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,16 @@ embedders, modulate, rotary positions, UniBA attention, nearby-LR cross-attentio
 DiT block, the final layer, EDM preconditioning, the model with its two forward paths,
 and the table of named sizes at the bottom.
 
-Two forward paths compute the same function:
+Three forward paths compute the same function:
 - `forward_image`: all blocks of a crop at once (training). UniBA gathers each block's
   upper/left neighbours' K/V by shifting the block grid, so memory is linear in the area.
-- `forward_blocks`: a batch of independent blocks plus their neighbours' K/V (inference,
-  the exported ONNX graph). Returns the denoised blocks and their own K/V for every layer.
+- `forward_blocks`: a batch of independent blocks plus their neighbours' K/V for every layer
+  (one whole evaluation). Returns the denoised blocks and their own K/V for every layer.
+- `layer_input` / `layer_step` / `layer_output`: the same evaluation one layer at a time
+  (the exported ONNX graphs). UniBA's dependency is per layer: layer l of a block needs only
+  its neighbours' layer-l K/V, which they project from their hidden state after layer l-1.
+  So a block d steps away is needed only to depth L-d, and the engine's closure of a block
+  is a cone, not its upper-left rectangle (DESIGN.md §2).
 
 Border rule ("mask"): a neighbour slot that lies outside the image is masked out of the
 softmax (the block attends to fewer keys). The same rule in both paths, in training and
@@ -171,6 +176,20 @@ class UniBAttention(nn.Module):
         self.k_norm = nn.LayerNorm(self.dh, eps=1e-6)
         self.slot = nn.Parameter(torch.zeros(len(SLOTS), self.h, 1, self.dh))
         self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def q_own(self, x, cos, sin):
+        """The queries alone (the layer step gets its own K/V from the step before)."""
+        n, t, _ = x.shape
+        d = self.h * self.dh
+        q = F.linear(x, self.qkv.weight[:d], self.qkv.bias[:d]).reshape(n, t, self.h, self.dh).transpose(1, 2)
+        return apply_rope(self.q_norm(q), cos, sin)
+
+    def kv_own(self, x, cos, sin):
+        """Keys and values alone, (n, 2, h, T, dh): what the block's neighbours consume."""
+        n, t, _ = x.shape
+        d = self.h * self.dh
+        kv = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:]).reshape(n, t, 2, self.h, self.dh).permute(0, 2, 3, 1, 4)
+        return torch.stack([apply_rope(self.k_norm(kv[:, 0]), cos, sin), kv[:, 1]], dim=1)
 
     def qkv_own(self, x, cos, sin):
         n, t, _ = x.shape
@@ -338,7 +357,12 @@ class InfDiT(nn.Module):
         h = h + gate_mlp.unsqueeze(1) * blk.mlp(modulate(blk.norm2(h), shift_mlp, scale_mlp))
         return h
 
-    # -- path 2: a batch of blocks with their neighbours' K/V (the exported graph) ---------
+    def _bias(self, present):
+        """Additive key bias (b,1,1,4T): the self slot always open, a missing neighbour masked."""
+        bias = torch.cat([torch.zeros_like(present[:, :1]), (1.0 - present) * NEG], dim=1)              # (b,4)
+        return bias[:, :, None].expand(-1, -1, self.cfg.tokens).reshape(-1, 1, 1, 4 * self.cfg.tokens)
+
+    # -- path 2: a batch of blocks with their neighbours' K/V (one whole evaluation) --------
     def forward_blocks(self, x, up, lr_ctx, sigma, pos, kv_nb, present, thumb=None):
         """x, up: (b,3,B,B) noisy block and bicubic-upsampled LR block, in [-1,1] units.
         lr_ctx: (b,3,3B/s,3B/s) the 3×3 LR-block neighbourhood, edge-replicated.
@@ -350,8 +374,7 @@ class InfDiT(nn.Module):
         c_skip, c_out, c_in, c = self._condition(sigma, thumb)
         h, state = self._embed(x, up, c_in)
         cos, sin = rope_tables(pos, cfg)
-        bias = torch.cat([torch.zeros_like(present[:, :1]), (1.0 - present) * NEG], dim=1)              # (b,4)
-        bias = bias[:, :, None].expand(-1, -1, cfg.tokens).reshape(-1, 1, 1, 4 * cfg.tokens)
+        bias = self._bias(present)
         own = []
         for li, blk in enumerate(self.blocks):
             def attn_fn(y, blk=blk, li=li):
@@ -363,6 +386,42 @@ class InfDiT(nn.Module):
             h = self._layer(blk, h, c, lr_ctx, attn_fn)
         out = self._output(h, c, state, up, c_skip, c_out)
         return out, torch.stack(own, dim=1)
+
+    # -- path 3: one layer at a time (the exported graphs) -------------------------------
+    def _kv_for(self, li, h, c, cos, sin):
+        """Layer li's K/V of a block, from its hidden state before layer li."""
+        blk, d = self.blocks[li], self.cfg.dim
+        lin = blk.adaLN_modulation[-1]   # only shift_msa, scale_msa: the graph then holds 2 of its 6 chunks
+        shift, scale = F.linear(F.silu(c), lin.weight[:2 * d], lin.bias[:2 * d]).chunk(2, dim=1)
+        return blk.attn.kv_own(modulate(blk.norm1(h), shift, scale), cos, sin)
+
+    def layer_input(self, x, up, sigma, pos, thumb=None):
+        """Depth 0: tokens h0 (b,T,dim), the conditioning vector c (b,dim), layer 0's K/V."""
+        c_skip, c_out, c_in, c = self._condition(sigma, thumb)
+        h, _ = self._embed(x, up, c_in)
+        cos, sin = rope_tables(pos, self.cfg)
+        return h, c, self._kv_for(0, h, c, cos, sin)
+
+    def layer_step(self, li, h, c, pos, kv, kv_nb, present, lr_ctx=None):
+        """Layer li: h before it, the block's own layer-li K/V (b,2,h,T,dh) and its neighbours'
+        (b,3,2,h,T,dh) -> h after it, and layer li+1's K/V (None after the last layer)."""
+        blk = self.blocks[li]
+        cos, sin = rope_tables(pos, self.cfg)
+        bias = self._bias(present)
+
+        def attn_fn(y):
+            q = blk.attn.q_own(y, cos, sin)
+            return blk.attn.mix(q, [kv[:, 0]] + [kv_nb[:, s, 0] for s in range(3)],
+                                [kv[:, 1]] + [kv_nb[:, s, 1] for s in range(3)], bias)
+        h = self._layer(blk, h, c, lr_ctx, attn_fn)
+        nxt = self._kv_for(li + 1, h, c, cos, sin) if li + 1 < self.cfg.depth else None
+        return h, nxt
+
+    def layer_output(self, h, c, x, up, sigma):
+        """After the last layer: the denoised block."""
+        c_skip, c_out, _, _ = edm_scalings(sigma, self.cfg.sigma_data)
+        state = x - up if self.cfg.target == "residual" else x
+        return self._output(h, c, state, up, c_skip, c_out)
 
     # -- path 1: all blocks of whole images (training) --------------------------------
     def forward_image(self, x, lr, sigma, pos0=None, thumb=None, independent=False):

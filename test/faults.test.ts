@@ -14,7 +14,7 @@ import { loadConfig } from '../config/index.js';
 import { FIXTURE, ROOT, wavePng, spawnServe } from './helpers.js';
 
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
-const common = ['--model', FIXTURE + '.onnx', '--tile-size', '64', '--threads', '1', '--preset', 'detail'];
+const common = ['--model', FIXTURE + '.json', '--tile-size', '64', '--threads', '1', '--preset', 'detail'];
 
 const photo = wavePng;
 const startServer = (dataDir: string) => spawnServe(['--data-dir', dataDir, '--no-demo', '--batch', '1', ...common]);
@@ -53,31 +53,35 @@ test('kill -9 while generating, restart on the same data dir: the pyramid equals
 });
 
 test('a request cancelled by the client stops costing work; the work done is kept', async () => {
-  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.onnx', dataDir: tmp('infdit-cancel-'), tileSize: 64, backgroundFill: false, demo: false, threads: 1, batch: 1, preset: 'detail', tileWaitMs: 0 }));
+  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir: tmp('infdit-cancel-'), tileSize: 64, backgroundFill: false, demo: false, threads: 1, batch: 1, preset: 'detail', tileWaitMs: 0 }));
   const server = createApp(service).listen(0, '127.0.0.1');
   await new Promise(r => server.once('listening', r));
   const port = (server.address() as AddressInfo).port;
   try {
     const meta = await service.add(await photo(160, 120), 'c.png');
     const g = service.geometry(meta.id);
-    // the bottom-right tile of the top level needs the whole image's closure
+    // the bottom-right tile of the top level: with the detail preset its cone is most of the image
     const L = Math.ceil(Math.log2(Math.max(g.width, g.height))), c = Math.ceil(g.width / 64) - 1, r = Math.ceil(g.height / 64) - 1;
     const req = http.get(`http://127.0.0.1:${port}/images/${meta.id}_files/${L}/${c}_${r}.jpeg`);
     req.on('error', () => {});
     await new Promise(res => setTimeout(res, 300));
     req.destroy();
     await new Promise(res => setTimeout(res, 300));
-    const a = (await service.status(meta.id)).blocks.done;
+    const a = (await service.status(meta.id)).engine.nodes;
     await new Promise(res => setTimeout(res, 700));
-    const b = (await service.status(meta.id)).blocks;
-    assert.equal(b.done, a, 'blocks kept being generated after the client went away');
-    assert.ok(b.done < b.total);
+    const b = await service.status(meta.id);
+    assert.equal(b.engine.nodes, a, 'nodes kept running after the client went away');
+    assert.ok(b.blocks.done < b.blocks.total);
     assert.ok(a > 0, 'no work was done before the cancel (make the wait longer)');
+    // the work done is kept: asking again runs only what is left of the tile's cone
+    const again = await fetch(`http://127.0.0.1:${port}/images/${meta.id}_files/${L}/${c}_${r}.jpeg`);
+    assert.equal(again.status, 200);
+    assert.equal((await service.status(meta.id)).engine.reruns, 0);
   } finally { server.close(); }
 });
 
 test('IIIF level 0: info.json and tiles; anything else gets 400/501, never a crash', async () => {
-  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.onnx', dataDir: tmp('infdit-iiif-'), tileSize: 64, backgroundFill: false, demo: false, threads: 1 }));
+  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir: tmp('infdit-iiif-'), tileSize: 64, backgroundFill: false, demo: false, threads: 1 }));
   const app = createApp(service);
   const meta = await service.add(await photo(40, 24), 'i.png');
   const id = meta.id;
@@ -111,7 +115,7 @@ test('IIIF level 0: info.json and tiles; anything else gets 400/501, never a cra
 });
 
 test('pyramid download: a tar of the .dzi and every tile', async () => {
-  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.onnx', dataDir: tmp('infdit-tar-'), tileSize: 64, backgroundFill: false, demo: false, threads: 1 }));
+  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir: tmp('infdit-tar-'), tileSize: 64, backgroundFill: false, demo: false, threads: 1 }));
   const app = createApp(service);
   const meta = await service.add(await photo(20, 20), 't.png');
   const res = await request(app).get(`/api/images/${meta.id}/pyramid.tar`).buffer(true).parse((r, cb) => { const b: Buffer[] = []; r.on('data', d => b.push(d)); r.on('end', () => cb(null, Buffer.concat(b))); }).expect(200);
@@ -129,7 +133,7 @@ test('a full disk is refused at start with a clear error (needs root to mount a 
   catch { t.skip('cannot mount a tmpfs here (not root)'); return; }
   try {
     try { writeFileSync(join(dir, 'filler'), Buffer.alloc(64 * 1024)); } catch { /* ENOSPC: the disk is now full */ }
-    await assert.rejects(ImageService.open(loadConfig({ model: FIXTURE + '.onnx', dataDir: join(dir, 'data'), demo: false, backgroundFill: false })),
+    await assert.rejects(ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir: join(dir, 'data'), demo: false, backgroundFill: false })),
       /data directory .* is not writable .*(ENOSPC|no space)/i);
   } finally { execFileSync('umount', [dir]); }
 });

@@ -28,7 +28,7 @@ function h2get(client: http2.ClientHttp2Session, path: string): Promise<{ status
 
 test('tiles over HTTP/2 equal the HTTP/1.1 tiles; many streams on one connection', async () => {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-h2-'));
-  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.onnx', dataDir, tileSize: 64, backgroundFill: false, demo: false, threads: 1 }));
+  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir, tileSize: 64, backgroundFill: false, demo: false, threads: 1 }));
   const app = createApp(service);
   const png = await sharp({ create: { width: 40, height: 30, channels: 3, background: '#3a7' } }).png().toBuffer();
   const { id } = await service.add(png, 'h2.png');

@@ -31,7 +31,7 @@ test('grey, RGBA, 16-bit and EXIF-rotated inputs are normalised', async () => {
 });
 
 test('2× is the 4× output halved with the pyramid rule', async () => {
-  const model = await Model.load(FIXTURE + '.onnx', { threads: 1 });
+  const model = await Model.load(FIXTURE + '.json', { threads: 1 });
   const image = { width: 10, height: 7, data: Uint8Array.from({ length: 210 }, (_, i) => (i * 29) % 256) };
   const mk = (scale: number) => new Render({ model, image, scale, seed: 1, batch: 8, kvBytes: 1 << 26, store: new MemoryBlockStore() });
   const r2 = mk(2), r4 = mk(4);

@@ -12,7 +12,7 @@ import { ImageService } from '../lib/service.js';
 import { loadConfig, ConfigError, parseArgs } from '../config/index.js';
 import { FIXTURE, ROOT, wavePng } from './helpers.js';
 
-const settings = { model: FIXTURE + '.onnx', tileSize: 64, tileOverlap: 0, backgroundFill: false, demo: false, threads: 1, tileWaitMs: 0, uploadMaxPixels: 1_000_000 };
+const settings = { model: FIXTURE + '.json', tileSize: 64, tileOverlap: 0, backgroundFill: false, demo: false, threads: 1, tileWaitMs: 0, uploadMaxPixels: 1_000_000 };
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
 
 const photo = wavePng;
@@ -116,7 +116,7 @@ test('server tiles in random order equal `infdit render` files byte for byte; re
   const out = tmp('infdit-render-');
   const file = join(out, 'wave.png');
   writeFileSync(file, img);
-  execFileSync(process.execPath, [join(ROOT, 'bin/infdit.js'), 'render', file, '--out', out, '--model', FIXTURE + '.onnx',
+  execFileSync(process.execPath, [join(ROOT, 'bin/infdit.js'), 'render', file, '--out', out, '--model', FIXTURE + '.json',
     '--tile-size', '64', '--threads', '1', '--full', join(out, 'full.png')], { stdio: 'pipe' });
   assert.equal(readFileSync(join(out, 'wave.dzi'), 'utf8'), (await request(app).get(`/images/${id}.dzi`)).text);
   const files: string[] = [];

@@ -2,7 +2,7 @@
 
     /usr/bin/python3 -m unittest discover -s model/tests -v      (npm run test:model)
 """
-import sys, tempfile, unittest
+import json, sys, tempfile, unittest
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,87 @@ def run_blocks(m, x, lr, sigma, pos0, order, thumb=None):
         for j, (i, r, c) in enumerate(batch):
             out[idx[j]] = o[j]; kv[(i, r, c)] = k[j]
     return from_blocks(out, n, R, C)
+
+
+def run_layers(m, x, lr, sigma, pos0, need, batch=3):
+    """Path 3: layer by layer. need[(i, r, c)] = depth d: the block runs the input stage and
+    layers 0 … d-1 (d = L: to the denoised block). Returns {(i, r, c): denoised} for d = L."""
+    cfg = m.cfg
+    n, _, H, W = x.shape
+    R, C = H // cfg.block, W // cfg.block
+    up = upsample(lr, cfg.scale)
+    xb, ub, ctx = to_blocks(x, cfg.block), to_blocks(up, cfg.block), lr_contexts(lr, cfg.lr_block)
+    L = cfg.depth
+    ix = lambda i, r, c: i * R * C + r * C + c
+    pos = lambda i, r, c: pos0[i] + torch.tensor([r * cfg.grid, c * cfg.grid], dtype=torch.float32)
+    hid, cond, kv, out = {}, {}, {}, {}
+    for k in range(L + 1):                                   # 0: input stage; k: layer k-1
+        todo = sorted(b for b, d in need.items() if d >= k)
+        for j in range(0, len(todo), batch):
+            bt = todo[j:j + batch]
+            idx = [ix(*b) for b in bt]
+            p = torch.stack([pos(*b) for b in bt])
+            sg = sigma[[b[0] for b in bt]]
+            if k == 0:
+                h, c, kk = m.layer_input(xb[idx], ub[idx], sg, p)
+                for b, hh, cc, kv_ in zip(bt, h, c, kk):
+                    hid[b], cond[b], kv[b + (0,)] = hh, cc, kv_
+                continue
+            li = k - 1
+            nb = torch.zeros(len(bt), 3, *kv[bt[0] + (li,)].shape)
+            pres = torch.zeros(len(bt), 3)
+            for q, (i, r, c) in enumerate(bt):
+                for s, (rr, cc) in enumerate(((r - 1, c), (r, c - 1), (r - 1, c - 1))):
+                    if rr >= 0 and cc >= 0:
+                        nb[q, s] = kv[(i, rr, cc, li)]; pres[q, s] = 1
+            h = torch.stack([hid[b] for b in bt]); c = torch.stack([cond[b] for b in bt])
+            own = torch.stack([kv[b + (li,)] for b in bt])
+            h, nxt = m.layer_step(li, h, c, p, own, nb, pres, ctx[idx] if li == 0 else None)
+            for q, b in enumerate(bt):
+                hid[b] = h[q]
+                if nxt is not None:
+                    kv[b + (li + 1,)] = nxt[q]
+            if li == L - 1:
+                o = m.layer_output(h, c, xb[idx], ub[idx], sg)
+                for q, b in enumerate(bt):
+                    out[b] = o[q]
+    return out
+
+
+class TestLayerPath(unittest.TestCase):
+    """The layer graphs' path: equal to the whole-image path, and a block needs only its cone."""
+
+    def setUp(self):
+        self.cfg, self.m, self.lr, self.x = setup(depth=3)
+        self.sigma = torch.tensor([0.3, 2.5])
+        self.pos0 = torch.tensor([[0.0, 0.0], [4000.0, 16000.0]])
+        with torch.no_grad():
+            self.whole = self.m.forward_image(self.x, self.lr, self.sigma, self.pos0)
+
+    def block(self, i, r, c):
+        B = self.cfg.block
+        return self.whole[i, :, r * B:(r + 1) * B, c * B:(c + 1) * B]
+
+    def test_all_blocks_layer_major(self):
+        need = {(i, r, c): self.cfg.depth for i in range(2) for r in range(3) for c in range(5)}
+        with torch.no_grad():
+            out = run_layers(self.m, self.x, self.lr, self.sigma, self.pos0, need)
+        for (i, r, c), o in out.items():
+            self.assertLessEqual((o - self.block(i, r, c)).abs().max().item(), 1e-4)
+
+    def test_far_block_from_its_cone_alone(self):
+        L = self.cfg.depth
+        # block (2,4): a block d steps up/left (Chebyshev, diagonals count one) is needed to depth L-d
+        need = {(1, r, c): L - max(2 - r, 4 - c) for r in range(3) for c in range(5) if max(2 - r, 4 - c) <= L}
+        self.assertLess(len(need), 15)                       # the cone, not the rectangle
+        with torch.no_grad():
+            out = run_layers(self.m, self.x, self.lr, self.sigma, self.pos0, need, batch=2)
+        self.assertEqual(list(out), [(1, 2, 4)])
+        self.assertLessEqual((out[(1, 2, 4)] - self.block(1, 2, 4)).abs().max().item(), 1e-4)
+        # the cone is also necessary: one layer less anywhere in it and a K/V the block needs is missing
+        short = dict(need); short[(1, 1, 3)] -= 1
+        with torch.no_grad():
+            self.assertRaises(KeyError, run_layers, self.m, self.x, self.lr, self.sigma, self.pos0, short)
 
 
 class TestPaths(unittest.TestCase):
@@ -147,7 +228,10 @@ class TestExport(unittest.TestCase):
             b = np.frombuffer((root / "tiny.ref.bin").read_bytes(), dtype=np.float32)
             self.assertEqual(a.shape, b.shape)
             self.assertLess(float(np.abs(a - b).max()), 1e-4)
-            self.assertLess((Path(d) / "tiny.onnx").stat().st_size, 2_000_000)
+            size = sum(p.stat().st_size for p in Path(d).glob("tiny.*.onnx"))
+            self.assertLess(size, 2_000_000)
+            m = json.loads((Path(d) / "tiny.json").read_text())
+            self.assertEqual([g["name"] for g in m["graphs"]], ["input"] + [f"layer{i}" for i in range(m["layers"])])
 
 
 if __name__ == "__main__":

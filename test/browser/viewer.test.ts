@@ -24,7 +24,7 @@ const failures: string[] = [];
 
 before(async () => {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-browser-'));
-  service = await ImageService.open(loadConfig({ model: FIXTURE + '.onnx', dataDir, tileSize: 64, backgroundFill: true, demo: false, threads: 1, batch: 4, tileWaitMs: 30000 }));
+  service = await ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir, tileSize: 64, backgroundFill: true, demo: false, threads: 1, batch: 4, tileWaitMs: 30000 }));
   server = createApp(service).listen(0, '127.0.0.1');
   await new Promise(r => server.once('listening', r));
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;

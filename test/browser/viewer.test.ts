@@ -87,14 +87,17 @@ test('upload through the page, zoom to the top level, final tiles replace the pr
     const img = new Image(); img.src = `/images/${id}_files/${M}/0_0.jpeg`; await img.decode();
     const c2 = document.createElement('canvas'); c2.width = 64; c2.height = 64;
     const ctx = c2.getContext('2d')!; ctx.drawImage(img, 0, 0);
-    const want = ctx.getImageData(32, 32, 1, 1).data;
+    // the 3×3 around it: the screen pixel may sit half a pixel off after the canvas' rounding
+    const near = ctx.getImageData(31, 31, 3, 3).data, want: number[][] = [];
+    for (let i = 0; i < 9; i++) want.push([near[4 * i], near[4 * i + 1], near[4 * i + 2]]);
     const pre = new Image(); pre.src = `/images/${id}_files/${M}/0_0.jpeg?preview=lanczos`; await pre.decode();
     ctx.drawImage(pre, 0, 0);
     const lanczos = ctx.getImageData(32, 32, 1, 1).data;
-    return { got: [...px].slice(0, 3), want: [...want].slice(0, 3), lanczos: [...lanczos].slice(0, 3) };
+    return { got: [...px].slice(0, 3), want, lanczos: [...lanczos].slice(0, 3) };
   }, { id, M });
   const dist = (a: number[], b: number[]) => Math.max(...a.map((v, i) => Math.abs(v - b[i])));
-  assert.ok(dist(probe.got, probe.want) <= 12, `screen ${probe.got} vs final tile ${probe.want} (lanczos ${probe.lanczos})`);
+  const best = Math.min(...probe.want.map(w => dist(probe.got, w)));
+  assert.ok(best <= 12, `screen ${probe.got} vs final tile around it ${JSON.stringify(probe.want)} (lanczos ${probe.lanczos})`);
   await page.screenshot({ path: join(ARTIFACTS, 'viewer-top-level.png') });
 
   // compare mode shows the Lanczos layer with a swipe

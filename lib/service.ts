@@ -379,6 +379,9 @@ export class ImageService {
     })();
   }
 
+  /** Stop the model's thread (the service answers nothing after this). */
+  async close() { this.fillQueue.length = 0; await this.model.close(); }
+
   /** Queue every known image that is not finished for background fill. */
   fillAll() { for (const id of this.entries.keys()) this.scheduleFill(id); }
 }

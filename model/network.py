@@ -154,12 +154,21 @@ def apply_rope(x, cos, sin):
 _SDPA = getattr(F, "scaled_dot_product_attention", None)  # torch 2.x; 1.13 and ONNX export use the plain form
 
 
-def attend(q, k, v, bias):
-    """Softmax attention with an additive key bias. q (n,h,T,dh), k/v (n,h,S,dh), bias (n,1,1,S)."""
+def attend(q, k, v, bias, kt=None):
+    """Softmax attention with an additive key bias. q (n,h,T,dh), k/v (n,h,S,dh), bias (n,1,1,S);
+    or kt (n,h,dh,S): the keys already transposed (see UniBAttention.mix)."""
     if _SDPA is not None and q.is_cuda:
-        return _SDPA(q, k, v, attn_mask=bias.to(q.dtype))
-    w = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + bias
-    return torch.matmul(torch.softmax(w, dim=-1), v)
+        return _SDPA(q, k if k is not None else kt.transpose(-1, -2), v, attn_mask=bias.to(q.dtype))
+    q = q * (q.shape[-1] ** -0.5)
+    if kt is None:
+        return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + bias, dim=-1), v)
+    # The logits (T × S per head) are the largest tensor of a layer; on CPU every pass over them
+    # costs memory bandwidth, not arithmetic (bench/graphs.ts --profile: the scale's Mul, then the
+    # bias's Add, each a third of a layer graph's time). So q is scaled instead of the logits,
+    # and the bias rides in the matmul as one more channel: [q, 1] · [kᵀ; bias].
+    q1 = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)
+    kt1 = torch.cat([kt, bias.expand(-1, kt.shape[1], -1, -1)], dim=-2)
+    return torch.matmul(torch.softmax(torch.matmul(q1, kt1), dim=-1), v)
 
 
 class UniBAttention(nn.Module):
@@ -200,9 +209,11 @@ class UniBAttention(nn.Module):
 
     def mix(self, q, keys, values, bias):
         """keys/values: lists of 4 tensors (n,h,T,dh) in SLOTS order."""
-        k = torch.cat([kk + self.slot[i] for i, kk in enumerate(keys)], dim=2)
+        # keys concatenated already transposed: onnxruntime fuses a Transpose that feeds a MatMul
+        # into a FusedMatMul that ran 20× slower than the plain MatMul of the same size here
+        kt = torch.cat([(kk + self.slot[i]).transpose(-1, -2) for i, kk in enumerate(keys)], dim=-1)
         v = torch.cat(values, dim=2)
-        o = attend(q, k, v, bias)
+        o = attend(q, None, v, bias, kt=kt)
         n, h, t, dh = o.shape
         return self.proj(o.transpose(1, 2).reshape(n, t, h * dh))
 

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { tmpdir, cpus, totalmem } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { ROOT } from '../test/helpers.js';
-import { matmulPeak } from './graphs.js';
+import { matmulPeak } from './peak.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
@@ -25,13 +25,9 @@ const baseline = opt('baseline', '');
 const log = (s: string) => process.stderr.write(s + '\n');
 
 function child(root: string, model: string, n: number) {
-  const out = execFileSync(process.execPath, ['--import', 'tsx', join(root, 'bench/render-child.ts'), model, String(n), String(batch), String(threads), mkdtempSync(join(tmpdir(), 'bench-')), preset],
-    { encoding: 'utf8', maxBuffer: 1 << 20, cwd: root });
-  const r = JSON.parse(out.trim().split('\n').pop()!);
-  // release 1's child printed per-node figures and rendered the default preset; derive the common ones
-  r.blocksPerS ??= r.blocks / r.wallS;
-  r.msPerBlockEval ??= (r.wallS * 1000) / (r.blocks * r.evaluations);
-  return r;
+  const out = execFileSync(process.execPath, ['--import', 'tsx', join(ROOT, 'bench/render-child.ts'), root, model, String(n), String(batch), String(threads), mkdtempSync(join(tmpdir(), 'bench-')), preset],
+    { encoding: 'utf8', maxBuffer: 1 << 20, cwd: ROOT });
+  return JSON.parse(out.trim().split('\n').pop()!);
 }
 
 /** A worktree of `commit` with this checkout's node_modules, for its own engine and model. */
@@ -53,10 +49,9 @@ async function main() {
     log(`render ${n}² → ${4 * n}² (${preset}) ...`);
     // alternate: timings drift between minutes here, so each pair runs back to back
     const r = child(ROOT, modelPath, n);
-    log(`  layer graphs: ${r.wallS.toFixed(1)} s, ${r.blocksPerS.toFixed(2)} blocks/s, ${r.msPerBlockEval.toFixed(1)} ms/block-eval, JS ${(100 * r.jsShare).toFixed(1)}%, state high water ${(r.stateHighWaterBytes / 2 ** 20).toFixed(0)} MiB, peak RSS ${(r.maxRssBytes / 2 ** 20).toFixed(0)} MiB`);
+    log(`  layer graphs: ${r.wallS.toFixed(1)} s, ${r.blocksPerS.toFixed(2)} blocks/s, ${r.msPerBlockEval.toFixed(1)} ms/block-eval, model thread busy ${(100 * r.modelShare).toFixed(0)}%, JS ${(100 * r.jsShare).toFixed(1)}%, state high water ${(r.stateHighWaterBytes / 2 ** 20).toFixed(0)} MiB, peak RSS ${(r.maxRssBytes / 2 ** 20).toFixed(0)} MiB`);
     let b = null;
     if (base) {
-      if (preset !== 'fidelity') log('  (the baseline child renders its default preset, fidelity)');
       b = child(base, join(base, 'model/release/infdit-s4.onnx'), n);
       log(`  ${baseline} (one graph per evaluation): ${b.wallS.toFixed(1)} s, ${b.blocksPerS.toFixed(2)} blocks/s, ${b.msPerBlockEval.toFixed(1)} ms/block-eval; new/old time ${(r.wallS / b.wallS).toFixed(3)}`);
     }

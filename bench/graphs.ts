@@ -12,6 +12,7 @@ import { tmpdir, cpus } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { Model, sessionOptions, type Feeds } from '../lib/model.js';
 import { ROOT } from '../test/helpers.js';
+import { matmulPeak } from './peak.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
@@ -20,15 +21,6 @@ const threads = Number(opt('threads', '0'));
 const batches = opt('batches', '1,4,8,16').split(',').map(Number);
 const rounds = Number(opt('rounds', '3'));
 const log = (s: string) => process.stderr.write(s + '\n');
-
-export async function matmulPeak(threads: number) {
-  const s = await ort.InferenceSession.create(join(ROOT, 'bench/matmul.onnx'), { intraOpNumThreads: threads || cpus().length });
-  const n = 2048, a = new ort.Tensor('float32', new Float32Array(n * n).fill(0.5), [n, n]), b = new ort.Tensor('float32', new Float32Array(n * n).fill(0.25), [n, n]);
-  await s.run({ a, b });
-  let best = Infinity;
-  for (let i = 0; i < 5; i++) { const t = performance.now(); await s.run({ a, b }); best = Math.min(best, performance.now() - t); }
-  return { n, ms: best, gflops: (2 * n ** 3) / (best / 1000) / 1e9 };
-}
 
 /** Plausible inputs for a spec list (values do not change the cost; finite ones keep it honest). */
 function inputs(specs: { name: string; shape: (number | string)[]; dtype: string }[], b: number): Feeds {

@@ -1,26 +1,41 @@
-/** One full render in its own process (so its peak RSS is its own): prints one JSON line.
- *  render-child.ts MODEL LR_SIZE BATCH THREADS DIR [PRESET] */
+/**
+ * One full render in its own process (so its peak RSS is its own): prints one JSON line.
+ *   render-child.ts ROOT MODEL LR_SIZE BATCH THREADS DIR [PRESET]
+ * ROOT is the checkout whose engine runs (this one, or a baseline commit's worktree: the engine
+ * API is the same since release 1). A small render first warms the model's arenas: their first
+ * growth is page faults (seconds here), a cost of a process's first minute, not of throughput.
+ */
 import { join } from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import sharp from 'sharp';
-import { Model } from '../lib/model.js';
-import { Render } from '../lib/render.js';
-import { DiskBlockStore } from '../lib/blockstore.js';
-import { ROOT } from '../test/helpers.js';
 
-const [modelPath, size, batch, threads, dir, preset] = process.argv.slice(2);
-const n = Number(size);
+const [root, modelPath, size, batch, threads, dir, preset] = process.argv.slice(2);
+const { Model } = await import(join(root, 'lib/model.ts'));
+const { Render } = await import(join(root, 'lib/render.ts'));
+const { DiskBlockStore } = await import(join(root, 'lib/blockstore.ts'));
 const model = await Model.load(modelPath, { threads: Number(threads) });
-const { data, info } = await sharp(join(ROOT, 'viewer/demo.jpg')).resize(n, n, { fit: 'fill', kernel: 'lanczos3' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-const r = new Render({ model, image: { width: info.width, height: info.height, data: new Uint8Array(data) }, scale: 4, seed: 0, preset,
-  batch: Number(batch), kvBytes: 4 << 30, store: new DiskBlockStore(dir) });
-const s = r.last, all: [number, number][] = [];
-for (let i = 0; i < s.R; i++) for (let j = 0; j < s.C; j++) all.push([i, j]);
-const t0 = performance.now();
-await s.ensure(all);
-const wall = performance.now() - t0;
+const photo = async (n: number) => {
+  const { data, info } = await sharp(join(root, 'viewer/demo.jpg')).resize(n, n, { fit: 'fill', kernel: 'lanczos3' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  return { width: info.width, height: info.height, data: new Uint8Array(data) };
+};
+const render = async (n: number, d: string) => {
+  const r = new Render({ model, image: await photo(n), scale: 4, seed: 0, preset: preset || undefined, batch: Number(batch), kvBytes: 4 << 30, store: new DiskBlockStore(d) });
+  const s = r.last, all: [number, number][] = [];
+  for (let i = 0; i < s.R; i++) for (let j = 0; j < s.C; j++) all.push([i, j]);
+  const t0 = performance.now();
+  await s.ensure(all);
+  return { r, s, wall: performance.now() - t0 };
+};
+await render(64, mkdtempSync(join(tmpdir(), 'warm-')));
+const f0 = process.resourceUsage().minorPageFault;
+const n = Number(size);
+const { r, s, wall } = await render(n, dir);
 const st = s.stats, blockEvals = s.R * s.C * s.N;
-console.log(JSON.stringify({ engine: 'layer graphs (cone)', lr: n, out: 4 * n, blocks: s.R * s.C, evaluations: s.N, blockEvals, nodes: st.nodes, calls: st.calls,
+console.log(JSON.stringify({ root, lr: n, out: 4 * n, blocks: s.R * s.C, evaluations: s.N, blockEvals, nodes: st.nodes, calls: st.calls,
   wallS: wall / 1000, blocksPerS: s.R * s.C / (wall / 1000), msPerBlockEval: wall / blockEvals,
-  modelShare: st.onnxMs / wall, jsShare: (wall - st.onnxMs) / wall, jsMsInBatches: st.jsMs,
-  stateHighWaterBytes: r.kv.highWater, maxRssBytes: process.resourceUsage().maxRSS * 1024 }));
-await model.close();
+  // modelShare: how busy the model thread was (1 = never waiting for this thread); jsShare: this thread's batch work
+  modelShare: (st.modelMs ?? st.onnxMs) / wall, jsShare: st.jsMs / wall,
+  stateHighWaterBytes: r.kv.highWater, maxRssBytes: process.resourceUsage().maxRSS * 1024, minorPageFaultsInRender: process.resourceUsage().minorPageFault - f0 }));
+await model.close?.();
+process.exit(0);

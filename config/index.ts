@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
-const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform(v => v === true || v === 'true' || v === '1' || v === 'yes');
+const bool = z.union([z.boolean(), z.string().toLowerCase().pipe(z.enum(['true', 'false', '1', '0', 'yes', 'no']))]).transform(v => v === true || v === 'true' || v === '1' || v === 'yes');
 
 export const schema = z.object({
   model: z.string().min(1).describe('exported model: its manifest <name>.json, with the graphs <name>.input.onnx, <name>.layer0.onnx, … beside it'),
@@ -27,6 +27,8 @@ export const schema = z.object({
   kvCacheMb: z.coerce.number().min(1).max(1 << 20).describe('K/V cache bound in MiB'),
   batch: int(1, 256).describe('blocks per ONNX call'),
   threads: int(0, 256).describe('onnxruntime intra-op threads (0: all cores)'),
+  modelNice: int(0, 19).describe("nice value of the model's threads: the HTTP thread wins the CPU while they generate (0: equal)"),
+  ortSpinning: bool.describe("let onnxruntime's threads spin between calls (faster small batches; starves the HTTP thread on few cores)"),
   port: int(0, 65535).describe('HTTP port'),
   host: z.string().min(1).describe('listen address'),
   uploadMaxBytes: int(1, 2 ** 31).describe('largest upload in bytes'),
@@ -46,7 +48,7 @@ export const defaults: Config = {
   scale: 4, seed: 0,
   tileSize: 256, tileOverlap: 0, tileFormat: 'jpeg', tileQuality: 90,
   dataDir: join(ROOT, 'data'),
-  kvCacheMb: 1024, batch: 8, threads: 0,
+  kvCacheMb: 1024, batch: 8, threads: 0, modelNice: 10, ortSpinning: false,
   port: 8080, host: '127.0.0.1',
   uploadMaxBytes: 50 * 1024 * 1024, uploadMaxPixels: 16_000_000,
   backgroundFill: true, tileWaitMs: 20000, demo: true, http2: false,
@@ -61,26 +63,29 @@ export class ConfigError extends Error {}
 /** Merge defaults ← env ← overrides and validate. */
 export function loadConfig(overrides: Record<string, unknown> = {}, env: NodeJS.ProcessEnv = process.env): Config {
   const merged: Record<string, unknown> = { ...defaults };
-  for (const k of KEYS) if (env[envName(k)] !== undefined) merged[k] = env[envName(k)];
+  const source: Record<string, string> = {};       // where each value came from, for the error message
+  for (const k of KEYS) if (env[envName(k)] !== undefined) { merged[k] = env[envName(k)]; source[k] = `env ${envName(k)}`; }
   for (const [k, v] of Object.entries(overrides)) {
     if (!(KEYS as string[]).includes(k)) throw new ConfigError(`unknown setting "${k}"; known: ${KEYS.map(kebab).join(', ')}`);
-    if (v !== undefined) merged[k] = v;
+    if (v !== undefined) { merged[k] = v; source[k] = `--${kebab(k)}`; }
   }
   const r = schema.safeParse(merged);
   if (!r.success) {
     const i = r.error.issues[0];
     const key = String(i.path[0]);
-    throw new ConfigError(`invalid ${kebab(key)} (env ${envName(key)}): got ${JSON.stringify(merged[key])}; ${i.message}` +
+    throw new ConfigError(`invalid ${kebab(key)} (${source[key] ?? 'default'}): got ${JSON.stringify(merged[key])}; ${i.message}` +
       (schema.shape[key as keyof Config]?.description ? ` — ${schema.shape[key as keyof Config].description}` : ''));
   }
   return r.data;
 }
 
-/** Parse `--kebab-key value` / `--flag` / `--no-flag` arguments into config overrides + positionals. */
+const BOOL_WORD = /^(true|false|1|0|yes|no)$/i;
+
+/** Parse `--kebab-key value` / `--flag` / `--flag false` / `--no-flag` arguments into config overrides + positionals. */
 export function parseArgs(argv: string[], extra: string[] = []) {
   const out: Record<string, unknown> = {}, pos: string[] = [], other: Record<string, string | boolean> = {};
   const byFlag = new Map(KEYS.map(k => [kebab(k), k]));
-  const boolKeys = new Set(['backgroundFill', 'demo', 'http2']);
+  const boolKeys = new Set(['backgroundFill', 'demo', 'http2', 'ortSpinning']);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith('--')) { pos.push(a); continue; }
@@ -91,7 +96,12 @@ export function parseArgs(argv: string[], extra: string[] = []) {
     if (extra.includes(flag)) { other[flag] = val ?? argv[++i]; continue; }
     const key = byFlag.get(flag);
     if (!key) throw new ConfigError(`unknown option --${flag}; known: ${[...byFlag.keys(), ...extra].map(f => '--' + f).join(' ')}`);
-    if (boolKeys.has(key)) { out[key] = neg ? false : (val ?? true); continue; }
+    if (boolKeys.has(key)) {
+      // the forms people type: --x, --no-x, --x=false, --x false
+      if (val === undefined && !neg && BOOL_WORD.test(argv[i + 1] ?? '')) val = argv[++i];
+      out[key] = neg ? false : (val ?? true);
+      continue;
+    }
     if (val === undefined) {
       val = argv[++i];
       if (val === undefined) throw new ConfigError(`option --${flag} needs a value`);

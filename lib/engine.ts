@@ -42,7 +42,9 @@ export interface StageOptions {
   thumb?: Float32Array;
 }
 
-export interface EngineStats { nodes: number; calls: number; onnxMs: number; jsMs: number; reruns: number }
+/** nodes and calls run; modelMs: the model thread's time in them; jsMs: this thread's time
+ *  assembling and unpacking batches; reruns: blocks run again for evicted state. */
+export interface EngineStats { nodes: number; calls: number; modelMs: number; jsMs: number; reruns: number }
 
 interface Block {
   r: number; c: number;
@@ -76,7 +78,7 @@ export class Stage {
   readonly B: number; readonly lb: number;
   /** Levels per evaluation (input stage + one per layer), and the last level. */
   readonly S: number; readonly TOP: number;
-  readonly stats: EngineStats = { nodes: 0, calls: 0, onnxMs: 0, jsMs: 0, reruns: 0 };
+  readonly stats: EngineStats = { nodes: 0, calls: 0, modelMs: 0, jsMs: 0, reruns: 0 };
   /** Every node run, as "r,c,level", in order (tests count and compare them). */
   nodeLog: string[] | null = null;
   private blocks = new Map<number, Block>();
@@ -389,12 +391,34 @@ export class Stage {
     for (;;) {
       this.dirty = false;
       const ready = this.scan();
-      if (ready.length) {
-        const k = (ready[0].lvl + 1) % this.S;
-        return { batch: ready.filter(b => (b.lvl + 1) % this.S === k).slice(0, this.o.batch), k };
-      }
+      if (ready.length) return this.choose(ready);
       if (!this.dirty) return { batch: [], k: 0 };
     }
+  }
+
+  /**
+   * One graph's batch from the ready nodes (best first). Among the top priority's nodes, grouped
+   * by graph: the group that fills a whole batch nearest the wavefront (the smallest r+c+level of
+   * its batch-th node); if none can, the group of the very first node. Within a tile's cone this
+   * runs layer by layer in full batches; in a raster render each layer keeps only as far ahead of
+   * the next as a full batch needs, so live state stays a band.
+   */
+  private choose(ready: Block[]): { batch: Block[]; k: number } {
+    const top = ready[0].prio, n = this.o.batch, groups = new Map<number, Block[]>();
+    for (const b of ready) {
+      if (b.prio !== top) break;
+      const k = (b.lvl + 1) % this.S;
+      let g = groups.get(k);
+      if (!g) groups.set(k, g = []);
+      if (g.length < n) g.push(b);
+    }
+    let k = (ready[0].lvl + 1) % this.S, best = Infinity;
+    for (const [gk, g] of groups) {
+      if (g.length < n) continue;
+      const t = g[n - 1].r + g[n - 1].c + g[n - 1].lvl;
+      if (t < best) { best = t; k = gk; }
+    }
+    return { batch: groups.get(k)!, k };
   }
 
   private scan(): Block[] {
@@ -413,18 +437,29 @@ export class Stage {
 
   // ---------------------------------------------------------------- running
 
+  /**
+   * Runs batches, two in flight: while the model thread computes one, this thread picks and
+   * assembles the next (its nodes cannot depend on the running ones: those are not done), so the
+   * model never waits for JavaScript. The model thread takes calls in order.
+   */
   private pump() {
     if (this.pumping) return;
     this.pumping = true;
     (async () => {
+      const running = new Set<Promise<void>>();
       try {
         for (;;) {
-          const { batch, k } = this.pickBatch();
-          if (!batch.length) break;
-          await this.runBatch(batch, k);
-          this.settle();
+          while (running.size < 2) {
+            const { batch, k } = this.pickBatch();
+            if (!batch.length) break;
+            const p: Promise<void> = this.runBatch(batch, k).then(() => { running.delete(p); this.settle(); });
+            running.add(p);
+          }
+          if (!running.size) break;
+          await Promise.race(running);
         }
       } catch (e) {
+        await Promise.allSettled(running);
         this.fail(e as Error);
       } finally {
         this.pumping = false;
@@ -443,15 +478,22 @@ export class Stage {
       if (req.blocks.every(([r, c]) => this.block(r, c).final)) { this.drop(req); req.resolve(); }
   }
 
-  /** Input buffers by graph and name, sized for a full batch once and reused: they travel to
-   *  the model thread and come back with the answer. */
-  private bufs = new Map<string, ArrayBuffer>();
+  /** Input and output buffers by graph and name, sized for a full batch once and reused: they
+   *  travel to the model thread and come back with the answer. */
+  private bufs = new Map<string, ArrayBuffer[]>();
   private feed(gi: number, name: string, per: number, nb: number, half = false): Arr {
     const el = half ? 2 : 4, key = `${gi}:${name}`;
-    let buf = this.bufs.get(key);
+    let buf = this.bufs.get(key)?.pop();              // in flight until it comes back
     if (!buf || buf.byteLength < per * el * this.o.batch) buf = new ArrayBuffer(per * el * this.o.batch);
-    this.bufs.delete(key);          // in flight until it comes back
     return half ? new Uint16Array(buf, 0, per * nb) : new Float32Array(buf, 0, per * nb);
+  }
+  private giveBack(gi: number, prefix: string, arrays: Feeds) {
+    for (const [name, a] of Object.entries(arrays)) {
+      const key = `${gi}:${prefix}${name}`;
+      let l = this.bufs.get(key);
+      if (!l) this.bufs.set(key, l = []);
+      l.push(a.buffer as ArrayBuffer);
+    }
   }
 
   private async runBatch(picked: Block[], k: number) {
@@ -503,19 +545,21 @@ export class Stage {
         batch.forEach((b, i) => ctx.set(b.ctx!, i * 3 * s * s));
       }
     }
+    const outs: Feeds = {};
+    for (const o of m.graphs[gi].outputs)
+      outs[o.name] = this.feed(gi, 'out:' + o.name, o.shape.slice(1).reduce<number>((a, v) => a * (v as number), 1), nb, o.dtype === 'float16');
     const t1 = performance.now();
-    let res;
+    let res: Awaited<ReturnType<Model['run']>> | undefined;
     try {
-      res = await model.run(gi, nb, feeds);
+      res = await model.run(gi, nb, feeds, outs);
     } catch (e) {
       for (const b of batch) b.inflight = false;   // the nodes can run again on a later request
       throw e;
-    } finally {
-      for (const [name, a] of Object.entries(res?.feeds ?? {})) this.bufs.set(`${gi}:${name}`, a.buffer as ArrayBuffer);
     }
+    this.giveBack(gi, '', res.feeds);
     const t2 = performance.now();
-    this.stats.calls++; this.stats.nodes += nb; this.stats.onnxMs += t2 - t1;
-    const { out, feeds: back } = res;
+    this.stats.calls++; this.stats.nodes += nb; this.stats.modelMs += res.ms;
+    const { out, feeds: back } = res!;
     batch.forEach((b, i) => {
       const l = levels[i], n = Math.floor(l / this.S);
       this.nodeLog?.push(`${b.r},${b.c},${l}`);
@@ -542,6 +586,7 @@ export class Stage {
       for (const [dr, dc] of CONSUMERS)
         if (b.r + dr < this.R && b.c + dc < this.C) this.addCandidate(this.block(b.r + dr, b.c + dc));
     });
+    this.giveBack(gi, 'out:', out);
     this.stats.jsMs += (t1 - t0) + (performance.now() - t2);
   }
 

@@ -3,11 +3,15 @@
 // input buffers back by transfer. Plain JavaScript: a worker does not inherit the tsx loader.
 import { parentPort, workerData } from 'node:worker_threads';
 import { readFileSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import * as ort from 'onnxruntime-node';
 
-const { files, options, graphs } = workerData;
+const { files, options, graphs, nice } = workerData;
 const sessions = [];
 try {
+  // On Linux a nice value is per thread: this one's, inherited by the onnxruntime threads the
+  // sessions below start, so the HTTP thread wins the cores whenever it has work (DESIGN.md §6).
+  if (nice) { try { setPriority(nice); } catch { /* not permitted here: run at normal priority */ } }
   for (const f of files) sessions.push(await ort.InferenceSession.create(readFileSync(f), options));
   parentPort.postMessage({ ready: true });
 } catch (e) {
@@ -15,15 +19,24 @@ try {
   process.exit(1);
 }
 
-parentPort.on('message', async ({ id, gi, b, feeds }) => {
+parentPort.on('message', async ({ id, gi, b, feeds, outs }) => {
   try {
     const t = {};
     for (const s of graphs[gi].inputs) t[s.name] = new ort.Tensor(s.dtype, feeds[s.name], s.shape.map(v => (v === 'b' ? b : v)));
+    const t0 = performance.now();
     const r = await sessions[gi].run(t);
+    const ms = performance.now() - t0;
     const out = {}, transfer = new Set();
-    for (const o of graphs[gi].outputs) { out[o.name] = r[o.name].data; transfer.add(out[o.name].buffer); }
+    for (const o of graphs[gi].outputs) {
+      // Into the caller's buffer, which travels back and forth: onnxruntime's own output array then
+      // dies in this thread, and its memory is reused here. Sent away instead, every call's output
+      // came from fresh pages, and page faults cost more than this copy (measured: bench/engine.ts).
+      const dst = outs?.[o.name], src = r[o.name].data;
+      if (dst && dst.length === src.length) { dst.set(src); out[o.name] = dst; } else out[o.name] = src;
+      transfer.add(out[o.name].buffer);
+    }
     for (const a of Object.values(feeds)) transfer.add(a.buffer);
-    parentPort.postMessage({ id, out, feeds }, [...transfer]);
+    parentPort.postMessage({ id, out, feeds, ms }, [...transfer]);
   } catch (e) {
     parentPort.postMessage({ id, error: `graph ${gi} (batch ${b}): ${e?.message ?? e}` });
   }

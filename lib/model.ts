@@ -108,10 +108,13 @@ function checkGraph(m: Manifest, gi: number, s: ort.InferenceSession) {
 export type Arr = Float32Array | Uint16Array;
 export type Feeds = Record<string, Arr>;
 
+/** Outputs, the feeds given back, and how long the model itself ran (ms). */
+export interface RunResult { out: Feeds; feeds: Feeds; ms: number }
+
 /** Runs graph `gi` on a batch of `b` blocks. `feeds` come back (moved to the worker and back):
- *  the caller reuses their buffers. */
+ *  the caller reuses their buffers; so does `outs`, arrays the outputs are written into. */
 export interface GraphRunner {
-  run(gi: number, b: number, feeds: Feeds): Promise<{ out: Feeds; feeds: Feeds }>;
+  run(gi: number, b: number, feeds: Feeds, outs?: Feeds): Promise<RunResult>;
   close(): Promise<void>;
 }
 
@@ -121,12 +124,17 @@ export interface ModelOptions {
   inThread?: boolean;
   /** onnxruntime's intra-op spin-waiting (measured in bench/responsive.ts; default off). */
   spinning?: boolean;
+  /** Nice value of the model's threads (Linux: per thread), so the HTTP thread wins the CPU; default 10. */
+  nice?: number;
 }
 
 export function sessionOptions(threads: number, spinning: boolean): ort.InferenceSession.SessionOptions {
   return {
     // 0 means every core: onnxruntime's own default counted fewer here (measured: 2 threads 40 ms vs 51 ms per block at batch 16)
     intraOpNumThreads: threads || cpus().length, interOpNumThreads: 1, graphOptimizationLevel: 'all',
+    // no memory pattern: planned per input shape, it re-plans for every batch size the engine uses and
+    // doubled the resident memory (2.7 → 1.5 GB in a 1024² render) and the first minute's page faults
+    enableMemPattern: false,
     extra: { session: { intra_op: { allow_spinning: spinning ? '1' : '0' } } },
   };
 }
@@ -139,25 +147,30 @@ function tensors(specs: IOSpec[], b: number, feeds: Feeds) {
 
 class InThreadRunner implements GraphRunner {
   constructor(private sessions: ort.InferenceSession[], private m: Manifest) {}
-  async run(gi: number, b: number, feeds: Feeds) {
+  async run(gi: number, b: number, feeds: Feeds, outs?: Feeds) {
+    const t0 = performance.now();
     const r = await this.sessions[gi].run(tensors(this.m.graphs[gi].inputs, b, feeds));
+    const ms = performance.now() - t0;
     const out: Feeds = {};
-    for (const o of this.m.graphs[gi].outputs) out[o.name] = r[o.name].data as Arr;
-    return { out, feeds };
+    for (const o of this.m.graphs[gi].outputs) {
+      const src = r[o.name].data as Arr, dst = outs?.[o.name];
+      if (dst && dst.length === src.length) { (dst as Float32Array).set(src as Float32Array); out[o.name] = dst; } else out[o.name] = src;
+    }
+    return { out, feeds, ms };
   }
   async close() { for (const s of this.sessions) await s.release(); }
 }
 
 class WorkerRunner implements GraphRunner {
   private next = 0;
-  private pending = new Map<number, { resolve: (v: { out: Feeds; feeds: Feeds }) => void; reject: (e: Error) => void }>();
+  private pending = new Map<number, { resolve: (v: RunResult) => void; reject: (e: Error) => void }>();
   private dead: Error | null = null;
   constructor(private w: Worker) {
     w.on('message', (msg: any) => {
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);
-      if (msg.error) p.reject(new ModelError(msg.error)); else p.resolve({ out: msg.out, feeds: msg.feeds });
+      if (msg.error) p.reject(new ModelError(msg.error)); else p.resolve({ out: msg.out, feeds: msg.feeds, ms: msg.ms });
     });
     const fail = (e: Error) => {
       this.dead = e;
@@ -168,15 +181,15 @@ class WorkerRunner implements GraphRunner {
     w.on('exit', code => fail(new ModelError(`the model worker thread exited (code ${code})`)));
     w.unref();   // an idle worker does not keep the process alive
   }
-  run(gi: number, b: number, feeds: Feeds) {
+  run(gi: number, b: number, feeds: Feeds, outs?: Feeds) {
     if (this.dead) return Promise.reject(this.dead);
     const id = this.next++;
     const transfer = new Set<ArrayBuffer>();
-    for (const a of Object.values(feeds)) transfer.add(a.buffer as ArrayBuffer);
-    return new Promise<{ out: Feeds; feeds: Feeds }>((resolve, reject) => {
+    for (const a of [...Object.values(feeds), ...Object.values(outs ?? {})]) transfer.add(a.buffer as ArrayBuffer);
+    return new Promise<RunResult>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       if (this.pending.size === 1) this.w.ref();
-      this.w.postMessage({ id, gi, b, feeds }, [...transfer]);
+      this.w.postMessage({ id, gi, b, feeds, outs }, [...transfer]);
     }).finally(() => { if (this.pending.size === 0) this.w.unref(); });
   }
   async close() { await this.w.terminate(); }
@@ -221,7 +234,7 @@ export class Model {
     if (opts.inThread) return new Model(manifest, new InThreadRunner(sessions, manifest), id);
     for (const s of sessions) await s.release();
     const w = new Worker(new URL('./model-worker.js', import.meta.url), {
-      workerData: { files, options: opt, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
+      workerData: { files, options: opt, nice: opts.nice ?? 10, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
     });
     await new Promise<void>((resolve, reject) => {
       w.once('message', (m: any) => (m.ready ? resolve() : reject(new ModelError(`model worker: ${m.error}`))));
@@ -230,8 +243,8 @@ export class Model {
     return new Model(manifest, new WorkerRunner(w), id);
   }
 
-  /** Run graph `gi` ('input' is 0, layer l is l+1) on `b` blocks. */
-  run(gi: number, b: number, feeds: Feeds) { return this.runner.run(gi, b, feeds); }
+  /** Run graph `gi` ('input' is 0, layer l is l+1) on `b` blocks; outputs into `outs` where given. */
+  run(gi: number, b: number, feeds: Feeds, outs?: Feeds) { return this.runner.run(gi, b, feeds, outs); }
 
   close() { return this.runner.close(); }
 }

@@ -147,6 +147,19 @@ test('config: bad values are refused naming the key and what is accepted', () =>
   assert.throws(() => loadConfig({}, { INFDIT_BATCH: '0' }), /batch \(env INFDIT_BATCH\)/);
   assert.throws(() => parseArgs(['--bogus', '1']), /unknown option --bogus/);
   assert.equal(loadConfig(parseArgs(['--kv-cache-mb', '7']).overrides).kvCacheMb, 7);
+  // a flag's value is reported as the flag, not as the environment variable
+  assert.throws(() => loadConfig(parseArgs(['--tile-wait-ms', '900000']).overrides), /invalid tile-wait-ms \(--tile-wait-ms\): got "900000"/);
+  // the forms people type for booleans
+  for (const [argv, want] of [[['--background-fill', 'false'], false], [['--background-fill=false'], false], [['--no-background-fill'], false],
+    [['--background-fill'], true], [['--background-fill', 'no'], false], [['--demo', 'TRUE'], true], [['--http2', '0'], false]] as [string[], boolean][]) {
+    const { overrides, positionals } = parseArgs(argv);
+    assert.deepEqual(positionals, [], argv.join(' '));
+    const cfg = loadConfig(overrides);
+    assert.equal(argv[0].includes('demo') ? cfg.demo : argv[0].includes('http2') ? cfg.http2 : cfg.backgroundFill, want, argv.join(' '));
+  }
+  // a word that is not a boolean stays a positional argument (serve refuses it by name)
+  assert.deepEqual(parseArgs(['--background-fill', 'photo.jpg']).positionals, ['photo.jpg']);
+  assert.throws(() => loadConfig(parseArgs(['--background-fill=maybe']).overrides), /invalid background-fill \(--background-fill\): got "maybe"/);
 });
 
 test('unwritable data dir is refused at start, not at the first tile', async () => {

@@ -19,7 +19,11 @@ try {
   process.exit(1);
 }
 
-parentPort.on('message', async ({ id, gi, b, feeds, outs }) => {
+parentPort.on('message', async ({ id, gi, b, feeds, outs, close }) => {
+  if (close) {                      // sent only when no call is in flight
+    for (const s of sessions) await s.release();
+    process.exit(0);
+  }
   try {
     const t = {};
     for (const s of graphs[gi].inputs) t[s.name] = new ort.Tensor(s.dtype, feeds[s.name], s.shape.map(v => (v === 'b' ? b : v)));

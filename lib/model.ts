@@ -183,6 +183,7 @@ class WorkerRunner implements GraphRunner {
   }
   run(gi: number, b: number, feeds: Feeds, outs?: Feeds) {
     if (this.dead) return Promise.reject(this.dead);
+    if (this.closing) return Promise.reject(new ModelError('the model was closed'));
     const id = this.next++;
     const transfer = new Set<ArrayBuffer>();
     for (const a of [...Object.values(feeds), ...Object.values(outs ?? {})]) transfer.add(a.buffer as ArrayBuffer);
@@ -192,7 +193,19 @@ class WorkerRunner implements GraphRunner {
       this.w.postMessage({ id, gi, b, feeds, outs }, [...transfer]);
     }).finally(() => { if (this.pending.size === 0) this.w.unref(); });
   }
-  async close() { await this.w.terminate(); }
+  private closing = false;
+  /** Lets the calls in flight finish (terminating a thread inside onnxruntime aborts the process),
+   *  then ends the thread; later calls are refused. */
+  async close() {
+    if (this.closing) return;
+    this.closing = true;
+    while (this.pending.size && !this.dead) await new Promise(r => setTimeout(r, 5));
+    if (this.dead) return;
+    const exited = new Promise(r => this.w.once('exit', r));
+    this.w.ref();                   // keep the process alive until it has gone
+    this.w.postMessage({ close: true });
+    await exited;
+  }
 }
 
 export class Model {

@@ -7,6 +7,7 @@ import express, { type Request, type Response, type NextFunction } from 'express
 import multer from 'multer';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ImageService, NotFound } from '../lib/service.js';
 import { ImageError } from '../lib/image.js';
 import { AbortError } from '../lib/engine.js';
@@ -45,9 +46,15 @@ export function createApp(service: ImageService) {
   };
 
   // Operators' view of memory: the K/V and image caches are bounded by config; this shows the rest.
+  // The HTTP thread's event-loop delay since the last health check: the model runs in its own
+  // thread, so this stays near zero while the cores generate (bench/responsive.ts watches it).
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
   app.get('/api/health', (_req, res) => {
-    const m = process.memoryUsage();
-    res.set('Cache-Control', 'no-store').json({ ok: true, images: service.list().length,
+    const m = process.memoryUsage(), ms = (ns: number) => Math.round(ns / 1e4) / 100;
+    const eventLoopDelayMs = { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max) };
+    loop.reset();
+    res.set('Cache-Control', 'no-store').json({ ok: true, images: service.list().length, eventLoopDelayMs,
       memoryMiB: Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Math.round(v / 2 ** 20)])) });
   });
 

@@ -4,7 +4,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -134,4 +134,31 @@ test('OpenSeadragon opens the IIIF URL and loads top-level tiles equal to the DZ
   const a = Buffer.from(await (await fetch(`${base}/iiif/${id}/0,0,64,64/64,64/0/default.jpg`)).arrayBuffer());
   const b = Buffer.from(await (await fetch(`${base}/images/${id}_files/${info.width > 256 ? 9 : 8}/0_0.jpeg`)).arrayBuffer());
   assert.ok(a.equals(b), 'IIIF tile bytes differ from the DZI tile');
+});
+
+test('the page opens at once while the released model generates the demo', async () => {
+  // `npm start`'s model and demo photo, in a server of its own: the model runs in its thread, so
+  // the page, its scripts and the gallery arrive while the cores generate
+  const dataDir = mkdtempSync(join(tmpdir(), 'infdit-demo-'));
+  const demo = await ImageService.open(loadConfig({ dataDir, backgroundFill: true, demo: true }));
+  const srv = createApp(demo).listen(0, '127.0.0.1');
+  await new Promise(r => srv.once('listening', r));
+  const url = `http://127.0.0.1:${(srv.address() as AddressInfo).port}/`;
+  try {
+    const meta = await demo.add(readFileSync(join(ROOT, 'viewer/demo.jpg')), 'demo.jpg', { demo: true });
+    demo.fillAll();
+    while ((await demo.status(meta.id)).engine.nodes === 0) await new Promise(r => setTimeout(r, 50));
+    const p = await browser.newPage();
+    const t0 = performance.now();
+    await p.goto(url, { waitUntil: 'load' });
+    const loadMs = performance.now() - t0;
+    await p.waitForFunction(() => document.querySelectorAll('#gallery li').length > 0, null, { timeout: 10000 });
+    const st = await demo.status(meta.id);
+    assert.ok(st.percent < 100, 'the demo finished before the page was checked: the test proves nothing');
+    assert.ok(loadMs < 3000, `page load took ${loadMs.toFixed(0)} ms while the demo generated`);
+    await p.close();
+  } finally {
+    srv.close();
+    await demo.close();
+  }
 });

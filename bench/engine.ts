@@ -7,12 +7,12 @@
  *   npm run bench [-- --sizes 256,512 --batch 8 --threads 0 --baseline 82d57ba --preset fidelity --torch]
  * --torch adds a whole-image single forward of the same model in PyTorch (no laziness) for scale.
  */
-import { mkdirSync, writeFileSync, mkdtempSync, existsSync, symlinkSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir, cpus, totalmem } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { ROOT } from '../test/helpers.js';
-import { matmulPeak } from './peak.js';
+import { matmulPeak, worktree, saveResult } from './common.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
@@ -30,15 +30,6 @@ function child(root: string, model: string, n: number) {
   return JSON.parse(out.trim().split('\n').pop()!);
 }
 
-/** A worktree of `commit` with this checkout's node_modules, for its own engine and model. */
-function worktree(commit: string) {
-  const dir = join(tmpdir(), `infdit-${commit}`);
-  if (!existsSync(dir)) {
-    execFileSync('git', ['-C', ROOT, 'worktree', 'add', '--detach', dir, commit], { stdio: 'ignore' });
-    symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
-  }
-  return dir;
-}
 
 async function main() {
   const peak = await matmulPeak(threads);
@@ -68,10 +59,6 @@ async function main() {
   }
   const res = { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memGiB: totalmem() / 2 ** 30 },
     command: 'node --import tsx bench/engine.ts ' + args.join(' '), threads, batch, preset, matmulPeak: peak, renders, wholeImageTorch: whole };
-  mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
-  const f = join(ROOT, 'bench/results', `engine-${res.date.replace(/[:.]/g, '-')}.json`);
-  writeFileSync(f, JSON.stringify(res, null, 1));
-  console.log(JSON.stringify(res, null, 1));
-  log(`wrote ${f}`);
+  saveResult('engine', res);
 }
 main();

@@ -12,7 +12,7 @@ import { tmpdir, cpus } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { Model, sessionOptions, type Feeds } from '../lib/model.js';
 import { ROOT } from '../test/helpers.js';
-import { matmulPeak } from './peak.js';
+import { matmulPeak } from './common.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };

@@ -10,13 +10,14 @@
  * Prints JSON, writes bench/results/responsive-<time>.json; never fails on time.
  *   node --import tsx bench/responsive.ts [--seconds 15] [--baseline 82d57ba]
  */
-import { mkdtempSync, writeFileSync, mkdirSync, existsSync, symlinkSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import sharp from 'sharp';
 import { chromium } from 'playwright-core';
 import { ROOT } from '../test/helpers.js';
+import { worktree, saveResult } from './common.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
@@ -25,14 +26,6 @@ const baseline = opt('baseline', '');
 const log = (s: string) => process.stderr.write(s + '\n');
 const pct = (a: number[], p: number) => { if (!a.length) return null; const s = [...a].sort((x, y) => x - y); return +s[Math.min(s.length - 1, Math.floor(p / 100 * s.length))].toFixed(1); };
 
-function worktree(commit: string) {
-  const dir = join(tmpdir(), `infdit-${commit}`);
-  if (!existsSync(dir)) {
-    execFileSync('git', ['-C', ROOT, 'worktree', 'add', '--detach', dir, commit], { stdio: 'ignore' });
-    symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
-  }
-  return dir;
-}
 
 /** `infdit serve` from a checkout; resolves when it says where it listens. */
 function serve(root: string, extra: string[]): Promise<{ proc: ChildProcess; base: string; t0: number }> {
@@ -126,10 +119,6 @@ async function main() {
   if (base) pages.push(await firstPage(base, baseline));
   const res = { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model }, command: 'node --import tsx bench/responsive.ts ' + args.join(' '),
     seconds: SECONDS, probes: rows, firstPage: pages };
-  mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
-  const f = join(ROOT, 'bench/results', `responsive-${res.date.replace(/[:.]/g, '-')}.json`);
-  writeFileSync(f, JSON.stringify(res, null, 1));
-  console.log(JSON.stringify(res, null, 1));
-  log(`wrote ${f}`);
+  saveResult('responsive', res);
 }
 main();

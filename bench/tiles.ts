@@ -6,7 +6,7 @@
  *   node --import tsx bench/tiles.ts [--sizes 1024x768,4096x4096] [--random 3] [--detail 1024x768]
  * --detail SIZES: also the detail preset (its reach is N·L blocks) at those sizes, corners only.
  */
-import { mkdtempSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir, cpus } from 'node:os';
 import sharp from 'sharp';
@@ -14,6 +14,7 @@ import { ImageService } from '../lib/service.js';
 import { loadConfig } from '../config/index.js';
 import { maxLevel } from '../lib/pyramid.js';
 import { ROOT } from '../test/helpers.js';
+import { saveResult } from './common.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
@@ -75,10 +76,6 @@ async function main() {
     log(`  max/min ${(Math.max(...secs) / Math.min(...secs)).toFixed(2)}`);
   }
   const res = { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model }, command: 'node --import tsx bench/tiles.ts ' + args.join(' '), results: out };
-  mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
-  const f = join(ROOT, 'bench/results', `tiles-${res.date.replace(/[:.]/g, '-')}.json`);
-  writeFileSync(f, JSON.stringify(res, null, 1));
-  console.log(JSON.stringify(res, null, 1));
-  log(`wrote ${f}`);
+  saveResult('tiles', res);
 }
 main();

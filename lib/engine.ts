@@ -344,17 +344,21 @@ export class Stage {
       }
     }
     if (!ok) return false;
-    // LR context and up(LR) are made only once a node that reads them could run, and given back
-    // when the block goes idle: holding them for every touched block would grow with the area.
-    const wantsLR = k === 0 || k === this.L || (k === 1 && this.cross);
-    return !wantsLR || !!b.up || this.prepare(b);
+    // LR context and up(LR) are made only for a node chosen into a batch (from the image at hand)
+    // or fetched once a node that reads them could run (from a lower stage), and given back when
+    // the block goes idle: holding them for every touched block would grow with the area, and
+    // making them for every ready block in one scan held the HTTP thread for 0.2 s (a band of 128).
+    if (!this.needsLR(l) || b.up || this.o.lr.regionSync) return true;
+    return this.prepare(b);
   }
+
+  private needsLR(l: number) { const k = l % this.S; return k === 0 || k === this.L || (k === 1 && this.cross); }
 
   /** All inputs of b's next node at hand, without side effects (a later readiness check can reset an earlier block). */
   private runnable(b: Block, l: number) {
     if (b.inflight || b.lvl + 1 !== l || !this.active(b)) return false;
     const n = Math.floor(l / this.S), k = l % this.S;
-    if ((k === 0 || k === this.L || (k === 1 && this.cross)) && !b.up) return false;
+    if (this.needsLR(l) && !b.up && !this.o.lr.regionSync) return false;
     if ((k === 0 || k === this.L) && !b.st && n > 0) return false;
     if (k === 0) return true;
     if (!this.o.kv.has(this.hKey(b, l - 1)) || !this.o.kv.has(this.kvKey(b, l - 1))) return false;
@@ -507,7 +511,7 @@ export class Stage {
     const feeds: Feeds = {};
     const f = (name: string, per: number, half = false) => (feeds[name] = this.feed(gi, name, per, nb, half));
     const pos = f('pos', 2) as Float32Array;
-    for (const b of batch) b.inflight = true;
+    for (const b of batch) { b.inflight = true; if (this.needsLR(b.lvl + 1) && !b.up) this.prepare(b); }
     batch.forEach((b, i) => { pos[2 * i] = b.r * m.grid; pos[2 * i + 1] = b.c * m.grid; });
     if (k === 0 || last) {
       const x = f('x', BF), up = f('up', BF), sigma = f('sigma', 1);

@@ -48,7 +48,7 @@ async function timed(url: string) {
 
 async function probe(root: string, label: string, extra: string[]) {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-resp-'));
-  const { proc, base } = await serve(root, ['--data-dir', dataDir, '--demo', 'false', ...extra]);
+  const { proc, base } = await serve(root, ['--data-dir', dataDir, '--no-demo', ...extra]);
   try {
     const png = await sharp(join(ROOT, 'viewer/demo.jpg')).resize(512, 384, { fit: 'fill' }).png().toBuffer();
     const fd = new FormData();

@@ -6,13 +6,25 @@ import { readFileSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import * as ort from 'onnxruntime-node';
 
-const { files, options, graphs, nice } = workerData;
+const { files, options, graphs, nice, warm } = workerData;
 const sessions = [];
 try {
   // On Linux a nice value is per thread: this one's, inherited by the onnxruntime threads the
   // sessions below start, so the HTTP thread wins the cores whenever it has work (DESIGN.md §6).
   if (nice) { try { setPriority(nice); } catch { /* not permitted here: run at normal priority */ } }
   for (const f of files) sessions.push(await ort.InferenceSession.create(readFileSync(f), options));
+  // One call per graph at the largest batch: onnxruntime's arenas grow to their size now. Grown
+  // during the first requests instead, their page faults (~0.4 M, seconds on this machine) slowed
+  // the whole machine just as a newcomer's first page loaded.
+  if (warm > 0) for (let gi = 0; gi < sessions.length; gi++) {
+    const t = {};
+    for (const s of graphs[gi].inputs) {
+      const shape = s.shape.map(v => (v === 'b' ? warm : v)), n = shape.reduce((a, v) => a * v, 1);
+      const data = s.dtype === 'float16' ? new Uint16Array(n) : new Float32Array(n).fill(s.name === 'sigma' || s.name === 'present' ? 1 : 0);
+      t[s.name] = new ort.Tensor(s.dtype, data, shape);
+    }
+    await sessions[gi].run(t);
+  }
   parentPort.postMessage({ ready: true });
 } catch (e) {
   parentPort.postMessage({ error: String(e?.message ?? e) });

@@ -126,6 +126,8 @@ export interface ModelOptions {
   spinning?: boolean;
   /** Nice value of the model's threads (Linux: per thread), so the HTTP thread wins the CPU; default 10. */
   nice?: number;
+  /** Run every graph once at this batch size before answering (grows onnxruntime's arenas at load); 0: not. */
+  warm?: number;
 }
 
 export function sessionOptions(threads: number, spinning: boolean): ort.InferenceSession.SessionOptions {
@@ -247,7 +249,7 @@ export class Model {
     if (opts.inThread) return new Model(manifest, new InThreadRunner(sessions, manifest), id);
     for (const s of sessions) await s.release();
     const w = new Worker(new URL('./model-worker.js', import.meta.url), {
-      workerData: { files, options: opt, nice: opts.nice ?? 10, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
+      workerData: { files, options: opt, nice: opts.nice ?? 10, warm: opts.warm ?? 0, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
     });
     await new Promise<void>((resolve, reject) => {
       w.once('message', (m: any) => (m.ready ? resolve() : reject(new ModelError(`model worker: ${m.error}`))));

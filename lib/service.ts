@@ -87,7 +87,7 @@ export class ImageService {
 
   static async open(cfg: Config): Promise<ImageService> {
     checkDataDir(cfg.dataDir);
-    const model = await Model.load(cfg.model, { threads: cfg.threads, nice: cfg.modelNice, spinning: cfg.ortSpinning });
+    const model = await Model.load(cfg.model, { threads: cfg.threads, nice: cfg.modelNice, spinning: cfg.ortSpinning, warm: cfg.batch });
     const s = new ImageService(cfg, model);
     mkdirSync(s.imagesDir, { recursive: true });
     s.cleanTemps(s.imagesDir);

@@ -29,7 +29,7 @@ export function worktree(commit: string) {
 }
 
 /** Print the result as JSON and keep it as bench/results/<kind>-<time>.json. */
-export function saveResult(kind: string, res: { date: string }) {
+export function saveResult(kind: string, res: { date: string; [k: string]: unknown }) {
   mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
   const f = join(ROOT, 'bench/results', `${kind}-${res.date.replace(/[:.]/g, '-')}.json`);
   writeFileSync(f, JSON.stringify(res, null, 1));

@@ -12,7 +12,7 @@ import { tmpdir, cpus } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { Model, sessionOptions, type Feeds } from '../lib/model.js';
 import { ROOT } from '../test/helpers.js';
-import { matmulPeak } from './common.js';
+import { matmulPeak, saveResult } from './common.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args[i + 1] : d; };
@@ -129,7 +129,7 @@ async function main() {
   const prof = args.includes('--profile') ? await profile(model, 2, batches[batches.length - 1], opts) : null;
   if (prof) log(`profile of ${prof.graph} at batch ${prof.batch}: ${JSON.stringify(prof.shareOfRunByOp)}`);
   await model.close(); await worker.close();
-  console.log(JSON.stringify({ date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model }, model: m.name, threads,
-    matmulPeak: peak, flopsPerBlockEval: F, rows, profile: prof }, null, 1));
+  saveResult('graphs', { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model }, command: 'node --import tsx bench/graphs.ts ' + args.join(' '),
+    model: m.name, threads, matmulPeak: peak, flopsPerBlockEval: F, rows, profile: prof });
 }
 main();

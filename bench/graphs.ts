@@ -10,7 +10,7 @@ import { join, dirname } from 'node:path';
 import { readFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
 import * as ort from 'onnxruntime-node';
-import { Model, sessionOptions, type Feeds } from '../lib/model.js';
+import { Model, sessionOptions, type Feeds } from '../lib/engine/model.js';
 import { ROOT } from '../test/helpers.js';
 import { matmulPeak, saveResult } from './common.js';
 

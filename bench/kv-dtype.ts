@@ -4,9 +4,9 @@
  */
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { Model } from '../lib/model.js';
-import { Render } from '../lib/render.js';
-import { MemoryBlockStore } from '../lib/blockstore.js';
+import { Model } from '../lib/engine/model.js';
+import { Render } from '../lib/engine/render.js';
+import { MemoryBlockStore } from '../lib/engine/blockstore.js';
 import { ROOT } from '../test/helpers.js';
 
 const [a, b, size] = process.argv.slice(2);

@@ -6,14 +6,16 @@
  * growth is page faults (seconds here), a cost of a process's first minute, not of throughput.
  */
 import { join } from 'node:path';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import sharp from 'sharp';
 
 const [root, modelPath, size, batch, threads, dir, preset] = process.argv.slice(2);
-const { Model } = await import(join(root, 'lib/model.ts'));
-const { Render } = await import(join(root, 'lib/render.ts'));
-const { DiskBlockStore } = await import(join(root, 'lib/blockstore.ts'));
+// release 1 kept lib/ flat; since the cone engine the engine's half is lib/engine/
+const lib = (f: string) => join(root, existsSync(join(root, 'lib/engine')) ? 'lib/engine' : 'lib', f);
+const { Model } = await import(lib('model.ts'));
+const { Render } = await import(lib('render.ts'));
+const { DiskBlockStore } = await import(lib('blockstore.ts'));
 const model = await Model.load(modelPath, { threads: Number(threads) });
 const photo = async (n: number) => {
   const { data, info } = await sharp(join(root, 'viewer/demo.jpg')).resize(n, n, { fit: 'fill', kernel: 'lanczos3' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });

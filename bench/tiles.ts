@@ -10,9 +10,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir, cpus } from 'node:os';
 import sharp from 'sharp';
-import { ImageService } from '../lib/service.js';
+import { ImageService } from '../lib/tiles/service.js';
 import { loadConfig } from '../config/index.js';
-import { maxLevel } from '../lib/pyramid.js';
+import { maxLevel } from '../lib/tiles/pyramid.js';
 import { ROOT } from '../test/helpers.js';
 import { saveResult } from './common.js';
 

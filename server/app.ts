@@ -8,11 +8,11 @@ import multer from 'multer';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { ImageService, NotFound } from '../lib/service.js';
-import { ImageError } from '../lib/image.js';
-import { AbortError } from '../lib/engine.js';
-import { FORMATS } from '../lib/pyramid.js';
-import { writeTar } from '../lib/tar.js';
+import { ImageService, NotFound } from '../lib/tiles/service.js';
+import { ImageError } from '../lib/tiles/image.js';
+import { AbortError } from '../lib/engine/engine.js';
+import { FORMATS } from '../lib/tiles/pyramid.js';
+import { writeTar } from '../lib/tiles/tar.js';
 import { iiifRoutes } from './iiif.js';
 import { HttpError, baseUrl, clientGone, sendImmutable } from './respond.js';
 

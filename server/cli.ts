@@ -7,9 +7,9 @@ import { basename, extname, join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
 import { loadConfig, parseArgs, helpTable, ConfigError, type Config } from '../config/index.js';
-import { ImageService } from '../lib/service.js';
-import { encode } from '../lib/image.js';
-import { atomicWrite } from '../lib/atomic.js';
+import { ImageService } from '../lib/tiles/service.js';
+import { encode } from '../lib/tiles/image.js';
+import { atomicWrite } from '../lib/engine/atomic.js';
 import { createApp } from './app.js';
 import { listenHttp2, selfSigned } from './http2.js';
 

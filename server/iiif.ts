@@ -7,8 +7,8 @@
 import type { Express } from 'express';
 import { HttpError, baseUrl, clientGone, sendImmutable } from './respond.js';
 import sharp from 'sharp';
-import type { ImageService } from '../lib/service.js';
-import { maxLevel, levelSize, tileRect, tileCount } from '../lib/pyramid.js';
+import type { ImageService } from '../lib/tiles/service.js';
+import { maxLevel, levelSize, tileRect, tileCount } from '../lib/tiles/pyramid.js';
 
 const CONTEXT = 'http://iiif.io/api/image/3/context.json';
 const EXT: Record<string, string> = { jpeg: 'jpg', png: 'png', webp: 'webp' };

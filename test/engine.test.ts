@@ -2,14 +2,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { Model } from '../lib/model.js';
-import { Render } from '../lib/render.js';
-import { MemoryBlockStore } from '../lib/blockstore.js';
-import { blockNoise } from '../lib/rng.js';
-import { upsampleRegion } from '../lib/bicubic.js';
-import { thumbnail } from '../lib/thumb.js';
+import { Model } from '../lib/engine/model.js';
+import { Render } from '../lib/engine/render.js';
+import { MemoryBlockStore } from '../lib/engine/blockstore.js';
+import { blockNoise } from '../lib/engine/rng.js';
+import { upsampleRegion } from '../lib/engine/bicubic.js';
+import { thumbnail } from '../lib/engine/thumb.js';
 import { FIXTURE, loadRef, maxAbsDiff } from './helpers.js';
-import type { RGBImage } from '../lib/image.js';
+import type { RGBImage } from '../lib/tiles/image.js';
 
 const model = await Model.load(FIXTURE + '.json', { threads: 1 });
 const ref = loadRef();

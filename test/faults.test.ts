@@ -9,7 +9,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import request from 'supertest';
 import { createApp } from '../server/app.js';
-import { ImageService } from '../lib/service.js';
+import { ImageService } from '../lib/tiles/service.js';
 import { loadConfig } from '../config/index.js';
 import { FIXTURE, ROOT, wavePng, spawnServe } from './helpers.js';
 

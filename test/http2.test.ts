@@ -10,7 +10,7 @@ import sharp from 'sharp';
 import request from 'supertest';
 import { createApp } from '../server/app.js';
 import { listenHttp2, selfSigned } from '../server/http2.js';
-import { ImageService } from '../lib/service.js';
+import { ImageService } from '../lib/tiles/service.js';
 import { loadConfig } from '../config/index.js';
 import { FIXTURE } from './helpers.js';
 

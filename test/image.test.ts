@@ -2,10 +2,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
-import { loadRGB, halve } from '../lib/image.js';
-import { Model } from '../lib/model.js';
-import { Render } from '../lib/render.js';
-import { MemoryBlockStore } from '../lib/blockstore.js';
+import { loadRGB, halve } from '../lib/tiles/image.js';
+import { Model } from '../lib/engine/model.js';
+import { Render } from '../lib/engine/render.js';
+import { MemoryBlockStore } from '../lib/engine/blockstore.js';
 import { FIXTURE } from './helpers.js';
 
 test('grey, RGBA, 16-bit and EXIF-rotated inputs are normalised', async () => {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync, copyFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, basename } from 'node:path';
-import { Model } from '../lib/model.js';
+import { Model } from '../lib/engine/model.js';
 import { FIXTURE } from './helpers.js';
 
 function variant(edit: (m: any) => void) {

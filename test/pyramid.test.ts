@@ -5,9 +5,9 @@ import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { LevelSampler, dziXml, maxLevel, tileCount, tileRect, type Geometry } from '../lib/pyramid.js';
-import { crop, } from '../lib/pyramid.js';
-import type { RGBImage } from '../lib/image.js';
+import { LevelSampler, dziXml, maxLevel, tileCount, tileRect, type Geometry } from '../lib/tiles/pyramid.js';
+import { crop, } from '../lib/tiles/pyramid.js';
+import type { RGBImage } from '../lib/tiles/image.js';
 
 function noise(w: number, h: number, seed: number): RGBImage {
   let s = seed >>> 0;

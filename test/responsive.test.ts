@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { AddressInfo } from 'node:net';
 import sharp from 'sharp';
-import { ImageService } from '../lib/service.js';
+import { ImageService } from '../lib/tiles/service.js';
 import { createApp } from '../server/app.js';
 import { loadConfig } from '../config/index.js';
 import { ROOT } from './helpers.js';

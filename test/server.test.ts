@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import sharp from 'sharp';
 import request from 'supertest';
 import { createApp } from '../server/app.js';
-import { ImageService } from '../lib/service.js';
+import { ImageService } from '../lib/tiles/service.js';
 import { loadConfig, ConfigError, parseArgs } from '../config/index.js';
 import { FIXTURE, ROOT, wavePng } from './helpers.js';
 

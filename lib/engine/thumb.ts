@@ -3,7 +3,7 @@
  * average-pooled to n×n with PyTorch's adaptive bins (rows floor(i·H/n) … ceil((i+1)·H/n)),
  * as model/network.py `thumbnail` does. Planar (3, n, n).
  */
-import type { RGBImage } from './image.js';
+import type { RGBImage } from '../tiles/image.js';
 
 export function thumbnail(img: RGBImage, n: number): Float32Array {
   const out = new Float32Array(3 * n * n);

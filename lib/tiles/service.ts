@@ -16,15 +16,15 @@ import { join } from 'node:path';
 import { cpus } from 'node:os';
 import sharp from 'sharp';
 import { LRUCache } from 'lru-cache';
-import { Model } from './model.js';
-import { Render } from './render.js';
-import { DiskBlockStore } from './blockstore.js';
-import { AbortError } from './engine.js';
+import { Model } from '../engine/model.js';
+import { Render } from '../engine/render.js';
+import { DiskBlockStore } from '../engine/blockstore.js';
+import { AbortError } from '../engine/engine.js';
 import { loadRGB, encode, ImageError, type RGBImage } from './image.js';
 import { SharedPromiseCache } from './shared-promise.js';
-import { atomicWrite } from './atomic.js';
+import { atomicWrite } from '../engine/atomic.js';
 import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, allTiles, crop, type Geometry } from './pyramid.js';
-import type { Config } from '../config/index.js';
+import type { Config } from '../../config/index.js';
 
 export interface ImageMeta { id: string; name: string; lrWidth: number; lrHeight: number; created: string; demo?: boolean }
 
@@ -51,7 +51,7 @@ async function imageOp<T>(f: () => Promise<T>): Promise<T> {
 
 const ID_RE = /^[0-9a-f]{16}$/;
 /** Block rows per background-fill request. */
-const FILL_ROWS = 4;
+const FILL_ROWS = 8;
 
 /** One image at the configured settings: its render (lazy) and its pyramid. */
 class Entry {

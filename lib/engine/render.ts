@@ -9,7 +9,7 @@ import { Stage, type LRSource, type RequestOptions } from './engine.js';
 import { KVStore } from './kvstore.js';
 import type { BlockStore } from './blockstore.js';
 import { SamplerPlan, type Preset } from './sampler.js';
-import { cropClamped, halve, type RGBImage } from './image.js';
+import { cropClamped, halve, type RGBImage } from '../tiles/image.js';
 import { thumbnail } from './thumb.js';
 
 export const SCALES = [2, 4, 8, 16] as const;

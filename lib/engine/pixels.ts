@@ -1,0 +1,33 @@
+/** Pixels as the engine and the pyramid pass them: HWC uint8, 3 channels; crops and dzsave's halving. */
+export interface RGBImage { width: number; height: number; data: Uint8Array }
+
+/** Crop with edge replication for coordinates outside the image. */
+export function cropClamped(img: RGBImage, x0: number, y0: number, w: number, h: number): Uint8Array {
+  const out = new Uint8Array(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    const sy = Math.min(Math.max(y0 + y, 0), img.height - 1);
+    for (let x = 0; x < w; x++) {
+      const sx = Math.min(Math.max(x0 + x, 0), img.width - 1);
+      const s = (sy * img.width + sx) * 3, d = (y * w + x) * 3;
+      out[d] = img.data[s]; out[d + 1] = img.data[s + 1]; out[d + 2] = img.data[s + 2];
+    }
+  }
+  return out;
+}
+
+/** dzsave's 2×2 box reduction: (a+b+c+d+2)>>2, odd edges replicated. */
+export function halve(img: RGBImage): RGBImage {
+  const w = Math.ceil(img.width / 2), h = Math.ceil(img.height / 2);
+  const out = new Uint8Array(w * h * 3);
+  const W = img.width, H = img.height, d = img.data;
+  for (let y = 0; y < h; y++) {
+    const y0 = 2 * y, y1 = Math.min(2 * y + 1, H - 1);
+    for (let x = 0; x < w; x++) {
+      const x0 = 2 * x, x1 = Math.min(2 * x + 1, W - 1);
+      for (let c = 0; c < 3; c++) {
+        out[(y * w + x) * 3 + c] = (d[(y0 * W + x0) * 3 + c] + d[(y0 * W + x1) * 3 + c] + d[(y1 * W + x0) * 3 + c] + d[(y1 * W + x1) * 3 + c] + 2) >> 2;
+      }
+    }
+  }
+  return { width: w, height: h, data: out };
+}

@@ -15,7 +15,7 @@ import { createApp } from '../server/app.js';
 import { loadConfig } from '../config/index.js';
 import { ROOT } from './helpers.js';
 
-test('while the released model generates, the event loop stays free and a static GET answers at once', async () => {
+test('while the released model generates, the event loop stays free and static GETs answer at once', async () => {
   // batch 16: one model call is a layer of 16 blocks, ~0.06 s here; run in this thread, every call
   // would delay the event loop by that much
   const service = await ImageService.open(loadConfig({ dataDir: mkdtempSync(join(tmpdir(), 'infdit-resp-')), demo: false, backgroundFill: true, batch: 16 }));
@@ -41,10 +41,13 @@ test('while the released model generates, the event loop stays free and a static
     }
     h.disable();
     const calls = stats().calls - c0, callMs = (stats().modelMs - m0) / calls;
-    const p99 = h.percentile(99) / 1e6, worstGet = Math.max(...gets);
+    const p99 = h.percentile(99) / 1e6; if (process.env.SHOW) console.log({ p99, calls, callMs });
+    const medianGet = [...gets].sort((a, b) => a - b)[Math.floor(gets.length / 2)];
     assert.ok(calls >= 3 && callMs >= 40, `generation was not running long calls (${calls} calls of ${callMs.toFixed(0)} ms): the test proves nothing`);
-    assert.ok(p99 < callMs / 2, `event-loop delay p99 ${p99.toFixed(1)} ms against model calls of ${callMs.toFixed(0)} ms: the model blocks the HTTP thread`);
-    assert.ok(worstGet < callMs, `a static GET took ${worstGet.toFixed(0)} ms during ${callMs.toFixed(0)} ms model calls`);
+    // run in this thread, each call would delay the loop by its whole length: p99 ≈ a call or more
+    assert.ok(p99 < 0.6 * callMs, `event-loop delay p99 ${p99.toFixed(1)} ms against model calls of ${callMs.toFixed(0)} ms: the model blocks the HTTP thread`);
+    // run in this thread, a GET would wait for the call in progress: half a call in the median
+    assert.ok(medianGet < callMs / 3, `static GETs took ${medianGet.toFixed(0)} ms (median) during ${callMs.toFixed(0)} ms model calls`);
   } finally {
     server.close();
     await service.close();

@@ -504,25 +504,38 @@ export class Stage {
     const levels = picked.map(b => b.lvl + 1);
     const batch = picked.filter((b, i) => this.runnable(b, levels[i]));
     if (!batch.length) return;
-    const t0 = performance.now();
     const { model, plan, seed, stage } = this.o;
     const m = model.manifest, nb = batch.length, BF = model.blockFloats, KF = model.kvFloats, HF = model.hFloats, D = m.config.dim;
     const gi = k === 0 ? 0 : k, last = k === this.L, s = 3 * this.lb;
+    for (const b of batch) b.inflight = true;
+    // A block's LR context, up(LR) and starting noise cost ~2 ms of this thread: made one block at
+    // a time with a yield between, so preparing a batch never holds the HTTP thread longer than
+    // that (the model thread meanwhile runs the batch before this one).
+    let prepMs = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const b = batch[i];
+      const lr = this.needsLR(levels[i]) && !b.up, noise = (k === 0 || last) && !b.st;
+      if (!lr && !noise) continue;
+      const tp = performance.now();
+      if (lr) this.prepare(b);
+      if (noise) {   // evaluation 0's start: up(LR) plus σ_max-scaled noise keyed by the block
+        const eps = blockNoise(seed, stage, b.r, b.c, 0, BF), x0 = new Float32Array(BF), s0 = plan.sigmas[0];
+        for (let j = 0; j < BF; j++) x0[j] = b.up![j] + s0 * eps[j];
+        b.st = { x: x0 };
+      }
+      prepMs += performance.now() - tp;
+      await new Promise(r => setImmediate(r));
+    }
+    const t0 = performance.now();
     const feeds: Feeds = {};
     const f = (name: string, per: number, half = false) => (feeds[name] = this.feed(gi, name, per, nb, half));
     const pos = f('pos', 2) as Float32Array;
-    for (const b of batch) { b.inflight = true; if (this.needsLR(b.lvl + 1) && !b.up) this.prepare(b); }
     batch.forEach((b, i) => { pos[2 * i] = b.r * m.grid; pos[2 * i + 1] = b.c * m.grid; });
     if (k === 0 || last) {
       const x = f('x', BF), up = f('up', BF), sigma = f('sigma', 1);
       batch.forEach((b, i) => {
         const n = Math.floor(levels[i] / this.S);
-        if (!b.st) {   // evaluation 0's start: up(LR) plus σ_max-scaled noise keyed by the block
-          const eps = blockNoise(seed, stage, b.r, b.c, 0, BF), x0 = new Float32Array(BF), s0 = plan.sigmas[0];
-          for (let j = 0; j < BF; j++) x0[j] = b.up![j] + s0 * eps[j];
-          b.st = { x: x0 };
-        }
-        x.set(evalInput(plan, n, b.st), i * BF); up.set(b.up!, i * BF);
+        x.set(evalInput(plan, n, b.st!), i * BF); up.set(b.up!, i * BF);
         sigma[i] = plan.evals[n].sigma;
       });
       if (k === 0 && m.global.enabled) {
@@ -591,7 +604,7 @@ export class Stage {
         if (b.r + dr < this.R && b.c + dc < this.C) this.addCandidate(this.block(b.r + dr, b.c + dc));
     });
     this.giveBack(gi, 'out:', out);
-    this.stats.jsMs += (t1 - t0) + (performance.now() - t2);
+    this.stats.jsMs += prepMs + (t1 - t0) + (performance.now() - t2);
   }
 
   private finish(b: Block) {

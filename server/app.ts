@@ -84,6 +84,10 @@ export function createApp(service: ImageService) {
     res.set('Cache-Control', 'no-store').json({ ...(await service.status(id)), urls: urls(req, id) });
   });
 
+  app.get('/api/images/:id/blocks', async (req, res) => {
+    res.set('Cache-Control', 'no-store').json(await service.blocks(String(req.params.id)));
+  });
+
   app.get('/api/images/:id/events', async (req, res) => {
     const id = String(req.params.id);
     const st = await service.status(id);

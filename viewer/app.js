@@ -10,7 +10,7 @@
   'use strict';
   const $ = (id) => document.getElementById(id);
   const state = window.infdit = {
-    id: null, st: null, done: new Set(), gen: 0, layers: [], compareLayer: null, swapping: false,
+    id: null, st: null, done: new Uint8Array(0), doneCount: 0, gen: 0, layers: [], compareLayer: null, swapping: false,
     failed: 0, loaded: 0, finalLoaded: 0, previewLoaded: 0, es: null, pollTimer: null, events: 0,
   };
 
@@ -35,7 +35,7 @@
     const B = st.blocks.size;
     for (let r = Math.floor(y0 / B); r <= Math.floor((y1 - 1) / B); r++)
       for (let c = Math.floor(x0 / B); c <= Math.floor((x1 - 1) / B); c++)
-        if (!state.done.has(r * st.blocks.cols + c)) return false;
+        if (!state.done[r * st.blocks.cols + c]) return false;
     return true;
   }
 
@@ -131,13 +131,14 @@
   function renderProgress() {
     const st = state.st;
     if (!st) return;
-    const total = st.blocks.total, done = state.done.size;
+    const total = st.blocks.total, done = state.doneCount;
     const pct = total ? Math.floor((1000 * done) / total) / 10 : 100;
     const eta = st.etaSeconds != null && done < total ? ` · about ${formatSecs(st.etaSeconds)} left` : '';
     showProgress(done >= total ? `Detail complete: 100% (${total} blocks)` : `Generating detail: ${pct}% (${done}/${total} blocks)${eta}`);
     $('progress').dataset.percent = String(pct);
     drawBlocks();
   }
+  state.renderProgress = renderProgress;   // for tests: one redraw of the progress, timed from outside
   function formatSecs(s) { return s < 90 ? `${s} s` : `${Math.round(s / 60)} min`; }
 
   /** Pending blocks shaded on the image itself (an OpenSeadragon overlay), so a viewer sees where
@@ -154,24 +155,61 @@
       viewer.addOverlay({ element: cv, location: new OpenSeadragon.Rect(0, 0, st.blocks.cols * B / st.width, st.blocks.rows * B / st.width) });
     }
     const { rows, cols } = st.blocks;
-    cv.width = cols; cv.height = rows;
+    if (cv.width !== cols || cv.height !== rows) { cv.width = cols; cv.height = rows; }
     const ctx = cv.getContext('2d');
-    ctx.clearRect(0, 0, cols, rows);
-    if (!$('show-pending').checked) return;
-    ctx.fillStyle = 'rgba(24, 24, 27, 0.35)';
-    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) if (!state.done.has(r * cols + c)) ctx.fillRect(c, r, 1, 1);
+    if (!$('show-pending').checked) { ctx.clearRect(0, 0, cols, rows); return; }
+    // one pixel a block, written at once: a fillRect per pending block stalled the page at 200,000 blocks
+    const img = ctx.createImageData(cols, rows), px = img.data;
+    for (let i = 0; i < rows * cols; i++) if (!state.done[i]) { px[4 * i] = 24; px[4 * i + 1] = 24; px[4 * i + 2] = 27; px[4 * i + 3] = 89; }
+    ctx.putImageData(img, 0, 0);
   }
 
   function drawBlocks() {
     drawOverlay();
     const st = state.st, cv = $('blocks'), ctx = cv.getContext('2d');
     const { rows, cols } = st.blocks;
-    const cell = Math.max(1, Math.min(160 / cols, 120 / rows));
-    cv.width = Math.ceil(cols * cell); cv.height = Math.ceil(rows * cell);
-    ctx.fillStyle = '#3f3f46'; ctx.fillRect(0, 0, cv.width, cv.height);
-    ctx.fillStyle = '#22c55e';
-    for (const k of state.done) ctx.fillRect((k % cols) * cell, Math.floor(k / cols) * cell, Math.ceil(cell), Math.ceil(cell));
-    cv.setAttribute('aria-label', `Generated blocks: ${state.done.size} of ${st.blocks.total}`);
+    // at most 160×120 cells, each the share of its blocks done (grey → green), drawn once as an
+    // image and scaled by CSS (pixelated): readable and cheap at any number of blocks
+    const fit = Math.min(1, 160 / cols, 120 / rows), W = Math.max(1, Math.round(cols * fit)), H = Math.max(1, Math.round(rows * fit));
+    if (cv.width !== W || cv.height !== H) { cv.width = W; cv.height = H; }
+    const k = Math.min(160 / W, 120 / H);
+    cv.style.width = `${Math.round(W * k)}px`; cv.style.height = `${Math.round(H * k)}px`;
+    const sum = new Uint32Array(W * H), n = new Uint32Array(W * H);
+    for (let r = 0; r < rows; r++) {
+      const y = Math.floor((r * H) / rows);
+      for (let c = 0; c < cols; c++) { const i = y * W + Math.floor((c * W) / cols); n[i]++; sum[i] += state.done[r * cols + c]; }
+    }
+    const img = ctx.createImageData(W, H), px = img.data;
+    for (let i = 0; i < W * H; i++) {
+      const f = n[i] ? sum[i] / n[i] : 0;
+      px[4 * i] = 63 + f * (34 - 63); px[4 * i + 1] = 63 + f * (197 - 63); px[4 * i + 2] = 70 + f * (94 - 70); px[4 * i + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+    cv.setAttribute('aria-label', `Generated blocks: ${state.doneCount} of ${st.blocks.total}`);
+  }
+
+  /** Exact per-block progress, run-length coded by the server (lib/tiles/progress.ts). */
+  async function fetchBlocks(id, total) {
+    const r = await fetch(`/api/images/${id}/blocks`);
+    if (!r.ok) return null;
+    const { runs } = await r.json();
+    const bytes = Uint8Array.from(atob(runs), ch => ch.charCodeAt(0)), done = new Uint8Array(total);
+    let at = 0, cur = 0, count = 0;
+    for (let i = 0; i < bytes.length;) {
+      let v = 0, mul = 1, b;
+      do { b = bytes[i++]; v += (b & 0x7f) * mul; mul *= 128; } while (b & 0x80);
+      if (cur) { done.fill(1, at, at + v); count += v; }
+      at += v; cur ^= 1;
+    }
+    return { done, count };
+  }
+
+  let drawPending = false;
+  /** Progress redrawn at most once a frame, however many block events arrive. */
+  function scheduleProgress() {
+    if (drawPending) return;
+    drawPending = true;
+    requestAnimationFrame(() => { drawPending = false; renderProgress(); });
   }
 
   async function pollStatus() {
@@ -182,13 +220,16 @@
         const st = await r.json();
         if (st.id === state.id) {
           state.st.etaSeconds = st.etaSeconds;
-          for (const k of st.blocks.doneList) state.done.add(k);
-          renderProgress(); scheduleRefresh();
+          if (st.blocks.done > state.doneCount) {   // events were missed: catch up from the exact map
+            const b = await fetchBlocks(state.id, state.st.blocks.total);
+            if (b && state.id === st.id) { for (let i = 0; i < b.done.length; i++) if (b.done[i] && !state.done[i]) { state.done[i] = 1; state.doneCount++; } }
+          }
+          scheduleProgress(); scheduleRefresh();
         }
       }
     } catch { /* the next poll or event will catch up */ }
     clearTimeout(state.pollTimer);
-    if (state.done.size < state.st.blocks.total) state.pollTimer = setTimeout(pollStatus, 3000);
+    if (state.doneCount < state.st.blocks.total) state.pollTimer = setTimeout(pollStatus, 3000);
   }
 
   // ----------------------------------------------------------------- open an image
@@ -199,7 +240,8 @@
     const st = await r.json();
     if (state.es) state.es.close();
     clearTimeout(state.pollTimer);
-    Object.assign(state, { id, st, done: new Set(st.blocks.doneList), layers: [], compareLayer: null, swapping: false });
+    const b = await fetchBlocks(id, st.blocks.total);
+    Object.assign(state, { id, st, done: b ? b.done : new Uint8Array(st.blocks.total), doneCount: b ? b.count : 0, layers: [], compareLayer: null, swapping: false });
     viewer.world.removeAll();
     if (state.overlay) { viewer.removeOverlay(state.overlay); state.overlay = null; }
     setCompare(false);
@@ -216,8 +258,9 @@
     es.addEventListener('block', (e) => {
       const d = JSON.parse(e.data);
       state.events++;
-      state.done.add(d.r * st.blocks.cols + d.c);
-      renderProgress(); scheduleRefresh();
+      const k = d.r * st.blocks.cols + d.c;
+      if (!state.done[k]) { state.done[k] = 1; state.doneCount++; }
+      scheduleProgress(); scheduleRefresh();
     });
     pollStatus();
   }

@@ -22,6 +22,7 @@ import { DiskBlockStore } from '../engine/blockstore.js';
 import { AbortError } from '../engine/engine.js';
 import { loadRGB, encode, ImageError, type RGBImage } from './image.js';
 import { SharedPromiseCache } from './shared-promise.js';
+import { coarseMap, encodeRuns } from './progress.js';
 import { atomicWrite } from '../engine/atomic.js';
 import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, allTiles, crop, type Geometry } from './pyramid.js';
 import type { Config } from '../../config/index.js';
@@ -190,8 +191,9 @@ export class ImageService {
       ...e.meta, width: e.geometry.width, height: e.geometry.height, scale: this.cfg.scale,
       tileSize: this.cfg.tileSize, overlap: this.cfg.tileOverlap, format: this.cfg.tileFormat, maxLevel: M,
       sourceMaxLevel: M - Math.log2(this.cfg.scale),
+      // bounded whatever the image's size: counts and a coarse map; per block: blocks(id)
       blocks: { done: p.done, total: p.total, rows: e.render!.last.R, cols: e.render!.last.C,
-        size: e.render!.last.B / (e.render!.halveOutput ? 2 : 1), doneList: this.doneList(e) },
+        size: e.render!.last.B / (e.render!.halveOutput ? 2 : 1), map: coarseMap(this.doneFlags(e), e.render!.last.R, e.render!.last.C) },
       percent: p.total ? Math.round((1000 * p.done) / p.total) / 10 : 100,
       etaSeconds: rate && p.done < p.total ? Math.round((p.total - p.done) / rate) : (p.done >= p.total ? 0 : null),
       model: { name: this.model.manifest.name, id: this.model.id },
@@ -200,10 +202,16 @@ export class ImageService {
     };
   }
 
-  private doneList(e: Entry): number[] {
-    const s = e.render!.last, out: number[] = [];
-    for (let r = 0; r < s.R; r++) for (let c = 0; c < s.C; c++) if (s.isFinal(r, c)) out.push(r * s.C + c);
+  private doneFlags(e: Entry): Uint8Array {
+    const s = e.render!.last, out = new Uint8Array(s.R * s.C);
+    for (let r = 0; r < s.R; r++) for (let c = 0; c < s.C; c++) if (s.isFinal(r, c)) out[r * s.C + c] = 1;
     return out;
+  }
+
+  /** Which blocks of the last stage are done, run-length coded (lib/tiles/progress.ts). */
+  async blocks(id: string) {
+    const e = await this.ready(id), s = e.render!.last;
+    return { rows: s.R, cols: s.C, done: s.doneCount(), encoding: 'runs-leb128-base64: alternating not-done/done run lengths, row-major, from not-done', runs: encodeRuns(this.doneFlags(e)) };
   }
 
   events(id: string) { return this.entry(id).events; }

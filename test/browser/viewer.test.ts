@@ -37,7 +37,7 @@ before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
 });
 
-after(async () => { await browser?.close(); server?.close(); });
+after(async () => { await browser?.close(); server?.close(); await service?.close(); });
 
 test('upload through the page, zoom to the top level, final tiles replace the preview', async () => {
   await page.goto(base + '/');
@@ -169,4 +169,27 @@ test('the page opens at once while the released model generates the demo', async
     srv.close();
     await demo.close();
   }
+});
+
+test('the block map stays readable and cheap at 200,000 blocks', async () => {
+  // fixture model: 8 px LR blocks, so a 4000×3200 upload is 500 × 400 = 200,000 blocks
+  const W = 4000, H = 3200;
+  const png = await sharp({ create: { width: W, height: H, channels: 3, background: { r: 120, g: 90, b: 60 } } }).png().toBuffer();
+  const meta = await service.add(png, 'big.png');
+  const L = Math.ceil(Math.log2(4 * Math.max(W, H)));
+  await fetch(`${base}/images/${meta.id}_files/${L}/3_2.jpeg`);              // some blocks done
+  const p = await browser.newPage();
+  await p.goto(`${base}/#${meta.id}`);
+  await p.waitForFunction((id) => (window as any).infdit?.st?.id === id && (window as any).infdit.doneCount > 0, meta.id, { timeout: 30000 });
+  const r = await p.evaluate(() => {
+    const s = (window as any).infdit, t0 = performance.now();
+    for (let i = 0; i < 5; i++) s.renderProgress();
+    const cv = document.querySelector('#blocks') as HTMLCanvasElement;
+    return { ms: (performance.now() - t0) / 5, w: cv.width, h: cv.height, label: cv.getAttribute('aria-label'), total: s.st.blocks.total, done: s.doneCount };
+  });
+  await p.close();
+  assert.equal(r.total, 200_000);
+  assert.ok(r.w <= 160 && r.h <= 120 && r.w > 100, `block map ${r.w}×${r.h}`);
+  assert.equal(r.label, `Generated blocks: ${r.done} of 200000`);
+  assert.ok(r.ms < 250, `one progress redraw took ${r.ms.toFixed(0)} ms at 200,000 blocks`);
 });

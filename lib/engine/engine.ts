@@ -116,11 +116,15 @@ export class Stage {
     return this.doneN;
   }
 
+  /** Blocks already in the store when this stage began (a restart's), listed once. */
+  private stored: Set<number> | null = null;
+
   private block(r: number, c: number): Block {
     const k = r * this.C + c;
     let b = this.blocks.get(k);
     if (!b) {
-      b = { r, c, final: this.o.store.has(this.o.stage, r, c), lvl: -1, need: -1, prio: -1, inflight: false };
+      this.stored ??= new Set(this.o.store.list(this.o.stage).map(([br, bc]) => br * this.C + bc));
+      b = { r, c, final: this.stored.has(k), lvl: -1, need: -1, prio: -1, inflight: false };
       this.blocks.set(k, b);
     }
     return b;

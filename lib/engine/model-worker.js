@@ -13,6 +13,11 @@ try {
   // sessions below start, so the HTTP thread wins the cores whenever it has work (DESIGN.md §6).
   if (nice) { try { setPriority(nice); } catch { /* not permitted here: run at normal priority */ } }
   for (const f of files) sessions.push(await ort.InferenceSession.create(readFileSync(f), options));
+  // what the graphs really are, for the loading thread to check against the manifest first
+  const plain = (l) => (l ?? []).map(x => ({ ...x, shape: x.shape ? [...x.shape] : x.shape }));
+  parentPort.postMessage({ meta: sessions.map(s => ({ inputNames: [...s.inputNames], outputNames: [...s.outputNames],
+    inputMetadata: plain(s.inputMetadata), outputMetadata: plain(s.outputMetadata) })) });
+  await new Promise(r => parentPort.once('message', r));
   // One call per graph at the largest batch: onnxruntime's arenas grow to their size now. Grown
   // during the first requests instead, their page faults (~0.4 M, seconds on this machine) slowed
   // the whole machine just as a newcomer's first page loaded.

@@ -82,8 +82,11 @@ function expectedIO(m: Manifest, gi: number): { ins: IOSpec[]; outs: IOSpec[] } 
   return { ins, outs: [f('h_next', [T, D]), f('kv_next', kv1, kvd)] };
 }
 
+/** What a session says of its graph (an onnxruntime session, or the same fields sent by the worker). */
+type GraphMeta = Pick<ort.InferenceSession, 'inputNames' | 'outputNames'> & { inputMetadata?: readonly unknown[]; outputMetadata?: readonly unknown[] };
+
 /** Compare each graph's declared inputs/outputs with what the engine needs and the graph really has. */
-function checkGraph(m: Manifest, gi: number, s: ort.InferenceSession) {
+function checkGraph(m: Manifest, gi: number, s: GraphMeta) {
   const g = m.graphs[gi], at = `graphs[${gi}] (${g.name})`;
   const { ins, outs } = expectedIO(m, gi);
   const same = (a: IOSpec[], b: IOSpec[]) => a.length === b.length && a.every((x, i) => x.name === b[i].name && x.dtype === b[i].dtype && x.shape.join() === b[i].shape.join());
@@ -101,8 +104,8 @@ function checkGraph(m: Manifest, gi: number, s: ort.InferenceSession) {
         throw new ModelError(`manifest field "${at}.${what}[${i}].shape" is [${d.shape}] but the graph's ${d.name} is [${r.shape}]`);
     });
   };
-  check(g.inputs, meta((s as any).inputMetadata, s.inputNames), 'inputs');
-  check(g.outputs, meta((s as any).outputMetadata, s.outputNames), 'outputs');
+  check(g.inputs, meta(s.inputMetadata as any[], s.inputNames), 'inputs');
+  check(g.outputs, meta(s.outputMetadata as any[], s.outputNames), 'outputs');
 }
 
 export type Arr = Float32Array | Uint16Array;
@@ -233,24 +236,28 @@ export class Model {
     const manifest = validateManifest(raw);
     const files = manifest.graphs.map(g => join(dirname(base), g.file));
     for (const f of files) if (!existsSync(f)) throw new ModelError(`model graph ${f} (named in ${base}.json) not found`);
-    const hash = createHash('sha256').update(readFileSync(base + '.json'));
-    const opt = sessionOptions(opts.threads ?? 0, opts.spinning ?? false);
-    // Checked here, in this thread, once: a mismatch is refused before any worker starts.
-    const sessions: ort.InferenceSession[] = [];
-    for (let gi = 0; gi < files.length; gi++) {
-      const bytes = readFileSync(files[gi]);
-      hash.update(bytes);
-      const s = await ort.InferenceSession.create(bytes, opts.inThread ? opt : { ...opt, intraOpNumThreads: 1 });
-      checkGraph(manifest, gi, s);
-      sessions.push(s);
-    }
     // The model's identity keys every cache on disk: same bytes, same pixels.
+    const hash = createHash('sha256').update(readFileSync(base + '.json'));
+    for (const f of files) hash.update(readFileSync(f));
     const id = hash.digest('hex').slice(0, 16);
-    if (opts.inThread) return new Model(manifest, new InThreadRunner(sessions, manifest), id);
-    for (const s of sessions) await s.release();
+    const opt = sessionOptions(opts.threads ?? 0, opts.spinning ?? false);
+    if (opts.inThread) {
+      const sessions: ort.InferenceSession[] = [];
+      for (const f of files) sessions.push(await ort.InferenceSession.create(readFileSync(f), opt));
+      sessions.forEach((s, gi) => checkGraph(manifest, gi, s));
+      return new Model(manifest, new InThreadRunner(sessions, manifest), id);
+    }
     const w = new Worker(new URL('./model-worker.js', import.meta.url), {
       workerData: { files, options: opt, nice: opts.nice ?? 10, warm: opts.warm ?? 0, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
     });
+    // The worker's sessions report what the graphs really take and give: checked here before any
+    // call (the worker only warms up after the check).
+    const meta = await new Promise<any[]>((resolve, reject) => {
+      w.once('message', (m: any) => (m.meta ? resolve(m.meta) : reject(new ModelError(`model worker: ${m.error}`))));
+      w.once('error', reject);
+    });
+    try { meta.forEach((s, gi) => checkGraph(manifest, gi, s)); } catch (e) { await w.terminate(); throw e; }
+    w.postMessage({ checked: true });
     await new Promise<void>((resolve, reject) => {
       w.once('message', (m: any) => (m.ready ? resolve() : reject(new ModelError(`model worker: ${m.error}`))));
       w.once('error', reject);

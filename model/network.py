@@ -168,7 +168,10 @@ def attend(q, k, v, bias, kt=None):
     # and the bias rides in the matmul as one more channel: [q, 1] · [kᵀ; bias].
     q1 = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)
     kt1 = torch.cat([kt, bias.expand(-1, kt.shape[1], -1, -1)], dim=-2)
-    return torch.matmul(torch.softmax(torch.matmul(q1, kt1), dim=-1), v)
+    # One head at a time: the logits of one head (T × S a block) instead of all at once, so the
+    # largest tensor of the graph is a sixth as large (resident memory) and stays nearer the cache.
+    return torch.cat([torch.matmul(torch.softmax(torch.matmul(q1[:, i:i + 1], kt1[:, i:i + 1]), dim=-1), v[:, i:i + 1])
+                      for i in range(q.shape[1])], dim=1)
 
 
 class UniBAttention(nn.Module):

@@ -11,6 +11,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ImageService, NotFound } from '../lib/tiles/service.js';
 import { ImageError } from '../lib/tiles/image.js';
 import { AbortError } from '../lib/engine/engine.js';
+import { DiskFullError } from '../lib/engine/atomic.js';
 import { FORMATS } from '../lib/tiles/pyramid.js';
 import { writeTar } from '../lib/tiles/tar.js';
 import { iiifRoutes } from './iiif.js';
@@ -160,6 +161,7 @@ export function createApp(service: ImageService) {
     else if (err instanceof ImageError) { status = err.status; message = err.message; }
     else if (err instanceof NotFound) { status = 404; message = err.message; }
     else if (err instanceof AbortError) { if (!res.headersSent) res.status(499).end(); return; }
+    else if (err instanceof DiskFullError) { status = 507; message = err.message; }
     else if ((err as { type?: string }).type === 'entity.too.large') { status = 413; message = 'request too large'; }
     else if ((err as { status?: number }).status && (err as { status: number }).status < 500) { status = (err as { status: number }).status; message = (err as Error).message; }
     else console.error(`error on ${req.method} ${req.path}:`, err);

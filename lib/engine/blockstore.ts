@@ -1,7 +1,16 @@
 /** Finished blocks (uint8 HWC pixels) behind a small interface; the disk one writes atomically. */
 import { mkdirSync, existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { atomicWrite } from './atomic.js';
+import { atomicWrite, DiskFullError } from './atomic.js';
+
+/** Where a disk store reports its files (the data folder's byte budget, lib/tiles/diskbudget.ts). */
+export interface FileBudget {
+  add(path: string, bytes: number, onEvict?: () => void): void;
+  touch(path: string): void;
+  onEvict(path: string, f: () => void): void;
+  /** Give up at least `bytes` of the least recently used files; how many were freed. */
+  free(bytes: number): number;
+}
 
 export interface BlockStore {
   has(stage: number, r: number, c: number): boolean;
@@ -10,6 +19,8 @@ export interface BlockStore {
   /** Every stored block of a stage as [r, c]: one listing, where asking `has` block by block
    *  cost a file-system call each (seconds for a 200,000-block image's first status). */
   list(stage: number): [number, number][];
+  /** Called when a stored block is removed behind the engine's back (evicted for the disk budget). */
+  onEvicted?(f: (stage: number, r: number, c: number) => void): void;
 }
 
 export class MemoryBlockStore implements BlockStore {
@@ -24,23 +35,42 @@ export class MemoryBlockStore implements BlockStore {
   }
 }
 
-/** dir/s{stage}/{r}_{c}.rgb; temp file + rename, so a crash never leaves half a block. */
+/** dir/s{stage}/{r}_{c}.rgb; temp file + rename, so a crash never leaves half a block. With a
+ *  budget, every block written or read is reported to it, and its evictions to the engine. */
 export class DiskBlockStore implements BlockStore {
-  constructor(readonly dir: string) { mkdirSync(dir, { recursive: true }); }
+  private evicted = new Set<(stage: number, r: number, c: number) => void>();
+  constructor(readonly dir: string, private readonly budget?: FileBudget) { mkdirSync(dir, { recursive: true }); }
   private path(s: number, r: number, c: number) { return join(this.dir, `s${s}`, `${r}_${c}.rgb`); }
+  private gone(s: number, r: number, c: number) { return () => { for (const f of this.evicted) f(s, r, c); }; }
   has(s: number, r: number, c: number) { return existsSync(this.path(s, r, c)); }
   get(s: number, r: number, c: number) {
-    try { const b = readFileSync(this.path(s, r, c)); return new Uint8Array(b.buffer, b.byteOffset, b.length); } catch { return undefined; }
+    try {
+      const p = this.path(s, r, c), b = readFileSync(p);
+      this.budget?.touch(p);
+      return new Uint8Array(b.buffer, b.byteOffset, b.length);
+    } catch { return undefined; }
   }
   put(s: number, r: number, c: number, px: Uint8Array) {
     mkdirSync(join(this.dir, `s${s}`), { recursive: true });
-    atomicWrite(this.path(s, r, c), px);
+    try { atomicWrite(this.path(s, r, c), px); } catch (e) {
+      // a full disk: the budget's least recently used files go first, then one more try
+      if (!(e instanceof DiskFullError) || !this.budget?.free(4 * px.length + (1 << 20))) throw e;
+      atomicWrite(this.path(s, r, c), px);
+    }
+    this.budget?.add(this.path(s, r, c), px.length, this.gone(s, r, c));
   }
   list(s: number) {
     let names: string[];
     try { names = readdirSync(join(this.dir, `s${s}`)); } catch { return []; }
     const out: [number, number][] = [];
-    for (const n of names) { const m = /^(\d+)_(\d+)\.rgb$/.exec(n); if (m) out.push([Number(m[1]), Number(m[2])]); }   // temp files are not blocks
+    for (const n of names) {
+      const m = /^(\d+)_(\d+)\.rgb$/.exec(n);          // temp files are not blocks
+      if (!m) continue;
+      const r = Number(m[1]), c = Number(m[2]);
+      out.push([r, c]);
+      this.budget?.onEvict(this.path(s, r, c), this.gone(s, r, c));   // found at start: its eviction is reported too
+    }
     return out;
   }
+  onEvicted(f: (stage: number, r: number, c: number) => void) { this.evicted.add(f); }
 }

@@ -96,6 +96,17 @@ export class Stage {
     this.L = m.layers; this.S = m.layers + 1; this.TOP = this.N * this.S - 1;
     this.cross = m.config.lr_cross_attn; this.half = m.kv.dtype === 'float16';
     this.R = Math.ceil(o.lr.height / this.lb); this.C = Math.ceil(o.lr.width / this.lb);
+    // a block evicted from the store (disk budget) is no longer final: asked again, it is made again
+    o.store.onEvicted?.((st, r, c) => {
+      if (st !== this.o.stage) return;
+      const k = r * this.C + c, b = this.blocks.get(k);
+      this.stored?.delete(k);
+      if (!b?.final) return;
+      this.forget(b);
+      // an open request may be waiting for it (evicted before the request settled): plan again
+      this.planDirty = true;
+      this.pump();
+    });
   }
 
   get outWidth() { return this.o.lr.width * this.o.model.manifest.scale; }
@@ -178,17 +189,36 @@ export class Stage {
     const need: [number, number][] = [];
     for (let r = Math.floor(cy0 / B); r <= Math.floor(cy1 / B); r++)
       for (let c = Math.floor(cx0 / B); c <= Math.floor(cx1 / B); c++) need.push([r, c]);
-    await this.ensure(need, opt);
+    // The blocks are read once ensured; one evicted in between (disk budget) is made again.
+    for (let attempt = 0; ; attempt++) {
+      await this.ensure(need, opt);
+      const px = new Map<number, Uint8Array>();
+      for (const [r, c] of need) {
+        const p = this.o.store.get(this.o.stage, r, c);
+        if (p) px.set(r * this.C + c, p);
+      }
+      if (px.size === need.length) return this.assemble(x0, y0, w, h, px);
+      if (attempt >= 3) throw new Error(`blocks of stage ${this.o.stage} keep disappearing from the block store (a disk budget far too small?)`);
+      for (const [r, c] of need) if (!px.has(r * this.C + c)) { const b = this.block(r, c); if (b.final) this.forget(b); }
+    }
+  }
+
+  /** A final block whose pixels left the store: not final any more, to be made again from its start. */
+  private forget(b: Block) {
+    b.final = false;
+    if (this.doneN >= 0) this.doneN--;
+    if (!b.inflight && b.lvl >= this.TOP) { b.lvl = -1; b.st = undefined; }
+  }
+
+  private assemble(x0: number, y0: number, w: number, h: number, px: Map<number, Uint8Array>) {
+    const W = this.outWidth, H = this.outHeight, B = this.B;
     const out = new Uint8Array(w * h * 3);
-    let cache: { k: number; px: Uint8Array } | null = null;
     for (let y = 0; y < h; y++) {
       const sy = Math.min(Math.max(y0 + y, 0), H - 1), br = Math.floor(sy / B), iy = sy - br * B;
       for (let x = 0; x < w; x++) {
         const sx = Math.min(Math.max(x0 + x, 0), W - 1), bc = Math.floor(sx / B), ix = sx - bc * B;
-        const k = br * this.C + bc;
-        if (!cache || cache.k !== k) cache = { k, px: this.read(br, bc) };
-        const s = (iy * B + ix) * 3, d = (y * w + x) * 3;
-        out[d] = cache.px[s]; out[d + 1] = cache.px[s + 1]; out[d + 2] = cache.px[s + 2];
+        const p = px.get(br * this.C + bc)!, s = (iy * B + ix) * 3, d = (y * w + x) * 3;
+        out[d] = p[s]; out[d + 1] = p[s + 1]; out[d + 2] = p[s + 2];
       }
     }
     return out;
@@ -581,6 +611,7 @@ export class Stage {
     const t2 = performance.now();
     this.stats.calls++; this.stats.nodes += nb; this.stats.modelMs += res.ms;
     const { out, feeds: back } = res!;
+    let failed: Error | undefined;
     batch.forEach((b, i) => {
       const l = levels[i], n = Math.floor(l / this.S);
       this.nodeLog?.push(`${b.r},${b.c},${l}`);
@@ -602,13 +633,18 @@ export class Stage {
         this.placeKV(b, l - 1);
         for (const { nb: y } of this.upLeft(b)) this.placeKV(y, l - 1);
       }
-      if (l === this.TOP) this.finish(b);
+      if (l === this.TOP) {
+        // a block that cannot be stored (a full disk) stays not final: the error fails the waiting
+        // requests after this batch's other blocks are settled, and a later request tries again
+        try { this.finish(b); } catch (e) { failed ??= e as Error; b.st = undefined; b.lvl = -1; }
+      }
       this.park(b);
       for (const [dr, dc] of CONSUMERS)
         if (b.r + dr < this.R && b.c + dc < this.C) this.addCandidate(this.block(b.r + dr, b.c + dc));
     });
     this.giveBack(gi, 'out:', out);
     this.stats.jsMs += prepMs + (t1 - t0) + (performance.now() - t2);
+    if (failed) throw failed;
   }
 
   private finish(b: Block) {

@@ -23,7 +23,8 @@ import { AbortError } from '../engine/engine.js';
 import { loadRGB, encode, ImageError, type RGBImage } from './image.js';
 import { SharedPromiseCache } from './shared-promise.js';
 import { coarseMap, encodeRuns } from './progress.js';
-import { atomicWrite } from '../engine/atomic.js';
+import { atomicWrite, DiskFullError } from '../engine/atomic.js';
+import { DiskBudget } from './diskbudget.js';
 import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, allTiles, crop, type Geometry } from './pyramid.js';
 import type { Config } from '../../config/index.js';
 
@@ -51,6 +52,8 @@ async function imageOp<T>(f: () => Promise<T>): Promise<T> {
 }
 
 const ID_RE = /^[0-9a-f]{16}$/;
+/** Generated files, evictable: blocks and tiles under a render's folder (not source or meta.json). */
+const GENERATED = /[\/]r-[0-9a-f]+[\/](blocks[\/]s\d+[\/]\d+_\d+\.rgb|[0-9a-f]{16}_files[\/]\d+[\/]\d+_\d+\.(jpeg|png|webp))$/;
 /** Block rows per background-fill request. */
 const FILL_ROWS = 8;
 
@@ -78,8 +81,12 @@ export class ImageService {
   private activeViewerTiles = 0;
   private fillQueue: string[] = [];
 
+  /** The data folder's generated files (blocks, tiles) under --disk-budget-mb. */
+  readonly budget: DiskBudget;
+
   private constructor(readonly cfg: Config, readonly model: Model) {
     this.imagesDir = join(cfg.dataDir, 'images');
+    this.budget = new DiskBudget(cfg.diskBudgetMb * 2 ** 20);
     const m = model.manifest;
     const preset = cfg.preset ?? m.sampling.default_preset;
     this.renderKey = createHash('sha256').update(JSON.stringify([model.id, cfg.scale, cfg.seed, preset, cfg.steps ?? null,
@@ -92,6 +99,8 @@ export class ImageService {
     const s = new ImageService(cfg, model);
     mkdirSync(s.imagesDir, { recursive: true });
     s.cleanTemps(s.imagesDir);
+    // what earlier runs generated counts against the budget, oldest first out
+    s.budget.scan(s.imagesDir, p => GENERATED.test(p));
     for (const id of readdirSync(s.imagesDir)) {
       if (!ID_RE.test(id)) continue;
       try { s.register(JSON.parse(readFileSync(join(s.imagesDir, id, 'meta.json'), 'utf8'))); } catch { /* half-made upload: ignored */ }
@@ -159,7 +168,7 @@ export class ImageService {
       const render = new Render({
         model: this.model, image: e.lr, scale: this.cfg.scale, seed: this.cfg.seed, preset: this.cfg.preset, steps: this.cfg.steps,
         sigmaMax: this.cfg.sigmaMax, batch: this.cfg.batch, kvBytes: this.cfg.kvCacheMb * 1024 * 1024,
-        store: new DiskBlockStore(join(e.pyramidDir, 'blocks')),
+        store: new DiskBlockStore(join(e.pyramidDir, 'blocks'), this.budget),
       });
       e.sources = sourceLevels(e.lr, e.geometry, this.cfg.scale);
       const last = render.last;
@@ -239,7 +248,8 @@ export class ImageService {
         const img = await this.levelRegion(e, L, rect.x, rect.y, rect.w, rect.h, { signal, priority: opt.priority ?? 10 });
         const bytes = await imageOp(() => encode(img, this.cfg.tileFormat, this.cfg.tileQuality));
         mkdirSync(join(e.pyramidDir, `${id}_files`, String(L)), { recursive: true });
-        atomicWrite(path, bytes);
+        this.writeGenerated(path, bytes);
+        this.budget.add(path, bytes.length, () => this.hot.delete(path));
         e.events.emit('tile', { level: L, col: c, row: r });
         const t = this.result(bytes);
         this.hot.set(path, t);
@@ -315,11 +325,23 @@ export class ImageService {
   private hot = new LRUCache<string, TileResult>({ maxSize: 64 << 20, sizeCalculation: t => t.bytes.length + 64 });
   private finalTile(path: string): TileResult | undefined {
     const hit = this.hot.get(path);
-    if (hit) return hit;
-    if (!existsSync(path)) return undefined;
-    const t = this.result(readFileSync(path));
+    if (hit) { this.budget.touch(path); return hit; }
+    let bytes;
+    try { bytes = readFileSync(path); } catch { return undefined; }   // not made yet, or evicted
+    this.budget.touch(path);
+    this.budget.onEvict(path, () => this.hot.delete(path));
+    const t = this.result(bytes);
     this.hot.set(path, t);
     return t;
+  }
+
+  /** A generated file, written atomically; a full disk first gives up the least recently used
+   *  generated files (as much again as this one), then refuses with a DiskFullError. */
+  private writeGenerated(path: string, bytes: Uint8Array) {
+    try { atomicWrite(path, bytes); } catch (e) {
+      if (!(e instanceof DiskFullError) || !this.budget.free(4 * bytes.length + (1 << 20))) throw e;
+      atomicWrite(path, bytes);
+    }
   }
 
   /** Make every tile of the pyramid that is not stored yet. */
@@ -341,8 +363,8 @@ export class ImageService {
     const files: { name: string; data?: Buffer }[] = [
       { name: `${id}.dzi`, data: Buffer.from(dziXml(e.geometry, this.cfg.tileFormat)) }, { name: `${id}_files` }];
     for (let L = 0; L <= maxLevel(e.geometry.width, e.geometry.height); L++) files.push({ name: `${id}_files/${L}` });
-    for (const { L, c, r } of allTiles(e.geometry))
-      files.push({ name: `${id}_files/${L}/${c}_${r}.${this.cfg.tileFormat}`, data: readFileSync(this.tilePath(e, L, c, r)) });
+    for (const { L, c, r } of allTiles(e.geometry))   // through tile(): one evicted since renderAll is made again
+      files.push({ name: `${id}_files/${L}/${c}_${r}.${this.cfg.tileFormat}`, data: (await this.tile(id, L, c, r, opt)).bytes });
     return files;
   }
 

@@ -87,6 +87,5 @@ export class KVStore {
   delete(key: string) { const v = this.take(key); if (v) this.release(v); }
 
   get bytes() { return this.pinnedBytes + this.lru.calculatedSize; }
-  get entries() { return this.pinned.size + this.lru.size; }
   private track() { if (this.bytes > this.highWater) this.highWater = this.bytes; }
 }

@@ -61,10 +61,10 @@ class LayerStage(torch.nn.Module):
 
     def forward(self, *args):
         a = dict(zip(self.names, args))
-        kv, kv_nb = a["kv"], a["kv_nb"]
+        k4, v4 = a["k4"], a["v4"]
         if self.half:
-            kv, kv_nb = kv.float(), kv_nb.float()
-        h, nxt = self.m.layer_step(self.li, a["h"], a["cond"], a["pos"], kv, kv_nb, a["present"], a.get("lr_ctx"))
+            k4, v4 = k4.float(), v4.float()
+        h, nxt = self.m.layer_step(self.li, a["h"], a["cond"], a["pos"], k4, v4, a["present"], a.get("lr_ctx"))
         if nxt is None:
             return self.m.layer_output(h, a["cond"], a["x"], a["up"], a["sigma"])
         return h, (nxt.half() if self.half else nxt)
@@ -86,7 +86,7 @@ def io_spec(cfg, kv_dtype):
 def layer_specs(cfg, kv_dtype):
     """Inputs and outputs of every layer-granular graph, in run order: input, layer0 … layer{L-1}."""
     B, lb, L, h, T, dh, D = cfg.block, cfg.lr_block, cfg.depth, cfg.heads, cfg.tokens, cfg.head_dim, cfg.dim
-    kv1, kv3 = ["b", 2, h, T, dh], ["b", 3, 2, h, T, dh]
+    kv1, slots = ["b", 2, h, T, dh], ["b", h, 4 * T, dh]
     ins = [("x", ["b", 3, B, B], "float32"), ("up", ["b", 3, B, B], "float32"),
            ("sigma", ["b"], "float32"), ("pos", ["b", 2], "float32")]
     if cfg.global_cond:
@@ -94,7 +94,7 @@ def layer_specs(cfg, kv_dtype):
     specs = [("input", ins, [("h", ["b", T, D], "float32"), ("cond", ["b", D], "float32"), ("kv", kv1, kv_dtype)])]
     for li in range(L):
         ins = [("h", ["b", T, D], "float32"), ("cond", ["b", D], "float32"), ("pos", ["b", 2], "float32"),
-               ("kv", kv1, kv_dtype), ("kv_nb", kv3, kv_dtype), ("present", ["b", 3], "float32")]
+               ("k4", slots, kv_dtype), ("v4", slots, kv_dtype), ("present", ["b", 3], "float32")]
         if li == 0 and cfg.lr_cross_attn:
             ins.append(("lr_ctx", ["b", 3, 3 * lb, 3 * lb], "float32"))
         if li == L - 1:
@@ -202,9 +202,11 @@ def manifest(cfg, name, kv_dtype, sampling, provenance, graphs, whole=None):
                "neighbour_slots": ["top", "left", "topleft"]},
         "graphs": graphs,
         "graphs_doc": ("run in order: input (depth 0: h, cond and layer 0's K/V), then layer l for l = 0 … L-1. "
-                       "layer l takes the block's h and its own layer-l K/V, the neighbours' layer-l K/V (kv_nb, "
-                       "slots as kv.neighbour_slots) and gives h and layer l+1's K/V; the last layer gives the "
-                       "denoised block. cond is the input stage's, passed unchanged to every layer."),
+                       "layer l takes the block's h and the layer-l keys k4 and values v4 of the block and its "
+                       "neighbours side by side, (b, heads, 4·tokens, head_dim) in slot order self, top, left, "
+                       "top-left (a missing neighbour's slot: zeros, masked by present), and gives h and the "
+                       "block's own layer l+1 K/V (b, 2, heads, tokens, head_dim) = [k, v]; the last layer gives "
+                       "the denoised block. cond is the input stage's, passed unchanged to every layer."),
         "pixels": {"range": [-1, 1], "from_uint8": "v / 127.5 - 1", "to_uint8": "round(clamp((v + 1) * 127.5, 0, 255))"},
         "upsample": {"method": "bicubic", "a": -0.75, "align_corners": False, "border": "clamp",
                      "note": "PyTorch F.interpolate(mode='bicubic'); lib/bicubic.ts reproduces it"},

@@ -212,13 +212,19 @@ class UniBAttention(nn.Module):
 
     def mix(self, q, keys, values, bias):
         """keys/values: lists of 4 tensors (n,h,T,dh) in SLOTS order."""
-        # keys concatenated already transposed: onnxruntime fuses a Transpose that feeds a MatMul
-        # into a FusedMatMul that ran 20× slower than the plain MatMul of the same size here
-        kt = torch.cat([(kk + self.slot[i]).transpose(-1, -2) for i, kk in enumerate(keys)], dim=-1)
-        v = torch.cat(values, dim=2)
-        o = attend(q, None, v, bias, kt=kt)
-        n, h, t, dh = o.shape
-        return self.proj(o.transpose(1, 2).reshape(n, t, h * dh))
+        return self.mix4(q, torch.cat(keys, dim=2), torch.cat(values, dim=2), bias)
+
+    def mix4(self, q, k4, v4, bias):
+        """k4/v4: (n,h,4T,dh), the four slots' keys/values already side by side (SLOTS order).
+        The layer graphs take them so: splitting and concatenating the slots inside the graph was
+        a fifth of a layer's time in onnxruntime (bench/graphs.ts --profile)."""
+        t = k4.shape[2] // len(SLOTS)
+        slot = self.slot.transpose(0, 1).expand(-1, -1, t, -1).reshape(1, self.h, len(SLOTS) * t, self.dh)
+        # keys transposed before the concatenation inside attend(): onnxruntime fuses a Transpose that
+        # feeds a MatMul into a FusedMatMul that ran 20× slower than the plain MatMul of the same size
+        o = attend(q, None, v4, bias, kt=(k4 + slot).transpose(-1, -2))
+        n, h, tq, dh = o.shape
+        return self.proj(o.transpose(1, 2).reshape(n, tq, h * dh))
 
 
 class NearbyLRCrossAttention(nn.Module):
@@ -416,17 +422,16 @@ class InfDiT(nn.Module):
         cos, sin = rope_tables(pos, self.cfg)
         return h, c, self._kv_for(0, h, c, cos, sin)
 
-    def layer_step(self, li, h, c, pos, kv, kv_nb, present, lr_ctx=None):
-        """Layer li: h before it, the block's own layer-li K/V (b,2,h,T,dh) and its neighbours'
-        (b,3,2,h,T,dh) -> h after it, and layer li+1's K/V (None after the last layer)."""
+    def layer_step(self, li, h, c, pos, k4, v4, present, lr_ctx=None):
+        """Layer li: h before it and the layer-li keys and values of the block and its neighbours,
+        side by side, (b,h,4T,dh) each (self, top, left, top-left: the block's own K/V (b,2,h,T,dh)
+        is [k, v] of slot 0) -> h after it, and layer li+1's own K/V (None after the last layer)."""
         blk = self.blocks[li]
         cos, sin = rope_tables(pos, self.cfg)
         bias = self._bias(present)
 
         def attn_fn(y):
-            q = blk.attn.q_own(y, cos, sin)
-            return blk.attn.mix(q, [kv[:, 0]] + [kv_nb[:, s, 0] for s in range(3)],
-                                [kv[:, 1]] + [kv_nb[:, s, 1] for s in range(3)], bias)
+            return blk.attn.mix4(blk.attn.q_own(y, cos, sin), k4, v4, bias)
         h = self._layer(blk, h, c, lr_ctx, attn_fn)
         nxt = self._kv_for(li + 1, h, c, cos, sin) if li + 1 < self.cfg.depth else None
         return h, nxt

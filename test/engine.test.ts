@@ -38,22 +38,29 @@ test('bicubic upsample reproduces PyTorch', () => {
 
 test('onnxruntime-node reproduces the PyTorch block step through the layer graphs (tolerance 1e-4)', async () => {
   const g = (k: string) => ref.get('step.' + k).data;     // a fresh copy each time: feeds move to the model thread
-  const b = 3, L = model.layers, KF = model.kvFloats;
+  const b = 3, L = model.layers, KF = model.kvFloats, H = model.manifest.heads, TD = KF / (2 * H);
   const kvNbAll = g('kv_nb');                              // (b, 3, L, 2, h, T, dh): all layers, as one evaluation
-  const nbAt = (l: number) => {
-    const out = new Float32Array(b * 3 * KF);
-    for (let i = 0; i < b * 3; i++) out.set(kvNbAll.subarray((i * L + l) * KF, (i * L + l + 1) * KF), i * KF);
-    return out;
+  // k4/v4 (b, h, 4T, dh): the block's own layer-l K/V in slot 0, the three neighbours' after it
+  const slotsAt = (own: Float32Array, l: number) => {
+    const k4 = new Float32Array(b * 2 * KF), v4 = new Float32Array(b * 2 * KF);
+    for (let i = 0; i < b; i++) for (let s = 0; s < 4; s++) {
+      const src = s === 0 ? own.subarray(i * KF, (i + 1) * KF) : kvNbAll.subarray(((i * 3 + s - 1) * L + l) * KF, ((i * 3 + s - 1) * L + l + 1) * KF);
+      for (let hd = 0; hd < H; hd++) {
+        k4.set(src.subarray(hd * TD, (hd + 1) * TD), ((i * H + hd) * 4 + s) * TD);
+        v4.set(src.subarray((H + hd) * TD, (H + hd + 1) * TD), ((i * H + hd) * 4 + s) * TD);
+      }
+    }
+    return { k4, v4 };
   };
   let r = await model.run(0, b, { x: g('x'), up: g('up'), sigma: g('sigma'), pos: g('pos') });
-  let h = r.out.h, kv = r.out.kv;
+  let h = r.out.h, kv = r.out.kv as Float32Array;
   const cond = r.out.cond, kvs = [kv.slice()];
   for (let l = 0; l < L; l++) {
     r = await model.run(l + 1, b, {
-      h, cond: cond.slice(), pos: g('pos'), kv, kv_nb: nbAt(l), present: g('present'),
+      h, cond: cond.slice(), pos: g('pos'), ...slotsAt(kv, l), present: g('present'),
       ...(l === 0 ? { lr_ctx: g('lr_ctx') } : {}), ...(l === L - 1 ? { x: g('x'), up: g('up'), sigma: g('sigma') } : {}),
     });
-    if (l < L - 1) { h = r.out.h_next; kv = r.out.kv_next; kvs.push(kv.slice()); }
+    if (l < L - 1) { h = r.out.h_next; kv = r.out.kv_next as Float32Array; kvs.push(kv.slice()); }
   }
   assert.ok(maxAbsDiff(r.out.denoised, g('denoised')) < 1e-4, `denoised diff ${maxAbsDiff(r.out.denoised, g('denoised'))}`);
   const want = g('kv');                                    // (b, L, 2, h, T, dh)

@@ -35,7 +35,7 @@ test('mismatches are refused with the field named', async () => {
     [m => { m.format = 'other'; }, /"format"/],
     [m => { m.kv.dtype = 'float16'; }, /kv|dtype/],
     [m => { m.graphs[0].inputs[0].name = 'noisy'; }, /graphs\[0\] \(input\)\.inputs/],
-    [m => { m.graphs[1].inputs[4].shape = ['b', 3, 2, 2, 16, 8]; }, /graphs\[1\] \(layer0\)\.inputs/],
+    [m => { m.graphs[1].inputs[4].shape = ['b', 2, 32, 8]; }, /graphs\[1\] \(layer0\)\.inputs/],
     [m => { m.sampling.default_preset = 'nope'; }, /sampling\.default_preset/],
     [m => { m.sampling.presets.detail = { method: 'ddim', steps: 2 }; }, /sampling\.presets\.detail/],
     [m => { m.lr_block = 7; }, /"lr_block"/],

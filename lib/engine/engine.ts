@@ -578,18 +578,26 @@ export class Stage {
       }
     }
     if (k >= 1) {
-      const h = f('h', HF), cond = f('cond', D), kv = f('kv', KF, this.half), kvNb = f('kv_nb', 3 * KF, this.half), present = f('present', 3);
+      // keys and values of the block and its three neighbours side by side, per head:
+      // k4/v4[i][head][slot·T … (slot+1)·T) = that slot's (T × dh) rows; a stored K/V is [k, v] × head
+      const h = f('h', HF), cond = f('cond', D), k4 = f('k4', 2 * KF, this.half), v4 = f('v4', 2 * KF, this.half), present = f('present', 3);
+      const TD = m.tokens_per_block * m.head_dim, H = m.heads;
+      const place = (i: number, slot: number, src: Arr | undefined) => {
+        for (let hd = 0; hd < H; hd++) {
+          const at = ((i * H + hd) * 4 + slot) * TD;
+          // a masked slot's values are ignored, but must be finite (0 × NaN is NaN): zeros
+          if (!src) { k4.fill(0, at, at + TD); v4.fill(0, at, at + TD); continue; }
+          copyKV(k4, at, src, hd * TD, TD); copyKV(v4, at, src, (H + hd) * TD, TD);
+        }
+      };
       present.fill(0);
       batch.forEach((b, i) => {
         const l = levels[i] - 1, hs = this.o.kv.get(this.hKey(b, l))!;
         copyKV(h, i * HF, hs, 0, HF); copyKV(cond, i * D, hs, HF, D);
-        copyKV(kv, i * KF, this.o.kv.get(this.kvKey(b, l))!);
-        for (const { nb: y, slot } of this.upLeft(b)) {
-          copyKV(kvNb, (i * 3 + slot) * KF, this.o.kv.get(this.kvKey(y, l))!);
-          present[i * 3 + slot] = 1;
-        }
-        // a masked slot's values are ignored, but must be finite (0 × NaN is NaN): zero it
-        for (let slot = 0; slot < 3; slot++) if (!present[i * 3 + slot]) kvNb.fill(0, (i * 3 + slot) * KF, (i * 3 + slot + 1) * KF);
+        place(i, 0, this.o.kv.get(this.kvKey(b, l))!);
+        const nbs: (Arr | undefined)[] = [undefined, undefined, undefined];
+        for (const { nb: y, slot } of this.upLeft(b)) { nbs[slot] = this.o.kv.get(this.kvKey(y, l))!; present[i * 3 + slot] = 1; }
+        nbs.forEach((src, slot) => place(i, slot + 1, src));
       });
       if (k === 1 && this.cross) {
         const ctx = f('lr_ctx', 3 * s * s);

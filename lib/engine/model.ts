@@ -76,7 +76,8 @@ function expectedIO(m: Manifest, gi: number): { ins: IOSpec[]; outs: IOSpec[] } 
     return { ins, outs: [f('h', [T, D]), f('cond', [D]), f('kv', kv1, kvd)] };
   }
   const li = gi - 1;
-  const ins = [f('h', [T, D]), f('cond', [D]), f('pos', [2]), f('kv', kv1, kvd), f('kv_nb', [3, ...kv1], kvd), f('present', [3])];
+  const slots = [m.heads, 4 * T, m.head_dim];   // self, top, left, top-left side by side
+  const ins = [f('h', [T, D]), f('cond', [D]), f('pos', [2]), f('k4', slots, kvd), f('v4', slots, kvd), f('present', [3])];
   if (li === 0 && m.config.lr_cross_attn) ins.push(f('lr_ctx', [3, 3 * lb, 3 * lb]));
   if (li === L - 1) return { ins: [...ins, f('x', [3, B, B]), f('up', [3, B, B]), f('sigma', [])], outs: [f('denoised', [3, B, B])] };
   return { ins, outs: [f('h_next', [T, D]), f('kv_next', kv1, kvd)] };

@@ -74,15 +74,18 @@ def run_layers(m, x, lr, sigma, pos0, need, batch=3):
                     hid[b], cond[b], kv[b + (0,)] = hh, cc, kv_
                 continue
             li = k - 1
-            nb = torch.zeros(len(bt), 3, *kv[bt[0] + (li,)].shape)
+            T = cfg.tokens
+            k4 = torch.zeros(len(bt), cfg.heads, 4 * T, cfg.head_dim); v4 = torch.zeros_like(k4)
             pres = torch.zeros(len(bt), 3)
             for q, (i, r, c) in enumerate(bt):
-                for s, (rr, cc) in enumerate(((r - 1, c), (r, c - 1), (r - 1, c - 1))):
+                for s, (rr, cc) in enumerate(((r, c), (r - 1, c), (r, c - 1), (r - 1, c - 1))):
                     if rr >= 0 and cc >= 0:
-                        nb[q, s] = kv[(i, rr, cc, li)]; pres[q, s] = 1
+                        k4[q, :, s * T:(s + 1) * T] = kv[(i, rr, cc, li)][0]
+                        v4[q, :, s * T:(s + 1) * T] = kv[(i, rr, cc, li)][1]
+                        if s:
+                            pres[q, s - 1] = 1
             h = torch.stack([hid[b] for b in bt]); c = torch.stack([cond[b] for b in bt])
-            own = torch.stack([kv[b + (li,)] for b in bt])
-            h, nxt = m.layer_step(li, h, c, p, own, nb, pres, ctx[idx] if li == 0 else None)
+            h, nxt = m.layer_step(li, h, c, p, k4, v4, pres, ctx[idx] if li == 0 else None)
             for q, b in enumerate(bt):
                 hid[b] = h[q]
                 if nxt is not None:

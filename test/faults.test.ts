@@ -17,7 +17,8 @@ const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
 const common = ['--model', FIXTURE + '.json', '--tile-size', '64', '--threads', '1', '--preset', 'detail'];
 
 const photo = wavePng;
-const startServer = (dataDir: string) => spawnServe(['--data-dir', dataDir, '--no-demo', '--batch', '1', ...common]);
+// a long tile wait: a preview answered for a slow tile would read as a wrong final tile
+const startServer = (dataDir: string) => spawnServe(['--data-dir', dataDir, '--no-demo', '--batch', '1', '--tile-wait-ms', '120000', ...common]);
 
 const status = async (base: string, id: string) => (await fetch(`${base}/api/images/${id}`)).json() as Promise<any>;
 

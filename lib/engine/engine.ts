@@ -311,7 +311,10 @@ export class Stage {
       const z = this.block(r, c);
       if (dr === 0 && dc === 0 ? z.lvl !== lvl : z.lvl >= use) continue;   // consumed already (or, for itself, not next)
       if (z.need >= use) activeNeed = true;
-      else if (!z.final) laterNeed = true;
+      // not consumed yet: kept while the byte bound allows, even for a final consumer (a restart's
+      // final blocks are run again for their own neighbours' K/V; dropping these made each of them
+      // reset its upper neighbours, and those theirs: 31,000 reruns on a 165-block image)
+      else laterNeed = true;
     }
     const val = v ?? this.o.kv.get(key);
     if (!val) return false;

@@ -138,3 +138,27 @@ test('a full disk is refused at start with a clear error (needs root to mount a 
       /data directory .* is not writable .*(ENOSPC|no space)/i);
   } finally { execFileSync('umount', [dir]); }
 });
+
+test('infdit render killed with -9 and run again equals an uninterrupted render (finished blocks and tiles kept)', async () => {
+  const img = await photo(96, 72), render = (out: string) => [join(ROOT, 'bin/infdit.js'), 'render', join(out, 'r.png'), '--out', out, ...common, '--batch', '2'];
+  const ref = tmp('infdit-render-ref-'), out = tmp('infdit-render-kill-');
+  writeFileSync(join(ref, 'r.png'), img); writeFileSync(join(out, 'r.png'), img);
+  execFileSync(process.execPath, render(ref), { stdio: 'pipe' });
+  // the same command, killed once some blocks are on disk
+  const { spawn } = await import('node:child_process');
+  const p = spawn(process.execPath, render(out), { stdio: 'ignore' });
+  const walk = (d: string): string[] => { try { return readdirSync(d, { withFileTypes: true }).flatMap(e => e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)]); } catch { return []; } };
+  const blocks = () => walk(join(out, '.infdit-cache')).filter(f => f.endsWith('.rgb')).length;
+  for (let i = 0; i < 600 && blocks() < 10; i++) await new Promise(r => setTimeout(r, 20));
+  p.kill('SIGKILL');
+  await new Promise(r => p.once('exit', r));
+  const kept = blocks();
+  assert.ok(kept >= 10, `no blocks on disk before the kill (${kept})`);
+  const before = new Map(walk(join(out, '.infdit-cache')).filter(f => f.endsWith('.rgb')).map(f => [f, statSync(f).mtimeMs]));
+  execFileSync(process.execPath, render(out), { stdio: 'pipe' });
+  for (const [f, t] of before) assert.equal(statSync(f).mtimeMs, t, `finished block ${f} was made again`);
+  const files = walk(join(ref, 'r_files')).map(f => relative(join(ref, 'r_files'), f));
+  assert.ok(files.length > 10);
+  for (const f of files) assert.ok(readFileSync(join(out, 'r_files', f)).equals(readFileSync(join(ref, 'r_files', f))), `tile ${f} differs after kill -9 and a second run`);
+  assert.deepEqual(walk(out).filter(f => f.endsWith('.tmp')), []);
+});

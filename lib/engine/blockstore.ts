@@ -1,15 +1,14 @@
 /** Finished blocks (uint8 HWC pixels) behind a small interface; the disk one writes atomically. */
 import { mkdirSync, existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { atomicWrite, DiskFullError } from './atomic.js';
+import { atomicWrite } from './atomic.js';
 
 /** Where a disk store reports its files (the data folder's byte budget, lib/tiles/diskbudget.ts). */
 export interface FileBudget {
-  add(path: string, bytes: number, onEvict?: () => void): void;
+  /** Write a generated file atomically (a full disk first gives up the oldest files) and count it. */
+  write(path: string, data: Uint8Array, onEvict?: () => void): void;
   touch(path: string): void;
   onEvict(path: string, f: () => void): void;
-  /** Give up at least `bytes` of the least recently used files; how many were freed. */
-  free(bytes: number): number;
 }
 
 export interface BlockStore {
@@ -52,12 +51,8 @@ export class DiskBlockStore implements BlockStore {
   }
   put(s: number, r: number, c: number, px: Uint8Array) {
     mkdirSync(join(this.dir, `s${s}`), { recursive: true });
-    try { atomicWrite(this.path(s, r, c), px); } catch (e) {
-      // a full disk: the budget's least recently used files go first, then one more try
-      if (!(e instanceof DiskFullError) || !this.budget?.free(4 * px.length + (1 << 20))) throw e;
-      atomicWrite(this.path(s, r, c), px);
-    }
-    this.budget?.add(this.path(s, r, c), px.length, this.gone(s, r, c));
+    if (this.budget) this.budget.write(this.path(s, r, c), px, this.gone(s, r, c));
+    else atomicWrite(this.path(s, r, c), px);
   }
   list(s: number) {
     let names: string[];

@@ -300,7 +300,7 @@ export class Stage {
 
   /**
    * Decide where the K/V of (b, lvl) lives: pinned while a wanted consumer still needs it,
-   * evictable while an unfinished one may need it later, else gone.
+   * evictable while any consumer has not consumed it yet, else gone.
    */
   private placeKV(b: Block, lvl: number, v?: Arr) {
     const key = this.kvKey(b, lvl), use = lvl + 1;

@@ -6,6 +6,7 @@
 import { LRUCache } from 'lru-cache';
 import { readdirSync, statSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { atomicWrite, DiskFullError } from '../engine/atomic.js';
 
 export class DiskBudget {
   private lru: LRUCache<string, { bytes: number; onEvict?: () => void }>;
@@ -21,6 +22,16 @@ export class DiskBudget {
         v.onEvict?.();
       },
     });
+  }
+
+  /** Write a generated file atomically and count it. A full disk first gives up the least recently
+   *  used generated files (room for a few like it), then one more try, then a DiskFullError. */
+  write(path: string, data: Uint8Array, onEvict?: () => void) {
+    try { atomicWrite(path, data); } catch (e) {
+      if (!(e instanceof DiskFullError) || !this.free(4 * data.length + (1 << 20))) throw e;
+      atomicWrite(path, data);
+    }
+    this.add(path, data.length, onEvict);
   }
 
   /** A file just written (or found at start); `onEvict` runs after it is deleted. */
@@ -41,7 +52,7 @@ export class DiskBudget {
   free(bytes: number) {
     let freed = 0;
     while (freed < bytes && this.lru.size) {
-      const last = [...this.lru.rkeys()][0];
+      const last = this.lru.rkeys().next().value!;     // the least recently used, without listing them all
       const v = this.lru.peek(last)!;
       freed += v.bytes;
       this.lru.delete(last);

@@ -23,7 +23,7 @@ import { AbortError } from '../engine/engine.js';
 import { loadRGB, encode, ImageError, type RGBImage } from './image.js';
 import { SharedPromiseCache } from './shared-promise.js';
 import { coarseMap, encodeRuns } from './progress.js';
-import { atomicWrite, DiskFullError } from '../engine/atomic.js';
+import { atomicWrite } from '../engine/atomic.js';
 import { DiskBudget } from './diskbudget.js';
 import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, allTiles, crop, type Geometry } from './pyramid.js';
 import type { Config } from '../../config/index.js';
@@ -248,8 +248,7 @@ export class ImageService {
         const img = await this.levelRegion(e, L, rect.x, rect.y, rect.w, rect.h, { signal, priority: opt.priority ?? 10 });
         const bytes = await imageOp(() => encode(img, this.cfg.tileFormat, this.cfg.tileQuality));
         mkdirSync(join(e.pyramidDir, `${id}_files`, String(L)), { recursive: true });
-        this.writeGenerated(path, bytes);
-        this.budget.add(path, bytes.length, () => this.hot.delete(path));
+        this.budget.write(path, bytes, () => this.hot.delete(path));
         e.events.emit('tile', { level: L, col: c, row: r });
         const t = this.result(bytes);
         this.hot.set(path, t);
@@ -333,15 +332,6 @@ export class ImageService {
     const t = this.result(bytes);
     this.hot.set(path, t);
     return t;
-  }
-
-  /** A generated file, written atomically; a full disk first gives up the least recently used
-   *  generated files (as much again as this one), then refuses with a DiskFullError. */
-  private writeGenerated(path: string, bytes: Uint8Array) {
-    try { atomicWrite(path, bytes); } catch (e) {
-      if (!(e instanceof DiskFullError) || !this.budget.free(4 * bytes.length + (1 << 20))) throw e;
-      atomicWrite(path, bytes);
-    }
   }
 
   /** Make every tile of the pyramid that is not stored yet. */

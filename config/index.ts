@@ -51,7 +51,7 @@ export const defaults: Config = {
   dataDir: join(ROOT, 'data'),
   kvCacheMb: 1024, diskBudgetMb: 10240, batch: 8, threads: 0, modelNice: 10, ortSpinning: false,
   port: 8080, host: '127.0.0.1',
-  uploadMaxBytes: 50 * 1024 * 1024, uploadMaxPixels: 16_000_000,
+  uploadMaxBytes: 256 * 1024 * 1024, uploadMaxPixels: 67_108_864,
   backgroundFill: true, tileWaitMs: 20000, demo: true, http2: false,
 };
 

@@ -6,6 +6,7 @@
 import express, { type Request, type Response, type NextFunction } from 'express';
 import multer from 'multer';
 import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ImageService, NotFound } from '../lib/tiles/service.js';
@@ -38,7 +39,8 @@ export function createApp(service: ImageService) {
   app.use('/vendor/openseadragon', express.static(join(ROOT, 'node_modules/openseadragon/build/openseadragon')));
 
   // ---------------------------------------------------------------- API
-  const upload = multer({ storage: multer.memoryStorage(), limits: { fileSize: cfg.uploadMaxBytes, files: 1, fields: 10 } });
+  // spooled to disk, not memory: a 64 Mpx PNG is over 100 MB and several may arrive at once
+  const upload = multer({ dest: service.spoolDir, limits: { fileSize: cfg.uploadMaxBytes, files: 1, fields: 10 } });
 
   const urls = (req: Request, id: string) => {
     const base = baseUrl(req);
@@ -76,7 +78,8 @@ export function createApp(service: ImageService) {
   }, async (req, res) => {
     const file = (req as Request & { file?: Express.Multer.File }).file;
     if (!file) throw new HttpError(400, 'no file: send multipart/form-data with the image in field "image"');
-    const meta = await service.add(file.buffer, file.originalname || 'upload');
+    let meta;
+    try { meta = await service.add({ path: file.path }, file.originalname || 'upload'); } finally { rmSync(file.path, { force: true }); }
     res.status(201).json({ ...meta, width: meta.lrWidth * cfg.scale, height: meta.lrHeight * cfg.scale, urls: urls(req, meta.id) });
   });
 

@@ -2,7 +2,7 @@
  * `infdit serve` and `infdit render`. Both take the same settings (config/index.ts) as flags
  * or INFDIT_* environment variables; `--help` lists them.
  */
-import { readFileSync, cpSync, mkdirSync, rmSync, existsSync } from 'node:fs';
+import { readFileSync, cpSync, mkdirSync, rmSync, existsSync, renameSync } from 'node:fs';
 import { basename, extname, join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
@@ -15,6 +15,7 @@ import { listenHttp2, selfSigned } from './http2.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const DEMO = join(ROOT, 'viewer/demo.jpg');
+const FULL_MAX_PIXELS = 268_000_000;
 const FULL_FORMATS: Record<string, 'png' | 'tiff' | 'jpeg' | 'webp'> = { '.png': 'png', '.tif': 'tiff', '.tiff': 'tiff', '.jpg': 'jpeg', '.jpeg': 'jpeg', '.webp': 'webp' };
 
 const USAGE = `infdit — a deep-zoom server that super-resolves photos lazily with Inf-DiT
@@ -33,7 +34,7 @@ ${helpTable()}
 
 async function serve(cfg: Config) {
   const service = await ImageService.open(cfg);
-  if (cfg.demo && existsSync(DEMO)) await service.add(readFileSync(DEMO), 'demo.jpg', { demo: true });
+  if (cfg.demo && existsSync(DEMO)) await service.add({ path: DEMO }, 'demo.jpg', { demo: true });
   service.fillAll();
   const app = createApp(service);
   const announce = (url: string) => {
@@ -61,21 +62,36 @@ async function render(cfg: Config, input: string | undefined, out: string, full?
   if (full && !FULL_FORMATS[extname(full).toLowerCase()])
     throw new ConfigError(`--full ${full}: accepted extensions are ${Object.keys(FULL_FORMATS).join(', ')}`);
   const service = await ImageService.open({ ...cfg, backgroundFill: false });
-  const meta = await service.add(readFileSync(input), basename(input));
+  const meta = await service.add({ path: input }, basename(input));
+  const g = service.geometry(meta.id);
+  // --full holds the whole output in memory (and no single-file format reader copes far beyond it)
+  if (full && g.width * g.height > FULL_MAX_PIXELS)
+    throw new ConfigError(`--full: the output is ${g.width}×${g.height} = ${(g.width * g.height / 1e6).toFixed(0)} Mpx, over the ${FULL_MAX_PIXELS / 1e6} Mpx a whole image may have here; the pyramid (--out) has every pixel`);
   const name = basename(input, extname(input)).replace(/[^\w.-]+/g, '_') || 'image';
-  const bar = new cliProgress.SingleBar({ format: 'tiles [{bar}] {percentage}% | {value}/{total} | ETA {eta_formatted} | elapsed {duration_formatted}', hideCursor: true, noTTYOutput: true, notTTYSchedule: 5000 }, cliProgress.Presets.shades_classic);
-  let started = false;
+  // Progress in blocks of the top level (where the time goes: lower levels are halvings of it),
+  // with its rate's ETA; tiles as they are written. A resumed render starts at what is stored.
+  const bar = new cliProgress.SingleBar({ format: 'blocks [{bar}] {percentage}% | {value}/{total} | tiles {tiles}/{tilesTotal} | ETA {eta_formatted} | elapsed {duration_formatted}',
+    hideCursor: true, noTTYOutput: true, notTTYSchedule: 5000, etaBuffer: 200 }, cliProgress.Presets.shades_classic);
+  const p0 = await service.progress(meta.id);
+  bar.start(p0.total, p0.done, { tiles: 0, tilesTotal: '?' });
+  const unlisten = service.onBlock(meta.id, (done) => bar.update(done));
   const t0 = Date.now();
-  const res = await service.renderAll(meta.id, (done, total) => { if (!started) { bar.start(total, 0); started = true; } bar.update(done); });
+  const res = await service.renderAll(meta.id, (done, total) => bar.update({ tiles: done, tilesTotal: total }));
+  unlisten();
   bar.stop();
   mkdirSync(out, { recursive: true });
   const dest = join(out, `${name}_files`);
   rmSync(dest, { recursive: true, force: true });
-  cpSync(join(res.dir, `${meta.id}_files`), dest, { recursive: true });
+  // moved, not copied: a gigapixel pyramid is gigabytes (the cache keeps the blocks, so a second
+  // render of the same input remakes the tiles from them without running the model)
+  try { renameSync(join(res.dir, `${meta.id}_files`), dest); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+    cpSync(join(res.dir, `${meta.id}_files`), dest, { recursive: true });
+  }
   cpSync(res.dzi, join(out, `${name}.dzi`));
   console.log(`wrote ${join(out, name + '.dzi')} (${(Date.now() - t0) / 1000} s)`);
   if (full) {
-    const img = await service.full(meta.id);
+    const img = await service.full(meta.id);   // checked against FULL_MAX_PIXELS before the render began
     atomicWrite(full, await encode(img, FULL_FORMATS[extname(full).toLowerCase()], 95));
     console.log(`wrote ${full} (${img.width}×${img.height})`);
   }

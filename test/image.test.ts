@@ -2,7 +2,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
-import { loadRGB, halve } from '../lib/tiles/image.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { halve, cropClamped, type RGBImage } from '../lib/tiles/image.js';
+import { prepareLR } from '../lib/tiles/lrfile.js';
+
+/** Decode as an upload is decoded (to disk, strip by strip), then read it whole. */
+async function loadRGB(bytes: Buffer) {
+  const dir = mkdtempSync(join(tmpdir(), 'infdit-img-'));
+  writeFileSync(join(dir, 'source'), bytes);
+  const lr = await prepareLR(join(dir, 'source'), join(dir, 'lr'), 1e9);
+  return { width: lr.width, height: lr.height, data: lr.levels[0].rows(0, lr.height) };
+}
 import { Model } from '../lib/engine/model.js';
 import { Render } from '../lib/engine/render.js';
 import { MemoryBlockStore } from '../lib/engine/blockstore.js';
@@ -39,4 +51,20 @@ test('2× is the 4× output halved with the pyramid rule', async () => {
   assert.deepEqual([r2.width, r2.height], [20, 14]);
   assert.ok(Buffer.from(a.data).equals(Buffer.from(halve(b).data)));
   assert.throws(() => mk(3), /scale must be one of 2, 4, 8, 16/);
+});
+
+test('the upload kept on disk reads as the decoded image: clamped regions, halved levels', async () => {
+  const w = 37, h = 23, raw = Buffer.from(Uint8Array.from({ length: w * h * 3 }, (_, i) => (i * 31 + (i >> 5)) % 256));
+  const dir = mkdtempSync(join(tmpdir(), 'infdit-img-'));
+  writeFileSync(join(dir, 'source'), await sharp(raw, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer());
+  const lr = await prepareLR(join(dir, 'source'), join(dir, 'lr'), 1e9);
+  let img: RGBImage = { width: w, height: h, data: new Uint8Array(raw) };
+  assert.ok(Buffer.from(lr.levels[0].regionSync(-3, -2, w + 7, h + 5)).equals(Buffer.from(cropClamped(img, -3, -2, w + 7, h + 5))));
+  assert.ok(Buffer.from(lr.levels[0].regionSync(30, 20, 12, 9)).equals(Buffer.from(cropClamped(img, 30, 20, 12, 9))));
+  assert.deepEqual(lr.levels.map(l => [l.width, l.height]), [[37, 23], [19, 12], [10, 6], [5, 3], [3, 2], [2, 1], [1, 1]]);
+  for (const level of lr.levels.slice(1)) {
+    img = halve(img);
+    assert.ok(Buffer.from(level.rows(0, level.height)).equals(Buffer.from(img.data)));
+  }
+  await assert.rejects(prepareLR(join(dir, 'lr/0.v'), join(dir, 'bad'), 1e9).then(() => prepareLR(join(dir, 'nothing'), join(dir, 'bad'), 1e9)), /could not be decoded/);
 });

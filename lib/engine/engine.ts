@@ -99,10 +99,9 @@ export class Stage {
     // a block evicted from the store (disk budget) is no longer final: asked again, it is made again
     o.store.onEvicted?.((st, r, c) => {
       if (st !== this.o.stage) return;
-      const k = r * this.C + c, b = this.blocks.get(k);
-      this.stored?.delete(k);
-      if (!b?.final) return;
-      this.forget(b);
+      const k = r * this.C + c;
+      if (!this.finalMap?.[k]) return;
+      this.forget(this.block(r, c));
       // an open request may be waiting for it (evicted before the request settled): plan again
       this.planDirty = true;
       this.pump();
@@ -114,31 +113,53 @@ export class Stage {
 
   onBlockDone(fn: (r: number, c: number) => void) { this.listeners.add(fn); return () => this.listeners.delete(fn); }
 
-  isFinal(r: number, c: number) { return this.block(r, c).final; }
+  isFinal(r: number, c: number) { return this.finals()[r * this.C + c] === 1; }
   /** Finished blocks: one scan of the store, then counted as blocks finish (the progress events
    *  ask for it after every block, so it must not cost the whole grid each time). */
   private doneN = -1;
   doneCount() {
     if (this.doneN < 0) {
       let n = 0;
-      for (let r = 0; r < this.R; r++) for (let c = 0; c < this.C; c++) if (this.block(r, c).final) n++;
+      for (const f of this.finals()) n += f;
       this.doneN = n;
     }
     return this.doneN;
   }
 
-  /** Blocks already in the store when this stage began (a restart's), listed once. */
-  private stored: Set<number> | null = null;
+  /** One byte per block, 1 where its pixels are in the store: the blocks already there when this
+   *  stage began (a restart's, listed once), then kept as blocks finish or are evicted. Block
+   *  objects exist only for blocks being worked on (sweep()); this is all that lasts per block. */
+  private finalMap: Uint8Array | null = null;
+  private finals() {
+    if (!this.finalMap) {
+      this.finalMap = new Uint8Array(this.R * this.C);
+      for (const [r, c] of this.o.store.list(this.o.stage)) if (r < this.R && c < this.C) this.finalMap[r * this.C + c] = 1;
+    }
+    return this.finalMap;
+  }
+  private setFinal(b: Block, f: boolean) { b.final = f; this.finals()[b.r * this.C + b.c] = f ? 1 : 0; }
 
   private block(r: number, c: number): Block {
     const k = r * this.C + c;
     let b = this.blocks.get(k);
     if (!b) {
-      this.stored ??= new Set(this.o.store.list(this.o.stage).map(([br, bc]) => br * this.C + bc));
-      b = { r, c, final: this.stored.has(k), lvl: -1, need: -1, prio: -1, inflight: false };
+      b = { r, c, final: this.finals()[k] === 1, lvl: -1, need: -1, prio: -1, inflight: false };
       this.blocks.set(k, b);
     }
     return b;
+  }
+
+  /** Drop the Block objects nobody refers to and that hold nothing the final map does not: idle
+   *  and final, or idle and never started. Without this a background fill of a gigapixel image
+   *  would keep an object per block (3 M of them for the 16× cascade's second stage). */
+  private sweepAt = 4096;
+  private sweep() {
+    if (this.blocks.size < this.sweepAt) return;
+    for (const [k, b] of this.blocks) {
+      if (b.inflight || b.need >= 0 || b.prio >= 0 || b.st || b.preparing || this.planned.has(b) || this.candidates.has(b)) continue;
+      if (b.final || b.lvl < 0) this.blocks.delete(k);
+    }
+    this.sweepAt = Math.max(4096, 2 * this.blocks.size);
   }
 
   private *upLeft(b: Block) {
@@ -160,7 +181,7 @@ export class Stage {
   ensure(blocks: [number, number][], opt: RequestOptions = {}): Promise<void> {
     for (const [r, c] of blocks)
       if (!(r >= 0 && c >= 0 && r < this.R && c < this.C)) return Promise.reject(new RangeError(`block (${r},${c}) outside the ${this.R}×${this.C} grid`));
-    if (blocks.every(([r, c]) => this.block(r, c).final)) return Promise.resolve();
+    if (blocks.every(([r, c]) => this.isFinal(r, c))) return Promise.resolve();
     if (opt.signal?.aborted) return Promise.reject(new AbortError());
     return new Promise<void>((resolve, reject) => {
       const req: Request = { blocks, priority: opt.priority ?? 0, resolve, reject, signal: opt.signal };
@@ -205,7 +226,7 @@ export class Stage {
 
   /** A final block whose pixels left the store: not final any more, to be made again from its start. */
   private forget(b: Block) {
-    b.final = false;
+    this.setFinal(b, false);
     if (this.doneN >= 0) this.doneN--;
     if (!b.inflight && b.lvl >= this.TOP) { b.lvl = -1; b.st = undefined; }
   }
@@ -516,7 +537,7 @@ export class Stage {
 
   private settle() {
     for (const req of [...this.requests])
-      if (req.blocks.every(([r, c]) => this.block(r, c).final)) { this.drop(req); req.resolve(); }
+      if (req.blocks.every(([r, c]) => this.isFinal(r, c))) { this.drop(req); req.resolve(); }
   }
 
   /** Input and output buffers by graph and name, sized for a full batch once and reused: they
@@ -654,6 +675,7 @@ export class Stage {
         if (b.r + dr < this.R && b.c + dc < this.C) this.addCandidate(this.block(b.r + dr, b.c + dc));
     });
     this.giveBack(gi, 'out:', out);
+    this.sweep();
     this.stats.jsMs += prepMs + (t1 - t0) + (performance.now() - t2);
     if (failed) throw failed;
   }
@@ -665,7 +687,7 @@ export class Stage {
     b.st = undefined;
     if (b.final) return;
     this.o.store.put(this.o.stage, b.r, b.c, px);
-    b.final = true;
+    this.setFinal(b, true);
     if (this.doneN >= 0) this.doneN++;
     for (const fn of this.listeners) fn(b.r, b.c);
   }

@@ -1,6 +1,24 @@
 /** Pixels as the engine and the pyramid pass them: HWC uint8, 3 channels; crops and dzsave's halving. */
 export interface RGBImage { width: number; height: number; data: Uint8Array }
 
+/** An image read a rectangle at a time (the input photo: in memory, or in a file so that a
+ *  50 Mpx upload is never held whole). Coordinates outside the image are clamped. */
+export interface PixelSource {
+  readonly width: number; readonly height: number;
+  regionSync(x0: number, y0: number, w: number, h: number): Uint8Array;
+}
+
+export class MemoryPixels implements PixelSource {
+  constructor(readonly img: RGBImage) {}
+  get width() { return this.img.width; }
+  get height() { return this.img.height; }
+  regionSync(x0: number, y0: number, w: number, h: number) { return cropClamped(this.img, x0, y0, w, h); }
+}
+
+export function asPixelSource(img: RGBImage | PixelSource): PixelSource {
+  return 'regionSync' in img ? img : new MemoryPixels(img);
+}
+
 /** Crop with edge replication for coordinates outside the image. */
 export function cropClamped(img: RGBImage, x0: number, y0: number, w: number, h: number): Uint8Array {
   const out = new Uint8Array(w * h * 3);

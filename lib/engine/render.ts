@@ -9,23 +9,23 @@ import { Stage, type LRSource, type RequestOptions } from './engine.js';
 import { KVStore } from './kvstore.js';
 import type { BlockStore } from './blockstore.js';
 import { SamplerPlan, type Preset } from './sampler.js';
-import { cropClamped, halve, type RGBImage } from '../tiles/image.js';
+import { halve, asPixelSource, type PixelSource, type RGBImage } from './pixels.js';
 import { thumbnail } from './thumb.js';
 
 export const SCALES = [2, 4, 8, 16] as const;
 
 export interface RenderOptions {
-  model: Model; image: RGBImage; scale: number; seed: number;
+  model: Model; image: RGBImage | PixelSource; scale: number; seed: number;
   preset?: string; steps?: number; sigmaMax?: number;
   batch: number; kvBytes: number; store: BlockStore;
 }
 
 export class ImageLR implements LRSource {
-  constructor(readonly img: RGBImage) {}
-  get width() { return this.img.width; }
-  get height() { return this.img.height; }
-  async region(x0: number, y0: number, w: number, h: number) { return cropClamped(this.img, x0, y0, w, h); }
-  regionSync(x0: number, y0: number, w: number, h: number) { return cropClamped(this.img, x0, y0, w, h); }
+  constructor(readonly src: PixelSource) {}
+  get width() { return this.src.width; }
+  get height() { return this.src.height; }
+  async region(x0: number, y0: number, w: number, h: number) { return this.src.regionSync(x0, y0, w, h); }
+  regionSync(x0: number, y0: number, w: number, h: number) { return this.src.regionSync(x0, y0, w, h); }
 }
 
 class StageLR implements LRSource {
@@ -60,10 +60,11 @@ export class Render {
     const smp = m.sampling;
     this.plan = new SamplerPlan(p.method, p.steps, smp.sigma_min, o.sigmaMax ?? smp.sigma_max, smp.rho);
     this.kv = new KVStore(o.kvBytes);
-    let lr: LRSource = new ImageLR(o.image);
+    const image = asPixelSource(o.image);
+    let lr: LRSource = new ImageLR(image);
     // the global vector is the user's image's, for every stage: a stage-2 thumbnail would need
     // all of stage 1 and break laziness
-    const thumb = m.global.enabled ? thumbnail(o.image, m.global.thumb!) : undefined;
+    const thumb = m.global.enabled ? thumbnail(image, m.global.thumb!) : undefined;
     for (let s = 1; s <= nStages; s++) {
       const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb });
       this.stages.push(st);

@@ -5,7 +5,7 @@
  * the one above (dzsave's (a+b+c+d+2)>>2, odd edges replicated), so any tile can be made
  * lazily from the tiles above it and equals what a whole-image dzsave would write.
  */
-import { halve, type RGBImage } from './image.js';
+import { halve, type RGBImage, type PixelSource } from '../engine/pixels.js';
 
 export type TileFormat = 'jpeg' | 'png' | 'webp';
 export const FORMATS: TileFormat[] = ['jpeg', 'png', 'webp'];
@@ -66,11 +66,11 @@ export function dziXml(g: Geometry, format: TileFormat) {
 export class LevelSampler {
   constructor(readonly g: Geometry,
     readonly top: (x: number, y: number, w: number, h: number) => Promise<RGBImage>,
-    readonly sourceLevel: (L: number) => RGBImage | null) {}
+    readonly sourceLevel: (L: number) => PixelSource | null) {}
 
   async region(L: number, x: number, y: number, w: number, h: number): Promise<RGBImage> {
     const src = this.sourceLevel(L);
-    if (src) return crop(src, x, y, w, h);
+    if (src) return { width: w, height: h, data: src.regionSync(x, y, w, h) };
     const M = maxLevel(this.g.width, this.g.height);
     if (L === M) return this.top(x, y, w, h);
     const up = levelSize(this.g, L + 1);
@@ -83,17 +83,4 @@ export function crop(img: RGBImage, x: number, y: number, w: number, h: number):
   const out = new Uint8Array(w * h * 3);
   for (let r = 0; r < h; r++) out.set(img.data.subarray(((y + r) * img.width + x) * 3, ((y + r) * img.width + x + w) * 3), r * w * 3);
   return { width: w, height: h, data: out };
-}
-
-/** The source's own pyramid: LR at level (M - log2 scale), halved below it. */
-export function sourceLevels(lr: RGBImage, g: Geometry, scale: number): Map<number, RGBImage> {
-  const M = maxLevel(g.width, g.height);
-  const k0 = Math.log2(scale);
-  const out = new Map<number, RGBImage>();
-  let img = lr;
-  for (let L = M - k0; L >= 0; L--) {
-    out.set(L, img);
-    img = halve(img);
-  }
-  return out;
 }

@@ -11,7 +11,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync, existsSync, readdirSync, rmSync, statSync, accessSync, constants } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, existsSync, readdirSync, rmSync, statSync, accessSync, constants, copyFileSync, renameSync, openSync, readSync, closeSync, createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { cpus } from 'node:os';
 import sharp from 'sharp';
@@ -20,12 +20,13 @@ import { Model } from '../engine/model.js';
 import { Render } from '../engine/render.js';
 import { DiskBlockStore } from '../engine/blockstore.js';
 import { AbortError } from '../engine/engine.js';
-import { loadRGB, encode, ImageError, type RGBImage } from './image.js';
+import { encode, ImageError, type RGBImage } from './image.js';
+import { prepareLR, openLR, DecodeError, type LRFolder, type RawPixels } from './lrfile.js';
 import { SharedPromiseCache } from './shared-promise.js';
 import { coarseMap, encodeRuns } from './progress.js';
-import { atomicWrite } from '../engine/atomic.js';
+import { atomicWrite, DiskFullError } from '../engine/atomic.js';
 import { DiskBudget } from './diskbudget.js';
-import { LevelSampler, sourceLevels, tileRect, validTile, dziXml, maxLevel, levelSize, allTiles, crop, type Geometry } from './pyramid.js';
+import { LevelSampler, tileRect, validTile, dziXml, maxLevel, levelSize, allTiles, type Geometry } from './pyramid.js';
 import type { Config } from '../../config/index.js';
 
 export interface ImageMeta { id: string; name: string; lrWidth: number; lrHeight: number; created: string; demo?: boolean }
@@ -59,9 +60,10 @@ const FILL_ROWS = 8;
 
 /** One image at the configured settings: its render (lazy) and its pyramid. */
 class Entry {
-  lr?: RGBImage;
+  lr?: LRFolder;
   render?: Render;
-  sources?: Map<number, RGBImage>;
+  /** Pyramid levels at or below the LR's resolution: the photo's own halvings, on disk. */
+  sources?: Map<number, RawPixels>;
   readonly events = new EventEmitter();
   readonly dir: string; readonly pyramidDir: string;
   times: number[] = [];
@@ -76,8 +78,11 @@ export class ImageService {
   private entries = new Map<string, Entry>();
   private tiles = new SharedPromiseCache<TileResult>();
   private opening = new SharedPromiseCache<Entry>();
+  private adding = new SharedPromiseCache<ImageMeta>();
   private renderKey: string;
   readonly imagesDir: string;
+  /** Uploads being received (emptied at start). */
+  readonly spoolDir: string;
   private activeViewerTiles = 0;
   private fillQueue: string[] = [];
 
@@ -86,6 +91,7 @@ export class ImageService {
 
   private constructor(readonly cfg: Config, readonly model: Model) {
     this.imagesDir = join(cfg.dataDir, 'images');
+    this.spoolDir = join(cfg.dataDir, 'spool');
     this.budget = new DiskBudget(cfg.diskBudgetMb * 2 ** 20);
     const m = model.manifest;
     const preset = cfg.preset ?? m.sampling.default_preset;
@@ -98,6 +104,8 @@ export class ImageService {
     const model = await Model.load(cfg.model, { threads: cfg.threads, nice: cfg.modelNice, spinning: cfg.ortSpinning, warm: cfg.batch });
     const s = new ImageService(cfg, model);
     mkdirSync(s.imagesDir, { recursive: true });
+    rmSync(s.spoolDir, { recursive: true, force: true });
+    mkdirSync(s.spoolDir, { recursive: true });
     s.cleanTemps(s.imagesDir);
     // what earlier runs generated counts against the budget, oldest first out
     s.budget.scan(s.imagesDir, p => GENERATED.test(p));
@@ -124,26 +132,45 @@ export class ImageService {
     return e;
   }
 
-  /** Add an image from its bytes (validated by decoding it). Same bytes → same id. */
-  async add(bytes: Buffer, name: string, opts: { demo?: boolean } = {}): Promise<ImageMeta> {
-    if (bytes.length === 0) throw new ImageError('empty file; accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF');
-    if (bytes.length > this.cfg.uploadMaxBytes) throw new ImageError(`file is ${bytes.length} bytes, over the limit of ${this.cfg.uploadMaxBytes} bytes (upload-max-bytes)`, 413);
-    if (/^\s*(<\?xml|<svg)/i.test(bytes.subarray(0, 256).toString('latin1')))
+  /**
+   * Add an image from its bytes or a file (an upload spooled to disk), validated by decoding it.
+   * Same bytes → same id. Memory stays bounded whatever the photo's size: the header is checked
+   * first, then the photo is decoded strip by strip into images/<id>/lr (lib/tiles/lrfile.ts).
+   */
+  async add(input: Buffer | { path: string }, name: string, opts: { demo?: boolean } = {}): Promise<ImageMeta> {
+    const isFile = !Buffer.isBuffer(input);
+    const size = isFile ? statSync(input.path).size : input.length;
+    if (size === 0) throw new ImageError('empty file; accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF');
+    if (size > this.cfg.uploadMaxBytes) throw new ImageError(`file is ${size} bytes, over the limit of ${this.cfg.uploadMaxBytes} bytes (upload-max-bytes)`, 413);
+    const head = isFile ? readHead(input.path, 256) : input.subarray(0, 256);
+    if (/^\s*(<\?xml|<svg)/i.test(head.toString('latin1')))
       throw new ImageError('SVG and other vector formats are not accepted (they can reference external files); upload a raster image: JPEG, PNG, WebP, TIFF, GIF, AVIF');
-    const img = await loadRGB(bytes, { maxPixels: this.cfg.uploadMaxPixels });
-    const id = createHash('sha256').update(bytes).digest('hex').slice(0, 16);
+    await checkHeader(isFile ? input.path : input, this.cfg.uploadMaxPixels);
+    const id = (isFile ? await hashFile(input.path) : createHash('sha256').update(input).digest('hex')).slice(0, 16);
     const existing = this.entries.get(id);
     if (existing) return existing.meta;
-    const dir = join(this.imagesDir, id);
-    mkdirSync(dir, { recursive: true });
-    atomicWrite(join(dir, 'source'), bytes);
-    const safeName = name.replace(/[^\w.\- ]+/g, '_').slice(0, 120) || 'image';
-    const meta: ImageMeta = { id, name: safeName, lrWidth: img.width, lrHeight: img.height, created: new Date().toISOString(), ...(opts.demo ? { demo: true } : {}) };
-    atomicWrite(join(dir, 'meta.json'), JSON.stringify(meta, null, 1));   // written last: marks the upload complete
-    const e = this.register(meta);
-    e.lr = img;
-    this.scheduleFill(id);
-    return meta;
+    return this.adding.run(id, async () => {
+      const dir = join(this.imagesDir, id);
+      mkdirSync(dir, { recursive: true });
+      let lr: LRFolder;
+      try {
+        if (isFile) { const tmp = join(dir, `source.${process.pid}.tmp`); copyFileSync(input.path, tmp); renameSync(tmp, join(dir, 'source')); }
+        else atomicWrite(join(dir, 'source'), input);
+        lr = await prepareLR(join(dir, 'source'), join(dir, 'lr'), this.cfg.uploadMaxPixels);
+      } catch (e) {
+        rmSync(dir, { recursive: true, force: true });   // no meta.json yet: nothing of it was ever listed
+        if (e instanceof DecodeError) throw new ImageError(e.message);
+        if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new DiskFullError(join(dir, 'source'));
+        throw e;
+      }
+      const safeName = name.replace(/[^\w.\- ]+/g, '_').slice(0, 120) || 'image';
+      const meta: ImageMeta = { id, name: safeName, lrWidth: lr.width, lrHeight: lr.height, created: new Date().toISOString(), ...(opts.demo ? { demo: true } : {}) };
+      atomicWrite(join(dir, 'meta.json'), JSON.stringify(meta, null, 1));   // written last: marks the upload complete
+      const e = this.register(meta);
+      e.lr = lr;
+      this.scheduleFill(id);
+      return meta;
+    });
   }
 
   list(): ImageMeta[] {
@@ -163,14 +190,16 @@ export class ImageService {
     const e = this.entry(id);
     if (e.render) return Promise.resolve(e);
     return this.opening.run(id, async () => {
-      if (!e.lr) e.lr = await loadRGB(readFileSync(join(e.dir, 'source')), { maxPixels: Number.MAX_SAFE_INTEGER });
+      // an upload from before the LR was kept on disk, or one whose preparation a crash cut short
+      e.lr ??= openLR(join(e.dir, 'lr')) ?? await prepareLR(join(e.dir, 'source'), join(e.dir, 'lr'), Number.MAX_SAFE_INTEGER);
       mkdirSync(join(e.pyramidDir, `${id}_files`), { recursive: true });
       const render = new Render({
-        model: this.model, image: e.lr, scale: this.cfg.scale, seed: this.cfg.seed, preset: this.cfg.preset, steps: this.cfg.steps,
+        model: this.model, image: e.lr.levels[0], scale: this.cfg.scale, seed: this.cfg.seed, preset: this.cfg.preset, steps: this.cfg.steps,
         sigmaMax: this.cfg.sigmaMax, batch: this.cfg.batch, kvBytes: this.cfg.kvCacheMb * 1024 * 1024,
         store: new DiskBlockStore(join(e.pyramidDir, 'blocks'), this.budget),
       });
-      e.sources = sourceLevels(e.lr, e.geometry, this.cfg.scale);
+      const srcTop = maxLevel(e.geometry.width, e.geometry.height) - Math.log2(this.cfg.scale);
+      e.sources = new Map(e.lr.levels.map((px, k) => [srcTop - k, px] as const).filter(([L]) => L >= 0));
       const last = render.last;
       last.onBlockDone((r, c) => {
         e.times.push(Date.now());
@@ -224,6 +253,16 @@ export class ImageService {
   }
 
   events(id: string) { return this.entry(id).events; }
+
+  /** Finished and total blocks of the last stage (cheap: counted as blocks finish). */
+  async progress(id: string) { return (await this.ready(id)).render!.progress(); }
+
+  /** Call `fn(done, total)` as each block of the last stage finishes; returns the unsubscribe. */
+  onBlock(id: string, fn: (done: number, total: number) => void) {
+    const ev = this.entry(id).events, h = (e: { done: number; total: number }) => fn(e.done, e.total);
+    ev.on('block', h);
+    return () => ev.off('block', h);
+  }
 
   private tilePath(e: Entry, L: number, c: number, r: number) {
     return join(e.pyramidDir, `${e.meta.id}_files`, String(L), `${c}_${r}.${this.cfg.tileFormat}`);
@@ -299,15 +338,15 @@ export class ImageService {
     const rect = tileRect(e.geometry, L, c, r);
     const src = e.sources!.get(L);
     let img: RGBImage;
-    if (src) img = crop(src, rect.x, rect.y, rect.w, rect.h);
+    if (src) img = { width: rect.w, height: rect.h, data: src.regionSync(rect.x, rect.y, rect.w, rect.h) };
     else {
-      const lr = e.lr!, ls = levelSize(e.geometry, L);
+      const lr = e.lr!.levels[0], ls = levelSize(e.geometry, L);
       const f = ls.width / lr.width;
       const sx0 = Math.max(0, Math.floor(rect.x / f) - 2), sy0 = Math.max(0, Math.floor(rect.y / f) - 2);
       const sx1 = Math.min(lr.width, Math.ceil((rect.x + rect.w) / f) + 2), sy1 = Math.min(lr.height, Math.ceil((rect.y + rect.h) / f) + 2);
       const rw = Math.round((sx1 - sx0) * f), rh = Math.round((sy1 - sy0) * f);
-      const { data } = await imageOp(() => sharp(Buffer.from(lr.data.buffer, lr.data.byteOffset, lr.data.length), { raw: { width: lr.width, height: lr.height, channels: 3 } })
-        .extract({ left: sx0, top: sy0, width: sx1 - sx0, height: sy1 - sy0 })
+      const px = lr.regionSync(sx0, sy0, sx1 - sx0, sy1 - sy0);
+      const { data } = await imageOp(() => sharp(Buffer.from(px.buffer, px.byteOffset, px.length), { raw: { width: sx1 - sx0, height: sy1 - sy0, channels: 3 } })
         .resize(rw, rh, { kernel: 'lanczos3', fit: 'fill' })
         .extract({ left: Math.min(Math.round(rect.x - sx0 * f), rw - rect.w), top: Math.min(Math.round(rect.y - sy0 * f), rh - rect.h), width: rect.w, height: rect.h })
         .raw().toBuffer({ resolveWithObject: true }));
@@ -400,10 +439,37 @@ export class ImageService {
   }
 
   /** Stop the model's thread (the service answers nothing after this). */
-  async close() { this.fillQueue.length = 0; await this.model.close(); }
+  async close() {
+    this.fillQueue.length = 0;
+    await this.model.close();
+    for (const e of this.entries.values()) for (const l of e.lr?.levels ?? []) l.close();
+  }
 
   /** Queue every known image that is not finished for background fill. */
   fillAll() { for (const id of this.entries.keys()) this.scheduleFill(id); }
+}
+
+function readHead(path: string, n: number) {
+  const fd = openSync(path, 'r'), b = Buffer.alloc(n);
+  try { return b.subarray(0, readSync(fd, b, 0, n, 0)); } finally { closeSync(fd); }
+}
+
+async function hashFile(path: string) {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** What a header says, before any pixel is decoded: dimensions within the limit, one frame. */
+async function checkHeader(input: string | Buffer, maxPixels: number) {
+  let meta;
+  try { meta = await sharp(input, { limitInputPixels: false }).metadata(); } catch (e) {
+    throw new ImageError(`not a readable image (${(e as Error).message}); accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF`);
+  }
+  if (!meta.width || !meta.height) throw new ImageError('image has no dimensions; accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF');
+  if ((meta.pages ?? 1) > 1) throw new ImageError(`animated/multi-page images are not accepted (${meta.pages} pages); upload a single frame`);
+  if (meta.width * meta.height > maxPixels)
+    throw new ImageError(`image is ${meta.width}×${meta.height} = ${meta.width * meta.height} pixels, over the limit of ${maxPixels} pixels (upload-max-pixels)`, 413);
 }
 
 function checkDataDir(dir: string) {

@@ -40,6 +40,10 @@ export const schema = z.object({
   http2: bool.describe('serve HTTP/2 over TLS (and HTTP/1.1) with --tls-cert/--tls-key, or a self-signed localhost certificate'),
   tlsCert: z.string().optional().describe('TLS certificate (PEM) for --http2'),
   tlsKey: z.string().optional().describe('TLS private key (PEM) for --http2'),
+  queue: z.string().regex(/^rediss?:\/\/\S+$/, 'must be redis://HOST:PORT (or rediss:// for TLS)').optional().describe('generate on `infdit worker`s through Redis (BullMQ) at this URL instead of here'),
+  regionBlocks: int(1, 256).describe('(--queue) blocks per side of a region job: larger means less halo work, fewer jobs to spread'),
+  queueWindow: int(1, 100000).describe('(--queue) region jobs this process keeps on the queue at once'),
+  queueLockMs: int(1000, 3600000).describe("(worker) a job's lock: a worker silent this long is taken for dead and its job goes to another"),
 }).strict();
 
 export type Config = z.infer<typeof schema>;
@@ -53,6 +57,7 @@ export const defaults: Config = {
   port: 8080, host: '127.0.0.1',
   uploadMaxBytes: 256 * 1024 * 1024, uploadMaxPixels: 67_108_864,
   backgroundFill: true, tileWaitMs: 20000, demo: true, http2: false,
+  regionBlocks: 16, queueWindow: 256, queueLockMs: 30000,
 };
 
 export const KEYS = Object.keys(schema.shape) as (keyof Config)[];

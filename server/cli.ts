@@ -11,6 +11,9 @@ import { ImageService } from '../lib/tiles/service.js';
 import { encode } from '../lib/tiles/image.js';
 import { atomicWrite } from '../lib/engine/atomic.js';
 import { createApp } from './app.js';
+import { Model } from '../lib/engine/model.js';
+import { startWorker } from '../lib/queue/worker.js';
+import { checkRedis } from '../lib/queue/remote.js';
 import { listenHttp2, selfSigned } from './http2.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -22,6 +25,9 @@ const USAGE = `infdit — a deep-zoom server that super-resolves photos lazily w
 
 usage:
   infdit serve  [options]                       serve the viewer and the DZI/IIIF tiles
+  infdit worker --queue redis://HOST:PORT [--threads N] [--model M]
+                                                generate region jobs for renders and servers that
+                                                run with the same --queue (any number of machines)
   infdit render INPUT [--out DIR] [--full FILE] [options]
                                                 write the whole pyramid (DIR/<name>.dzi, DIR/<name>_files/),
                                                 byte-identical to what the server serves; --full also
@@ -54,6 +60,16 @@ async function serve(cfg: Config) {
     announce(`http://${cfg.host}:${port}/`);
   });
   server.on('error', e => { console.error(`infdit: cannot listen on ${cfg.host}:${cfg.port}: ${e.message}`); process.exit(1); });
+}
+
+async function worker(cfg: Config) {
+  if (!cfg.queue) throw new ConfigError('worker needs --queue redis://HOST:PORT (the same as the render or server it works for)');
+  await checkRedis(cfg.queue);
+  const model = await Model.load(cfg.model, { threads: cfg.threads, nice: 0, spinning: cfg.ortSpinning, warm: cfg.batch });
+  const w = await startWorker(cfg.queue, model, { batch: cfg.batch, kvBytes: cfg.kvCacheMb * 2 ** 20, lockMs: cfg.queueLockMs, log: s => console.log(`infdit worker: ${s}`) });
+  console.log(`infdit worker: model ${model.manifest.name} (${model.id}), ${cfg.threads || 'all'} threads, waiting for region jobs at ${cfg.queue}`);
+  const stop = async () => { await w.close(); await model.close(); process.exit(0); };
+  process.once('SIGTERM', stop); process.once('SIGINT', stop);
 }
 
 async function render(cfg: Config, input: string | undefined, out: string, full?: string) {
@@ -95,18 +111,24 @@ async function render(cfg: Config, input: string | undefined, out: string, full?
     atomicWrite(full, await encode(img, FULL_FORMATS[extname(full).toLowerCase()], 95));
     console.log(`wrote ${full} (${img.width}×${img.height})`);
   }
+  if (service.remote) {
+    const q = service.remote.stats, mb = (b: number) => (b / 2 ** 20).toFixed(1);
+    console.log(`queue: ${q.jobs} region jobs, ${q.blocks} blocks; Redis carried ${mb(q.payloadBytes)} MB of jobs and ${mb(q.resultBytes)} MB of results (${mb((q.payloadBytes + q.resultBytes) / (g.width * g.height / 1e6))} MB per output Mpx); workers ran ${q.workerNodes} layer-steps`);
+  }
+  await service.close();
 }
 
 async function main(argv: string[]) {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === '--help' || cmd === 'help') { console.log(USAGE); return; }
-  if (!['serve', 'render'].includes(cmd)) throw new ConfigError(`unknown command "${cmd}"; use "serve" or "render" (infdit --help)`);
+  if (!['serve', 'render', 'worker'].includes(cmd)) throw new ConfigError(`unknown command "${cmd}"; use "serve", "render" or "worker" (infdit --help)`);
   const { overrides, positionals, other } = parseArgs(rest, ['out', 'full']);
   if (other.help) { console.log(USAGE); return; }
-  if (cmd === 'serve' && positionals.length) throw new ConfigError(`serve takes no positional arguments, got ${positionals.join(' ')}`);
+  if ((cmd === 'serve' || cmd === 'worker') && positionals.length) throw new ConfigError(`${cmd} takes no positional arguments, got ${positionals.join(' ')}`);
   if (cmd === 'render' && positionals.length > 1) throw new ConfigError(`render takes one INPUT, got ${positionals.join(' ')}`);
   const cfg = loadConfig(overrides);
   if (cmd === 'serve') await serve(cfg);
+  else if (cmd === 'worker') await worker(cfg);
   else await render({ ...cfg, dataDir: overrides.dataDir ? cfg.dataDir : resolve(String(other.out ?? '.'), '.infdit-cache') }, positionals[0], String(other.out ?? '.'), other.full as string | undefined);
 }
 

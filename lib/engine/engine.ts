@@ -224,6 +224,17 @@ export class Stage {
     }
   }
 
+  /** Blocks put into the store by someone else (a queue worker's region): final from now on,
+   *  and announced as if finished here. */
+  adopt(r: number, c: number) {
+    if (this.isFinal(r, c)) return;
+    if (!this.o.store.has(this.o.stage, r, c)) throw new Error(`block (${r},${c}) of stage ${this.o.stage} is not in the store`);
+    const b = this.block(r, c);
+    this.setFinal(b, true);
+    if (this.doneN >= 0) this.doneN++;
+    for (const fn of this.listeners) fn(r, c);
+  }
+
   /** A final block whose pixels left the store: not final any more, to be made again from its start. */
   private forget(b: Block) {
     this.setFinal(b, false);

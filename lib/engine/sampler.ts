@@ -22,7 +22,7 @@ export function karrasSigmas(steps: number, sMin: number, sMax: number, rho: num
 export class SamplerPlan {
   readonly evals: { sigma: number; step: number; corrector: boolean }[] = [];
   readonly sigmas: number[];
-  constructor(readonly method: Method, readonly steps: number, sMin: number, sMax: number, rho: number) {
+  constructor(readonly method: Method, readonly steps: number, readonly sMin: number, readonly sMax: number, readonly rho: number) {
     this.sigmas = karrasSigmas(steps, sMin, sMax, rho);
     for (let i = 0; i < steps; i++) {
       this.evals.push({ sigma: this.sigmas[i], step: i, corrector: false });

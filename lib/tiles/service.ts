@@ -26,6 +26,8 @@ import { SharedPromiseCache } from './shared-promise.js';
 import { coarseMap, encodeRuns } from './progress.js';
 import { atomicWrite, DiskFullError } from '../engine/atomic.js';
 import { DiskBudget } from './diskbudget.js';
+import { RemoteGenerator, type RemoteRender } from '../queue/remote.js';
+import { PRIORITY } from '../queue/protocol.js';
 import { LevelSampler, tileRect, validTile, dziXml, maxLevel, levelSize, allTiles, type Geometry } from './pyramid.js';
 import type { Config } from '../../config/index.js';
 
@@ -62,6 +64,7 @@ const FILL_ROWS = 8;
 class Entry {
   lr?: LRFolder;
   render?: Render;
+  store?: DiskBlockStore;
   /** Pyramid levels at or below the LR's resolution: the photo's own halvings, on disk. */
   sources?: Map<number, RawPixels>;
   readonly events = new EventEmitter();
@@ -89,6 +92,9 @@ export class ImageService {
   /** The data folder's generated files (blocks, tiles) under --disk-budget-mb. */
   readonly budget: DiskBudget;
 
+  /** With --queue: the workers that generate, instead of this process's model. */
+  remote?: RemoteGenerator;
+
   private constructor(readonly cfg: Config, readonly model: Model) {
     this.imagesDir = join(cfg.dataDir, 'images');
     this.spoolDir = join(cfg.dataDir, 'spool');
@@ -103,6 +109,10 @@ export class ImageService {
     checkDataDir(cfg.dataDir);
     const model = await Model.load(cfg.model, { threads: cfg.threads, nice: cfg.modelNice, spinning: cfg.ortSpinning, warm: cfg.batch });
     const s = new ImageService(cfg, model);
+    if (cfg.queue) {
+      try { s.remote = await RemoteGenerator.open(cfg.queue, model, { regionBlocks: cfg.regionBlocks, window: cfg.queueWindow }); }
+      catch (e) { await model.close(); throw e; }
+    }
     mkdirSync(s.imagesDir, { recursive: true });
     rmSync(s.spoolDir, { recursive: true, force: true });
     mkdirSync(s.spoolDir, { recursive: true });
@@ -196,7 +206,7 @@ export class ImageService {
       const render = new Render({
         model: this.model, image: e.lr.levels[0], scale: this.cfg.scale, seed: this.cfg.seed, preset: this.cfg.preset, steps: this.cfg.steps,
         sigmaMax: this.cfg.sigmaMax, batch: this.cfg.batch, kvBytes: this.cfg.kvCacheMb * 1024 * 1024,
-        store: new DiskBlockStore(join(e.pyramidDir, 'blocks'), this.budget),
+        store: e.store = new DiskBlockStore(join(e.pyramidDir, 'blocks'), this.budget),
       });
       const srcTop = maxLevel(e.geometry.width, e.geometry.height) - Math.log2(this.cfg.scale);
       e.sources = new Map(e.lr.levels.map((px, k) => [srcTop - k, px] as const).filter(([L]) => L >= 0));
@@ -320,8 +330,33 @@ export class ImageService {
   }
 
   private levelRegion(e: Entry, L: number, x: number, y: number, w: number, h: number, opt: { signal?: AbortSignal; priority?: number }) {
-    const sampler = new LevelSampler(e.geometry, (x0, y0, ww, hh) => e.render!.region(x0, y0, ww, hh, opt), l => e.sources!.get(l) ?? null);
+    const top = async (x0: number, y0: number, ww: number, hh: number) => {
+      if (this.remote) await this.remoteRect(e, x0, y0, ww, hh, PRIORITY.viewer);
+      return e.render!.region(x0, y0, ww, hh, opt);
+    };
+    const sampler = new LevelSampler(e.geometry, top, l => e.sources!.get(l) ?? null);
     return sampler.region(L, x, y, w, h);
+  }
+
+  // ------------------------------------------------------------- queue (--queue)
+
+  private remoteOf(e: Entry): RemoteRender {
+    return { key: `${e.meta.id}-${this.renderKey}`, render: e.render!, store: e.store!, lr: e.lr!.levels[0], seed: this.cfg.seed };
+  }
+
+  /** The last stage's blocks under an output rectangle, made by the workers. */
+  private remoteRect(e: Entry, x: number, y: number, w: number, h: number, priority: number) {
+    const R = e.render!, s = R.last, k = R.halveOutput ? 2 : 1, B = s.B;
+    const blocks: [number, number][] = [];
+    const r1 = Math.min(s.R - 1, Math.floor((k * (y + h) - 1) / B)), c1 = Math.min(s.C - 1, Math.floor((k * (x + w) - 1) / B));
+    for (let r = Math.floor((k * y) / B); r <= r1; r++) for (let c = Math.floor((k * x) / B); c <= c1; c++) blocks.push([r, c]);
+    return this.remote!.ensure(this.remoteOf(e), R.stages.length - 1, blocks, priority);
+  }
+
+  /** Blocks of the last stage made, here or (--queue) by the workers. */
+  private ensureBlocks(e: Entry, blocks: [number, number][], priority: { local: number; queue: number }) {
+    if (this.remote) return this.remote.ensure(this.remoteOf(e), e.render!.stages.length - 1, blocks, priority.queue);
+    return e.render!.last.ensure(blocks, { priority: priority.local });
   }
 
   /** Whether a tile is final on disk, without making it. */
@@ -376,6 +411,8 @@ export class ImageService {
   /** Make every tile of the pyramid that is not stored yet. */
   async renderAll(id: string, onTile?: (done: number, total: number) => void, opt: { priority?: number; signal?: AbortSignal } = {}) {
     const e = await this.ready(id);
+    // with workers: every block first, all regions on the queue at once (the window bounds it)
+    if (this.remote) await this.remote.ensureAll(this.remoteOf(e), PRIORITY.render);
     const tiles = [...allTiles(e.geometry)];
     let done = 0;
     for (const { L, c, r } of tiles) {
@@ -426,7 +463,7 @@ export class ImageService {
         for (let r0 = 0; r0 < s.R; r0 += FILL_ROWS) {
           const band: [number, number][] = [];
           for (let r = r0; r < Math.min(s.R, r0 + FILL_ROWS); r++) for (let c = 0; c < s.C; c++) band.push([r, c]);
-          await s.ensure(band, { priority: 0 });
+          await this.ensureBlocks(e, band, { local: 0, queue: PRIORITY.fill });
         }
         this.fillQueue.shift();
       } catch (err) {
@@ -441,6 +478,7 @@ export class ImageService {
   /** Stop the model's thread (the service answers nothing after this). */
   async close() {
     this.fillQueue.length = 0;
+    await this.remote?.close();
     await this.model.close();
     for (const e of this.entries.values()) for (const l of e.lr?.levels ?? []) l.close();
   }

@@ -1,5 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { createServer } from 'node:net';
 import sharp from 'sharp';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
@@ -43,4 +46,21 @@ export function spawnServe(args: string[], nodeArgs: string[] = []): Promise<{ p
     proc.stderr!.on('data', d => { out += d; });
     proc.on('exit', c => reject(new Error(`server exited ${c}: ${out}`)));
   });
+}
+
+export function freePort(): Promise<number> {
+  return new Promise(res => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as any).port; s.close(() => res(p)); }); });
+}
+
+/** A real redis-server of our own: a free port, a temp dir, no persistence; stop() removes it. */
+export async function startRedis() {
+  const dir = mkdtempSync(join(tmpdir(), 'infdit-redis-')), port = await freePort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  for (let i = 0; ; i++) {
+    try { execFileSync('redis-cli', ['-p', String(port), 'ping'], { stdio: 'pipe' }); break; } catch {
+      if (i > 50) throw new Error('redis-server did not start (is the redis-server package installed?)');
+      await new Promise(r => setTimeout(r, 100));
+    }
+  }
+  return { url: `redis://127.0.0.1:${port}`, port, stop() { proc.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); } };
 }

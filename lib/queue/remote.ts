@@ -22,7 +22,10 @@ import { JobData, JobResult, PROTOCOL, QUEUE_NAME, cellOf, cellRegion, fromPng, 
 /** One image's render as the master sees it. */
 export interface RemoteRender { key: string; render: Render; store: BlockStore; lr: PixelSource; seed: number }
 
-export interface RemoteOptions { regionBlocks: number; window: number; log?: (s: string) => void }
+/** regionBlocks: cells for whole renders and background fill (halo work falls as they grow: 59% at
+ *  16, 27% at 32, bench/queue.ts); viewerBlocks: cells for a viewer's tile (a 256-px tile is 4 blocks:
+ *  its cone, no more, so the first tile comes as fast as it does locally). */
+export interface RemoteOptions { regionBlocks: number; viewerBlocks: number; window: number; log?: (s: string) => void }
 
 export interface RemoteStats { jobs: number; payloadBytes: number; resultBytes: number; workerNodes: number; blocks: number }
 
@@ -41,7 +44,7 @@ export async function checkRedis(url: string, timeoutMs = 5000) {
 export class RemoteGenerator {
   readonly stats: RemoteStats = { jobs: 0, payloadBytes: 0, resultBytes: 0, workerNodes: 0, blocks: 0 };
   private queue: Queue; private events: QueueEvents;
-  private waiting = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private waiting = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void; add: () => Promise<unknown> }>();
   private cells = new SharedPromiseCache<void>();
   private active = 0; private slots: (() => void)[] = [];
   private poller: NodeJS.Timeout;
@@ -90,16 +93,18 @@ export class RemoteGenerator {
       const state = await this.queue.getJobState(id);
       if (state === 'completed') { const j = await this.queue.getJob(id); this.settle(id, null, j?.returnvalue); }
       else if (state === 'failed') { const j = await this.queue.getJob(id); this.settle(id, new Error(`region job ${id} failed: ${j?.failedReason}`)); }
+      // gone: a Redis restarted without its data (or flushed) lost it; it is deterministic, so ask again
+      else if (state === 'unknown') await this.waiting.get(id)?.add();
     } catch { /* Redis away: the next poll asks again */ }
   }
 
   /** Make sure these blocks of stage `s` (0-based) are in the store, through the workers. */
-  async ensure(rr: RemoteRender, s: number, blocks: Iterable<[number, number]>, priority: number) {
-    const st = rr.render.stages[s], size = this.o.regionBlocks;
+  async ensure(rr: RemoteRender, s: number, blocks: Iterable<[number, number]>, priority: number, size = this.o.regionBlocks) {
+    const st = rr.render.stages[s];
     const cells = new Map<string, { cr: number; cc: number }>();
     for (const [r, c] of blocks) if (!st.isFinal(r, c)) { const cell = cellOf(r, c, size); cells.set(`${cell.cr},${cell.cc}`, cell); }
     await Promise.all([...cells.values()].map(({ cr, cc }) =>
-      this.cells.run(`${rr.key}/${s}/${cr},${cc}`, () => this.cell(rr, s, cr, cc, priority))));
+      this.cells.run(`${rr.key}/${s}/${size}/${cr},${cc}`, () => this.cell(rr, s, cr, cc, priority, size))));
   }
 
   /** Every block of the last stage (render --queue); `onBlocks(n)` as regions land. */
@@ -121,9 +126,9 @@ export class RemoteGenerator {
   }
   private release() { const n = this.slots.shift(); if (n) n(); else this.active--; }
 
-  private async cell(rr: RemoteRender, s: number, cr: number, cc: number, priority: number) {
+  private async cell(rr: RemoteRender, s: number, cr: number, cc: number, priority: number, size: number) {
     const st = rr.render.stages[s];
-    const region = cellRegion(cr, cc, this.o.regionBlocks, st.R, st.C);
+    const region = cellRegion(cr, cc, size, st.R, st.C);
     let all = true;
     for (let r = region.r0; r < region.r1 && all; r++) for (let c = region.c0; c < region.c1; c++) if (!st.isFinal(r, c)) { all = false; break; }
     if (all) return;
@@ -137,7 +142,7 @@ export class RemoteGenerator {
       const prev = rr.render.stages[s - 1], B = prev.B, need: [number, number][] = [];
       for (let r = Math.floor(crop.y / B); r <= Math.floor((crop.y + crop.h - 1) / B); r++)
         for (let c = Math.floor(crop.x / B); c <= Math.floor((crop.x + crop.w - 1) / B); c++) need.push([r, c]);
-      await this.ensure(rr, s - 1, need, priority);
+      await this.ensure(rr, s - 1, need, priority, size);
       lrPx = await prev.region(crop.x, crop.y, crop.w, crop.h);
     }
     const id = createHash('sha256').update(JSON.stringify([PROTOCOL, this.model.id, rr.key, s, region])).digest('hex').slice(0, 24);
@@ -174,9 +179,10 @@ export class RemoteGenerator {
   }
 
   private async submit(id: string, data: JobData, priority: number): Promise<JobResult> {
-    const done = new Promise<unknown>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
+    const add = () => this.queue.add('region', data, { jobId: id, priority, attempts: 3, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: false, removeOnFail: false });
+    const done = new Promise<unknown>((resolve, reject) => this.waiting.set(id, { resolve, reject, add }));
     const payload = JSON.stringify(data).length;
-    await this.queue.add('region', data, { jobId: id, priority, attempts: 3, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: false, removeOnFail: false });
+    await add();
     this.stats.jobs++; this.stats.payloadBytes += payload;
     void this.check(id);   // already finished (a restart finding its job done): no event will come
     const raw = await done;

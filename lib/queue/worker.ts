@@ -72,6 +72,7 @@ export async function startWorker(url: string, model: Model, o: WorkerOptions) {
     // a malformed payload will not get better on another try
     if (!parsed.success) throw new UnrecoverableError(`invalid job payload: ${parsed.error.issues.map(i => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
     const d = parsed.data;
+    log(`job ${job.id} started (attempt ${job.attemptsStarted ?? job.attemptsMade + 1})`);
     if (d.model.id !== model.id)
       throw new UnrecoverableError(`this worker has model ${model.manifest.name} (${model.id}); the job wants ${d.model.name} (${d.model.id}): start workers with --model pointing at the same files as the render or server`);
     const res = await runJob(model, d, o);

@@ -110,7 +110,7 @@ export class ImageService {
     const model = await Model.load(cfg.model, { threads: cfg.threads, nice: cfg.modelNice, spinning: cfg.ortSpinning, warm: cfg.batch });
     const s = new ImageService(cfg, model);
     if (cfg.queue) {
-      try { s.remote = await RemoteGenerator.open(cfg.queue, model, { regionBlocks: cfg.regionBlocks, window: cfg.queueWindow }); }
+      try { s.remote = await RemoteGenerator.open(cfg.queue, model, { regionBlocks: cfg.regionBlocks, viewerBlocks: Math.max(1, Math.round(cfg.tileSize / model.manifest.block)), window: cfg.queueWindow }); }
       catch (e) { await model.close(); throw e; }
     }
     mkdirSync(s.imagesDir, { recursive: true });
@@ -350,7 +350,7 @@ export class ImageService {
     const blocks: [number, number][] = [];
     const r1 = Math.min(s.R - 1, Math.floor((k * (y + h) - 1) / B)), c1 = Math.min(s.C - 1, Math.floor((k * (x + w) - 1) / B));
     for (let r = Math.floor((k * y) / B); r <= r1; r++) for (let c = Math.floor((k * x) / B); c <= c1; c++) blocks.push([r, c]);
-    return this.remote!.ensure(this.remoteOf(e), R.stages.length - 1, blocks, priority);
+    return this.remote!.ensure(this.remoteOf(e), R.stages.length - 1, blocks, priority, this.remote!.o.viewerBlocks);
   }
 
   /** Blocks of the last stage made, here or (--queue) by the workers. */

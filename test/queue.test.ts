@@ -1,0 +1,136 @@
+/** Scale-out through a real redis-server and real `infdit worker` processes: the same bytes. */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { spawn, execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Queue } from 'bullmq';
+import { FIXTURE, ROOT, wavePng, spawnServe, startRedis, freePort } from './helpers.js';
+import { ImageService } from '../lib/tiles/service.js';
+import { loadConfig } from '../config/index.js';
+import { maxLevel } from '../lib/tiles/pyramid.js';
+import { QUEUE_NAME, redisConnection } from '../lib/queue/protocol.js';
+
+const run = promisify(execFile);
+const CLI = join(ROOT, 'bin/infdit.js');
+const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
+const MODEL = ['--model', FIXTURE + '.json', '--tile-size', '64'];
+
+let redis: Awaited<ReturnType<typeof startRedis>>, url = '';
+before(async () => { redis = await startRedis(); url = redis.url; });
+after(() => redis.stop());
+
+/** Start `infdit worker`; resolves once it waits for jobs. Its log (jobs done) in `log`. */
+function startWorker(extra: string[] = []) {
+  const proc = spawn(process.execPath, [CLI, 'worker', '--queue', url, '--threads', '1', '--queue-lock-ms', '2000', ...MODEL, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const w = { proc, log: '' };
+  return new Promise<typeof w>((resolve, reject) => {
+    proc.stdout!.on('data', d => { w.log += d; if (/waiting for region jobs/.test(w.log)) resolve(w); });
+    proc.stderr!.on('data', d => { w.log += d; });
+    proc.on('exit', c => reject(new Error(`worker exited ${c}: ${w.log}`)));
+  });
+}
+const jobsDone = (w: { log: string }) => (w.log.match(/^infdit worker: job \S+: stage/gm) ?? []).length;
+const ids = (w: { log: string }, what: RegExp) => new Set([...w.log.matchAll(what)].map(m => m[1]));
+
+function tree(dir: string) {
+  const out = new Map<string, Buffer>();
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true } as any) as any[]) {
+    const p = join(e.parentPath ?? e.path, e.name);
+    if (e.isFile() && !p.includes('.infdit-cache')) out.set(relative(dir, p), readFileSync(p));
+  }
+  return out;
+}
+function assertSameTree(a: string, b: string) {
+  const ta = tree(a), tb = tree(b);
+  assert.deepEqual([...ta.keys()].sort(), [...tb.keys()].sort());
+  for (const [k, v] of ta) assert.ok(v.equals(tb.get(k)!), `${k} differs`);
+  return ta.size;
+}
+
+let input = '', localOut = '';
+async function localRender() {
+  if (localOut) return localOut;
+  const dir = tmp('infdit-qin-');
+  input = join(dir, 'photo.png');
+  writeFileSync(input, await wavePng(96, 72));
+  localOut = join(dir, 'local');
+  await run(process.execPath, [CLI, 'render', input, '--out', localOut, '--threads', '1', ...MODEL]);
+  return localOut;
+}
+
+test('a queued render on 2 workers equals the single-process render byte for byte', { timeout: 120_000 }, async () => {
+  const local = await localRender();
+  const ws = await Promise.all([startWorker(), startWorker()]);
+  try {
+    const out = tmp('infdit-qout-');
+    const { stdout } = await run(process.execPath, [CLI, 'render', input, '--out', out, '--queue', url, '--region-blocks', '2', ...MODEL]);
+    assert.match(stdout, /queue: \d+ region jobs/);
+    const n = assertSameTree(out, local);
+    assert.ok(n > 20, `${n} files compared`);
+    assert.ok(jobsDone(ws[0]) > 0 && jobsDone(ws[1]) > 0, `both workers took jobs (${jobsDone(ws[0])}, ${jobsDone(ws[1])})`);
+  } finally { for (const w of ws) w.proc.kill('SIGKILL'); }
+});
+
+test('a worker killed (SIGKILL) part-way: its job goes to another worker, same bytes', { timeout: 180_000 }, async () => {
+  const local = await localRender();
+  const a = await startWorker(['--batch', '1']);
+  const out = tmp('infdit-qkill-');
+  const render = run(process.execPath, [CLI, 'render', input, '--out', out, '--queue', url, '--region-blocks', '3', ...MODEL]);
+  let b: Awaited<ReturnType<typeof startWorker>> | undefined;
+  try {
+    // killed inside a job (started, not finished): its lock is left to expire
+    const unfinished = () => [...ids(a, /job (\S+) started/g)].filter(id => !ids(a, /job (\S+): stage/g).has(id));
+    while (jobsDone(a) < 3 || unfinished().length === 0) await new Promise(r => setTimeout(r, 5));
+    a.proc.kill('SIGKILL');
+    const doneByA = jobsDone(a), cut = unfinished();
+    b = await startWorker(['--batch', '1']);
+    const { stdout } = await render;
+    assert.match(stdout, /wrote .*photo\.dzi/);
+    assertSameTree(out, local);
+    assert.ok(jobsDone(b) > 0, 'the second worker finished the render');
+    for (const id of cut) assert.ok(ids(b, /job (\S+): stage/g).has(id), `job ${id}, cut short by the kill, was done by the other worker`);
+    assert.ok(doneByA < 20, 'the first worker was killed before the end');
+  } finally { a.proc.kill('SIGKILL'); b?.proc.kill('SIGKILL'); }
+});
+
+test('serve --queue: a tile made by a worker equals the local tile', { timeout: 120_000 }, async () => {
+  const png = await wavePng(60, 44);
+  const w = await startWorker();
+  const { proc, base } = await spawnServe(['--data-dir', tmp('infdit-qserve-'), '--no-demo', '--queue', url, '--tile-wait-ms', '60000', ...MODEL]);
+  const local = await ImageService.open(loadConfig({ model: FIXTURE + '.json', tileSize: 64, dataDir: tmp('infdit-qlocal-'), backgroundFill: false, demo: false, threads: 1 }));
+  try {
+    const fd = new FormData();
+    fd.append('image', new Blob([png]), 'q.png');
+    const { id, width, height } = await (await fetch(`${base}/api/images`, { method: 'POST', body: fd })).json() as any;
+    const L = maxLevel(width, height);
+    const res = await fetch(`${base}/images/${id}_files/${L}/2_1.jpeg`);
+    assert.equal(res.headers.get('x-infdit-tile'), 'final');
+    const remoteTile = Buffer.from(await res.arrayBuffer());
+    await local.add(png, 'q.png');
+    assert.ok(remoteTile.equals((await local.tile(id, L, 2, 1)).bytes));
+    assert.ok(jobsDone(w) > 0);
+  } finally { proc.kill('SIGKILL'); w.proc.kill('SIGKILL'); await local.close(); }
+});
+
+test('a job for another model, a malformed job, an unreachable Redis: clear errors', { timeout: 60_000 }, async () => {
+  const local = await localRender();
+  const w = await startWorker(['--model', FIXTURE + '-global.json']);
+  try {
+    const out = tmp('infdit-qwrong-');
+    await assert.rejects(run(process.execPath, [CLI, 'render', input, '--out', out, '--queue', url, ...MODEL]),
+      (e: any) => /this worker has model tiny-global.*the job wants tiny-fixture.*--model/s.test(e.stderr));
+    const q = new Queue(QUEUE_NAME, { connection: redisConnection(url) });
+    const job = await q.add('region', { protocol: 1, stage: 'one' }, { jobId: 'malformed' });
+    for (let i = 0; i < 100 && !(await job.isFailed()); i++) await new Promise(r => setTimeout(r, 50));
+    assert.match((await q.getJob('malformed'))!.failedReason, /invalid job payload/);
+    await q.close();
+    assert.ok(local);
+  } finally { w.proc.kill('SIGKILL'); }
+  const port = await freePort();
+  await assert.rejects(run(process.execPath, [CLI, 'render', input, '--out', tmp('infdit-qnone-'), '--queue', `redis://127.0.0.1:${port}`, ...MODEL]),
+    (e: any) => /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+ .*start redis-server/.test(e.stderr));
+  await assert.rejects(run(process.execPath, [CLI, 'worker', '--queue', 'http://x', ...MODEL]), (e: any) => /must be redis:\/\/HOST:PORT/.test(e.stderr));
+});

@@ -53,8 +53,9 @@ export function freePort(): Promise<number> {
 }
 
 /** A real redis-server of our own: a free port, a temp dir, no persistence; stop() removes it. */
-export async function startRedis() {
-  const dir = mkdtempSync(join(tmpdir(), 'infdit-redis-')), port = await freePort();
+export async function startRedis(port?: number) {
+  const dir = mkdtempSync(join(tmpdir(), 'infdit-redis-'));
+  port ??= await freePort();
   const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
   for (let i = 0; ; i++) {
     try { execFileSync('redis-cli', ['-p', String(port), 'ping'], { stdio: 'pipe' }); break; } catch {

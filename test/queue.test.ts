@@ -96,6 +96,31 @@ test('a worker killed (SIGKILL) part-way: its job goes to another worker, same b
   } finally { a.proc.kill('SIGKILL'); b?.proc.kill('SIGKILL'); }
 });
 
+test('Redis restarted empty mid-render: the render waits, submits its lost jobs again, same bytes', { timeout: 120_000 }, async () => {
+  const local = await localRender();
+  const own = await startRedis(), ownUrl = own.url;
+  const out = tmp('infdit-qrestart-');
+  const proc = spawn(process.execPath, [CLI, 'render', input, '--out', out, '--queue', ownUrl, '--region-blocks', '3', ...MODEL], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '', stderr = '';
+  proc.stdout!.on('data', d => { stdout += d; }); proc.stderr!.on('data', d => { stderr += d; });
+  const exited = new Promise<number | null>(r => proc.on('exit', r));
+  let again: Awaited<ReturnType<typeof startRedis>> | undefined, w: Awaited<ReturnType<typeof startWorker>> | undefined;
+  try {
+    // the jobs are on the queue, no worker yet: Redis goes away (and its data with it)
+    await new Promise(r => setTimeout(r, 3000));
+    own.stop();
+    await new Promise(r => setTimeout(r, 1500));
+    again = await startRedis(own.port);
+    const p = spawn(process.execPath, [CLI, 'worker', '--queue', ownUrl, '--threads', '1', ...MODEL], { stdio: ['ignore', 'pipe', 'pipe'] });
+    w = { proc: p, log: '' };
+    p.stdout!.on('data', d => { w!.log += d; });
+    assert.equal(await exited, 0, stderr);
+    assert.match(stdout, /wrote .*photo\.dzi/);
+    assertSameTree(out, local);
+    assert.ok(jobsDone(w) > 0);
+  } finally { proc.kill('SIGKILL'); w?.proc.kill('SIGKILL'); again?.stop(); }
+});
+
 test('serve --queue: a tile made by a worker equals the local tile', { timeout: 120_000 }, async () => {
   const png = await wavePng(60, 44);
   const w = await startWorker();

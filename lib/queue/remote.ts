@@ -107,7 +107,8 @@ export class RemoteGenerator {
       this.cells.run(`${rr.key}/${s}/${size}/${cr},${cc}`, () => this.cell(rr, s, cr, cc, priority, size))));
   }
 
-  /** Every block of the last stage (render --queue); `onBlocks(n)` as regions land. */
+  /** Every block of the last stage (render --queue): every cell's job at once, the window bounding
+   *  how many are on the queue. */
   async ensureAll(rr: RemoteRender, priority: number) {
     const last = rr.render.stages.length - 1, st = rr.render.stages[last], size = this.o.regionBlocks;
     const jobs: Promise<void>[] = [];
@@ -135,20 +136,20 @@ export class RemoteGenerator {
     const plan = rr.render.plan, m = this.model.manifest;
     const lrW = st.o.lr.width, lrH = st.o.lr.height;
     const crop = lrCrop(region, st.lb, lrW, lrH, reach(plan.count, m.layers));
-    let lrPx: Uint8Array;
-    if (s === 0) lrPx = rr.lr.regionSync(crop.x, crop.y, crop.w, crop.h);
-    else {
-      // the LR of stage s is stage s-1's output: its blocks under the crop first
-      const prev = rr.render.stages[s - 1], B = prev.B, need: [number, number][] = [];
+    if (s > 0) {
+      // the LR of stage s is stage s-1's output: its blocks under the crop first (no slot held
+      // while waiting for them: they need slots of their own)
+      const B = rr.render.stages[s - 1].B, need: [number, number][] = [];
       for (let r = Math.floor(crop.y / B); r <= Math.floor((crop.y + crop.h - 1) / B); r++)
         for (let c = Math.floor(crop.x / B); c <= Math.floor((crop.x + crop.w - 1) / B); c++) need.push([r, c]);
       await this.ensure(rr, s - 1, need, priority, size);
-      lrPx = await prev.region(crop.x, crop.y, crop.w, crop.h);
     }
     const id = createHash('sha256').update(JSON.stringify([PROTOCOL, this.model.id, rr.key, s, region])).digest('hex').slice(0, 24);
+    // the slot first, then the pixels: a render's thousands of waiting cells hold no LR crops
     await this.slot();
     let res: JobResult;
     try {
+      const lrPx = s === 0 ? rr.lr.regionSync(crop.x, crop.y, crop.w, crop.h) : await rr.render.stages[s - 1].region(crop.x, crop.y, crop.w, crop.h);
       const data: JobData = {
         protocol: PROTOCOL, model: { id: this.model.id, name: m.name }, stage: s + 1, seed: rr.seed,
         plan: { method: plan.method, steps: plan.steps, sigmaMin: plan.sMin, sigmaMax: plan.sMax, rho: plan.rho },
@@ -179,7 +180,8 @@ export class RemoteGenerator {
   }
 
   private async submit(id: string, data: JobData, priority: number): Promise<JobResult> {
-    const add = () => this.queue.add('region', data, { jobId: id, priority, attempts: 3, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: false, removeOnFail: false });
+    // removed by us once its blocks are stored; the ages only clean up after a master that died first
+    const add = () => this.queue.add('region', data, { jobId: id, priority, attempts: 3, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: { age: 86400 }, removeOnFail: { age: 7 * 86400 } });
     const done = new Promise<unknown>((resolve, reject) => this.waiting.set(id, { resolve, reject, add }));
     const payload = JSON.stringify(data).length;
     await add();

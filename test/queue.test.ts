@@ -96,6 +96,19 @@ test('a worker killed (SIGKILL) part-way: its job goes to another worker, same b
   } finally { a.proc.kill('SIGKILL'); b?.proc.kill('SIGKILL'); }
 });
 
+test('16× through the queue (stage-2 jobs carry stage-1 pixels made by stage-1 jobs) equals the local 16×', { timeout: 120_000 }, async () => {
+  const dir = tmp('infdit-q16-'), small = join(dir, 'small.png');
+  writeFileSync(small, await wavePng(30, 20));
+  await run(process.execPath, [CLI, 'render', small, '--out', join(dir, 'local'), '--threads', '1', '--scale', '16', ...MODEL]);
+  const w = await startWorker();
+  try {
+    await run(process.execPath, [CLI, 'render', small, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', '4', '--scale', '16', ...MODEL]);
+    assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
+    assert.match(w.log, /job \S+: stage 1 /);
+    assert.match(w.log, /job \S+: stage 2 /);
+  } finally { w.proc.kill('SIGKILL'); }
+});
+
 test('Redis restarted empty mid-render: the render waits, submits its lost jobs again, same bytes', { timeout: 120_000 }, async () => {
   const local = await localRender();
   const own = await startRedis(), ownUrl = own.url;

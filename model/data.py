@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from degrade import degrade_mixed
+
 Image.MAX_IMAGE_PIXELS = 80_000_000
 
 
@@ -44,8 +46,12 @@ def load_split(folder, split):
 
 
 def degrade(hr, scale, task="bicubic", gen=None):
-    """hr in [-1,1], (n,3,H,W) -> LR (n,3,H/s,W/s)."""
-    lr = F.interpolate(hr, scale_factor=1.0 / scale, mode="bicubic", antialias=True, align_corners=False)
+    """hr in [-1,1], (n,3,H,W) -> LR (n,3,H/s,W/s). Tasks: "bicubic" (clean), "real" (light blur and
+    noise), "real2" (model/degrade.py: clean, clean+JPEG or Real-ESRGAN's second-order pipeline)."""
+    bicubic = lambda t: F.interpolate(t, scale_factor=1.0 / scale, mode="bicubic", antialias=True, align_corners=False)
+    if task == "real2":
+        return degrade_mixed(hr, scale, bicubic, gen if gen is not None else torch.Generator(device=hr.device))
+    lr = bicubic(hr)
     if task == "real":
         n = hr.shape[0]
         # light Gaussian blur of random width, then Gaussian noise of random level

@@ -24,7 +24,17 @@ PACKAGES = {
     "plasma-workspace-wallpapers": "LGPL-3.0 / CC-BY-SA-4.0 (KDE wallpapers)",
     "mate-backgrounds": "GPL-2.0+ / CC-BY-SA (MATE backgrounds)",
     "lxqt-themes": "CC-BY-SA-3.0 (LXQt project team)",
+    # street, building, indoor and text scenes, which wallpapers lack (small: 600-1300 px)
+    "opencv-doc": "Apache-2.0 / BSD-3-Clause (OpenCV sample data; see its copyright file)",
+    "python3-skimage": "BSD-3-Clause / CC0 (scikit-image data; see skimage/data/README.txt)",
 }
+# Looked at and left out (2026-11-27, contact sheets): gnome-backgrounds 43, ukui-wallpapers and
+# sway-backgrounds hold renders and vector art only, no photographs; stellarium-data's landscapes
+# are panoramas with the sky cut out (alpha). Never: lomiri-*, palapeli-data, digikam-data (kept
+# apart for independent evaluation).
+OPENCV_PHOTOS = {"aloeL.jpg", "building.jpg", "ela_original.jpg", "graf1.png", "leuvenA.jpg", "scenetext01.jpg",
+                 "scenetext02.jpg", "scenetext03.jpg", "scenetext04.jpg", "scenetext05.jpg", "fruits.jpg", "baboon.jpg"}
+SKIMAGE_PHOTOS = {"astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"}
 ENLIGHTENMENT_SKIP = {"Dunes", "Sunset-Hills", "Flat-Fan", "Flat-Stone-Pattern", "Squiggle", "Squiggle-Dark",
                       "Squiggle-Light", "Squiggle-Mid", "Paper-Flower", "Sea-of-Lanterns", "God-Rays"}
 PLASMA_PHOTOS = {"Autumn", "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour",
@@ -131,6 +141,16 @@ def collect(cache):
     share = unpack("mate-backgrounds", debs, root)
     for f in sorted((share / "backgrounds/mate/nature").glob("*.jpg")):
         add("mate-backgrounds", f.name, src=f)
+
+    share = unpack("opencv-doc", debs, root)
+    for f in sorted((share / "doc/opencv-doc/examples").rglob("*")):
+        if f.name in OPENCV_PHOTOS and f.is_file():
+            add("opencv-doc", f.name, src=f)
+
+    share = unpack("python3-skimage", debs, root)
+    for f in sorted((share.parent / "lib/python3/dist-packages/skimage/data").glob("*")):
+        if f.name in SKIMAGE_PHOTOS:
+            add("python3-skimage", f.name, src=f)
 
     share = unpack("lxqt-themes", debs, root)
     for f in sorted((share / "lxqt/wallpapers").iterdir()):

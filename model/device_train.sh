@@ -1,12 +1,26 @@
 #!/bin/bash
 # One prepared training run on a lent GPU (see model/README.md). Carries .data (from
-# `model/data.py pack`); writes the checkpoint parts and the log to $OUT.
-#   MINUTES=7 bash model/device_train.sh [extra train.py flags]
+# `model/data.py pack`); writes the checkpoint parts, the profiles and the log to $OUT.
+#   MINUTES=5 bash model/device_train.sh [extra train.py flags]
+# First ≤ 3 minutes: where a step's time goes (data, degradations, forward+backward, optimizer,
+# EMA) at batch 64 and 256 eager and 256 torch.compile'd; then the run itself with the fastest.
+# Round 2 defaults: the real-world degradations (real2), continuing from the released weights.
 set -x
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 -c "import torch; print(torch.__version__)"
 export PYTHONUNBUFFERED=1
-python3 model/train.py --config "${CONFIG:-infdit-s/4}" --data .data --ckpt "$OUT/ckpt" \
-  --minutes "${MINUTES:-7}" --total-steps 0 --batch "${BATCH:-64}" --lr "${LR:-1e-3}" --warmup 200 \
+TASK=${TASK:-real2}; INIT=${INIT:-model/release/infdit-s4.ckpt.pt}
+best=""; bestrate=0
+for cfgb in "64" "256" "256 --compile"; do
+  b=${cfgb%% *}; c=${cfgb#$b}
+  r=$(timeout 60 python3 model/train.py --config "${CONFIG:-infdit-s/4}" --data .data --ckpt "$OUT/profile" --task "$TASK" \
+      --minutes 0.9 --batch $b --profile-steps 15 --profile-skip 8 --max-steps 23 --save-every 1e9 --no-optimizer-in-ckpt $c 2>&1 \
+      | tee -a "$OUT/profile.log" | sed -n 's/.*; \([0-9.]*\) crops\/s$/\1/p' | tail -1)
+  echo "batch $b ${c:-eager}: ${r:-failed} crops/s" | tee -a "$OUT/profile.log"
+  if [ -n "$r" ] && awk "BEGIN{exit !($r > $bestrate)}"; then bestrate=$r; best="--batch $b $c"; fi
+done
+rm -rf "$OUT/profile"
+python3 model/train.py --config "${CONFIG:-infdit-s/4}" --data .data --ckpt "$OUT/ckpt" --task "$TASK" --init "$INIT" \
+  --minutes "${MINUTES:-5}" --total-steps 0 ${best:---batch 64} --lr "${LR:-3e-4}" --warmup 100 \
   --ema 0.999 --save-every 90 --no-optimizer-in-ckpt --log-every 25 "$@" 2>&1 | tee "$OUT/train.log"
 ls -la "$OUT" "$OUT/ckpt"

@@ -326,6 +326,8 @@ def main():
     model = InfDiT(cfg)
     model.load_state_dict(st["ema"])
     prov = {"steps": st.get("step"), "crops": st.get("crops")}
+    if "degradation" in st:   # the recipe the checkpoint was trained with (train.py)
+        prov["degradation"] = st["degradation"]
     if a.provenance:
         prov.update(json.loads(Path(a.provenance).read_text()))
     sampling = json.loads(Path(a.sampling).read_text()) if a.sampling else DEFAULT_SAMPLING

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from network import InfDiT, make_config, InfDiTConfig, upsample
 from data import load_split, CropSampler, degrade
+from degrade import RECIPE
 
 
 def sample_sigma(n, a, gen, device):
@@ -67,7 +68,8 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--task", choices=["bicubic", "real"], default="bicubic")
+    ap.add_argument("--task", choices=["bicubic", "real", "real2"], default="bicubic",
+                    help="LR degradations: bicubic (clean), real (light blur+noise), real2 (model/degrade.py: clean, JPEG, second-order)")
     ap.add_argument("--sigma-data", type=float, default=0.1)
     ap.add_argument("--sigma-min", type=float, default=0.002)
     ap.add_argument("--sigma-max", type=float, default=4.0)
@@ -78,6 +80,10 @@ def main():
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds")
     ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (torch 2.x)")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="time N steps by phase (data, degrade, forward+backward, optimizer, EMA), synchronising the device")
+    ap.add_argument("--profile-skip", type=int, default=5, help="steps before the profiled ones (warm-up, compilation)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
@@ -104,19 +110,32 @@ def main():
     print(f"{cfg.name}: {nparams / 1e6:.2f}M params, sigma_data {cfg.sigma_data}, target {cfg.target}, device {dev}, "
           f"resume step {step}", flush=True)
 
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
+    fwd = torch.compile(model.forward_image) if a.compile else model.forward_image
     sampler = CropSampler(load_split(a.data, "train"), a.crop, dev, seed=a.seed + step)
     gen = torch.Generator().manual_seed(a.seed * 7919 + step)
     gen_dev = torch.Generator(device=dev).manual_seed(a.seed * 7919 + step)  # noise drawn where it is used
     amp = dev.type == "cuda"
     t0 = last_save = time.time()
-    run_start_step, loss_acc, n_acc = step, 0.0, 0
+    run_start_step, n_acc = step, 0
+    loss_acc = torch.zeros((), device=dev)   # summed on the device: no host sync per step
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    phases = {}
+    def mark(name, t):
+        if a.profile_skip <= step - run_start_step < a.profile_skip + a.profile_steps:
+            sync(); now = time.time(); phases[name] = phases.get(name, 0.0) + now - t; return now
+        return t
     while step < a.max_steps and time.time() - t0 < a.minutes * 60:
         progress = (time.time() - t0) / (a.minutes * 60) if a.total_steps == 0 else step / a.total_steps
         lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
         for g in opt.param_groups:
             g["lr"] = lr
+        tp = time.time()
         hr = sampler.sample(a.batch)
-        lr_img = degrade(hr, cfg.scale, a.task)
+        tp = mark("data", tp)
+        lr_img = degrade(hr, cfg.scale, a.task, gen_dev if a.task == "real2" else None)
+        tp = mark("degrade", tp)
         sigma = sample_sigma(a.batch, a, gen, dev)
         noise = torch.randn(hr.shape, generator=gen_dev, device=dev)
         up = upsample(lr_img, cfg.scale)
@@ -124,25 +143,33 @@ def main():
         # random absolute position: the rotary embedding must work anywhere in a huge image
         pos0 = (torch.randint(0, 4096, (a.batch, 2), generator=gen) * cfg.grid).float().to(dev)
         with (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()):
-            d = model.forward_image(x, lr_img, sigma, pos0)
+            d = fwd(x, lr_img, sigma, pos0)
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
         loss = (weight[:, None, None, None] * (d.float() - hr) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        tp = mark("forward+backward", tp)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        tp = mark("optimizer", tp)
         decay = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        with torch.no_grad():   # one fused call per list, not two kernels per parameter
+            ep, mp = list(ema.parameters()), [p.detach() for p in model.parameters()]
+            torch._foreach_mul_(ep, decay); torch._foreach_add_(ep, mp, alpha=1 - decay)
+        tp = mark("ema", tp)
         step += 1; crops += a.batch
-        loss_acc += loss.item(); n_acc += 1
+        loss_acc += loss.detach(); n_acc += 1
+        if a.profile_steps and step - run_start_step == a.profile_skip + a.profile_steps:
+            tot = sum(phases.values())
+            print("profile over %d steps: " % a.profile_steps + ", ".join(f"{k} {v / a.profile_steps * 1000:.1f} ms ({100 * v / tot:.0f}%)" for k, v in phases.items())
+                  + f"; {a.profile_steps * a.batch / tot:.1f} crops/s", flush=True)
         if step % a.log_every == 0:
             el = time.time() - t0
             rate = (step - run_start_step) * a.batch / el
-            print(f"step {step:7d}  crops {crops:9d}  loss {loss_acc / n_acc:.4f}  lr {lr:.2e}  {rate:6.1f} crops/s  {el / 60:6.1f} min", flush=True)
-            history.append({"step": step, "crops": crops, "loss": loss_acc / n_acc})
-            loss_acc, n_acc = 0.0, 0
+            mean_loss = loss_acc.item() / n_acc
+            print(f"step {step:7d}  crops {crops:9d}  loss {mean_loss:.4f}  lr {lr:.2e}  {rate:6.1f} crops/s  {el / 60:6.1f} min", flush=True)
+            history.append({"step": step, "crops": crops, "loss": mean_loss})
+            loss_acc.zero_(); n_acc = 0
         if time.time() - last_save > a.save_every:
             save(ck, model, ema, opt, cfg, step, crops, history, a)
             last_save = time.time()
@@ -153,7 +180,9 @@ def main():
 def save(path, model, ema, opt, cfg, step, crops, history, a):
     sd = lambda m: {k: v.detach().float().cpu() for k, v in m.state_dict().items()}
     obj = {"config": cfg.to_dict(), "model": sd(model), "ema": sd(ema), "step": step, "crops": crops,
-           "history": history[-2000:], "args": vars(a)}
+           "history": history[-2000:], "args": vars(a),
+           # what the LR went through in training: export.py copies it into the manifest
+           "degradation": {"task": a.task, **({"recipe": RECIPE} if a.task == "real2" else {})}}
     if not a.no_optimizer_in_ckpt:
         obj["opt"] = opt.state_dict()
     save_parts(obj, path)

@@ -117,6 +117,16 @@ async function main() {
     const same = (await run('diff', ['-r', '-x', '.infdit-cache', join(dir, 'out1'), join(dir, 'local')]).then(() => true, () => false))
       && (await run('diff', ['-r', '-x', '.infdit-cache', join(dir, 'out2'), join(dir, 'local')]).then(() => true, () => false));
     workers.identicalToLocal = same;
+    // control, no queue at all: one local render with --threads 1, then two at once (two copies of
+    // the photo, so nothing is shared): what this machine gives two model processes
+    writeFileSync(join(dir, 'photo2.png'), readFileSync(input));
+    const local1 = async (f: string, o: string) => { const t0 = performance.now(); await run(process.execPath, [join(ROOT, 'bin/infdit.js'), 'render', f, '--out', join(dir, o), '--threads', '1', '--data-dir', join(dir, o + '-cache')], { maxBuffer: 1 << 24 }); return (performance.now() - t0) / 1000; };
+    const alone = await local1(input, 'c1');
+    const t2 = performance.now();
+    await Promise.all([local1(input, 'c2a'), local1(join(dir, 'photo2.png'), 'c2b')]);
+    const both = (performance.now() - t2) / 1000;
+    workers.controlLocalRenders = { oneAloneSeconds: Math.round(alone * 10) / 10, twoAtOnceSeconds: Math.round(both * 10) / 10, throughputRatio: Math.round((2 * alone / both) * 100) / 100 };
+    log(`control without the queue: one local render (--threads 1) ${alone.toFixed(1)} s, two at once ${both.toFixed(1)} s: ${(2 * alone / both).toFixed(2)}× the throughput`);
     log(`2 workers / 1 worker speed-up ${workers.ratio2over1}; local render (2 threads) ${localSecs.toFixed(1)} s; identical: ${same}`);
   } finally { redis.stop(); rmSync(dir, { recursive: true, force: true }); }
   out.workers = workers;

@@ -32,12 +32,13 @@ export interface RemoteStats { jobs: number; payloadBytes: number; resultBytes: 
 /** Can Redis be reached at all? A clear error at start instead of endless reconnecting. */
 export async function checkRedis(url: string, timeoutMs = 5000) {
   const c = new Redis({ ...redisConnection(url), lazyConnect: true, retryStrategy: () => null, connectTimeout: timeoutMs, maxRetriesPerRequest: 1 });
-  c.on('error', () => {});
+  let first: Error | undefined;   // the socket's own error (ECONNREFUSED …); connect() only says "closed"
+  c.on('error', (e: Error) => { first ??= e; });
   try {
     await c.connect();
     await c.ping();
   } catch (e) {
-    throw new Error(`cannot reach Redis at ${url} (${(e as Error).message}); start redis-server there or fix --queue`);
+    throw new Error(`cannot reach Redis at ${url} (${(first ?? e as Error).message}); start redis-server there or fix --queue`);
   } finally { c.disconnect(); }
 }
 

@@ -96,6 +96,27 @@ test('a worker killed (SIGKILL) part-way: its job goes to another worker, same b
   } finally { a.proc.kill('SIGKILL'); b?.proc.kill('SIGKILL'); }
 });
 
+test('render --queue killed (SIGKILL) and run again: stored regions are kept, same bytes', { timeout: 180_000 }, async () => {
+  const local = await localRender();
+  const w = await startWorker(['--batch', '1']);
+  const out = tmp('infdit-qresume-');
+  const args = [CLI, 'render', input, '--out', out, '--queue', url, '--region-blocks', '2', ...MODEL];
+  try {
+    const first = spawn(process.execPath, args, { stdio: 'ignore' });
+    while (jobsDone(w) < 4) await new Promise(r => setTimeout(r, 10));
+    first.kill('SIGKILL');
+    await new Promise(r => first.on('exit', r));
+    const before = jobsDone(w);
+    const { stdout } = await run(process.execPath, args);
+    assertSameTree(out, local);
+    const cells = Math.ceil(9 / 2) * Math.ceil(12 / 2);   // wavePng(96, 72) at 4×: 9×12 blocks of 32 px, in cells of 2×2
+    const submitted = Number(/queue: (\d+) region jobs/.exec(stdout)![1]);
+    assert.ok(submitted < cells, `the second run submitted ${submitted} of ${cells} cells (the stored ones are skipped)`);
+    // a job finished before the kill but not yet collected is collected now (same job id), not redone
+    assert.ok(jobsDone(w) - before <= submitted, `the workers ran ${jobsDone(w) - before} jobs for ${submitted} submitted`);
+  } finally { w.proc.kill('SIGKILL'); }
+});
+
 test('16× through the queue (stage-2 jobs carry stage-1 pixels made by stage-1 jobs) equals the local 16×', { timeout: 120_000 }, async () => {
   const dir = tmp('infdit-q16-'), small = join(dir, 'small.png');
   writeFileSync(small, await wavePng(30, 20));

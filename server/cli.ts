@@ -14,6 +14,7 @@ import { createApp } from './app.js';
 import { Model } from '../lib/engine/model.js';
 import { startWorker } from '../lib/queue/worker.js';
 import { checkRedis } from '../lib/queue/remote.js';
+import { redact } from '../lib/queue/protocol.js';
 import { listenHttp2, selfSigned } from './http2.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -67,7 +68,7 @@ async function worker(cfg: Config) {
   await checkRedis(cfg.queue);
   const model = await Model.load(cfg.model, { threads: cfg.threads, nice: 0, spinning: cfg.ortSpinning, warm: cfg.batch });
   const w = await startWorker(cfg.queue, model, { batch: cfg.batch, kvBytes: cfg.kvCacheMb * 2 ** 20, lockMs: cfg.queueLockMs, log: s => console.log(`infdit worker: ${s}`) });
-  console.log(`infdit worker: model ${model.manifest.name} (${model.id}), ${cfg.threads || 'all'} threads, waiting for region jobs at ${cfg.queue}`);
+  console.log(`infdit worker: model ${model.manifest.name} (${model.id}), ${cfg.threads || 'all'} threads, waiting for region jobs at ${redact(cfg.queue)}`);
   const stop = async () => { await w.close(); await model.close(); process.exit(0); };
   process.once('SIGTERM', stop); process.once('SIGINT', stop);
 }

@@ -192,4 +192,7 @@ test('a job for another model, a malformed job, an unreachable Redis: clear erro
   await assert.rejects(run(process.execPath, [CLI, 'render', input, '--out', tmp('infdit-qnone-'), '--queue', `redis://127.0.0.1:${port}`, ...MODEL]),
     (e: any) => /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+ .*start redis-server/.test(e.stderr));
   await assert.rejects(run(process.execPath, [CLI, 'worker', '--queue', 'http://x', ...MODEL]), (e: any) => /must be redis:\/\/HOST:PORT/.test(e.stderr));
+  // a password in the URL is never printed
+  await assert.rejects(run(process.execPath, [CLI, 'worker', '--queue', `redis://:hunter2@127.0.0.1:${port}`, ...MODEL]),
+    (e: any) => /cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1/.test(e.stderr) && !e.stderr.includes('hunter2'));
 });

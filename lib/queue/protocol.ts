@@ -73,13 +73,18 @@ export async function fromPng(b64: string, width: number, height: number, what: 
   return new Uint8Array(out.data.buffer, out.data.byteOffset, out.data.length);
 }
 
+/** The URL as it may be printed: the password hidden. */
+export function redact(url: string) {
+  try { const u = new URL(url); if (u.password) u.password = '***'; return u.toString().replace(/\/$/, ''); } catch { return url; }
+}
+
 /** Redis URL check, before any connection: what --queue accepts. */
 export function redisConnection(url: string) {
   let u: URL;
-  try { u = new URL(url); } catch { throw new Error(`--queue ${url}: not a URL; expected redis://HOST:PORT (or rediss:// for TLS)`); }
-  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new Error(`--queue ${url}: expected redis://HOST:PORT (or rediss://), got ${u.protocol}`);
+  try { u = new URL(url); } catch { throw new Error(`--queue ${redact(url)}: not a URL; expected redis://HOST:PORT (or rediss:// for TLS)`); }
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new Error(`--queue ${redact(url)}: expected redis://HOST:PORT (or rediss://), got ${u.protocol}`);
   const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
-  if (!Number.isInteger(db) || db < 0) throw new Error(`--queue ${url}: the path must be a database number, got ${u.pathname}`);
+  if (!Number.isInteger(db) || db < 0) throw new Error(`--queue ${redact(url)}: the path must be a database number, got ${u.pathname}`);
   return {
     host: u.hostname || '127.0.0.1', port: Number(u.port || 6379), db,
     ...(u.username ? { username: decodeURIComponent(u.username) } : {}), ...(u.password ? { password: decodeURIComponent(u.password) } : {}),

@@ -17,7 +17,7 @@ import type { BlockStore } from '../engine/blockstore.js';
 import type { PixelSource } from '../engine/pixels.js';
 import { thumbnail } from '../engine/thumb.js';
 import { SharedPromiseCache } from '../tiles/shared-promise.js';
-import { JobData, JobResult, PROTOCOL, QUEUE_NAME, cellOf, cellRegion, fromPng, lrCrop, reach, redisConnection, toPng } from './protocol.js';
+import { JobData, JobResult, PROTOCOL, QUEUE_NAME, cellOf, cellRegion, fromPng, lrCrop, reach, redact, redisConnection, toPng } from './protocol.js';
 
 /** One image's render as the master sees it. */
 export interface RemoteRender { key: string; render: Render; store: BlockStore; lr: PixelSource; seed: number }
@@ -38,7 +38,7 @@ export async function checkRedis(url: string, timeoutMs = 5000) {
     await c.connect();
     await c.ping();
   } catch (e) {
-    throw new Error(`cannot reach Redis at ${url} (${(first ?? e as Error).message}); start redis-server there or fix --queue`);
+    throw new Error(`cannot reach Redis at ${redact(url)} (${(first ?? e as Error).message}); start redis-server there or fix --queue`);
   } finally { c.disconnect(); }
 }
 
@@ -59,7 +59,7 @@ export class RemoteGenerator {
     const warn = (e: Error) => {
       if (Date.now() - this.lastWarn < 10_000) return;
       this.lastWarn = Date.now();
-      (o.log ?? console.error)(`infdit: Redis at ${url}: ${e.message}; waiting for it (retrying)`);
+      (o.log ?? console.error)(`infdit: Redis at ${redact(url)}: ${e.message}; waiting for it (retrying)`);
     };
     this.queue.on('error', warn); this.events.on('error', warn);
     this.events.on('completed', ({ jobId, returnvalue }) => this.settle(jobId, null, returnvalue));

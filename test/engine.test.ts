@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { Model } from '../lib/engine/model.js';
 import { Render } from '../lib/engine/render.js';
 import { MemoryBlockStore } from '../lib/engine/blockstore.js';
+import { KVStore } from '../lib/engine/kvstore.js';
 import { blockNoise } from '../lib/engine/rng.js';
 import { upsampleRegion } from '../lib/engine/bicubic.js';
 import { thumbnail } from '../lib/engine/thumb.js';
@@ -182,6 +183,15 @@ test('memory: live state during a raster render is a band along the wavefront, n
     assert.ok(entries <= bound && entries < area / 4, `${preset}: high water ${entries.toFixed(0)} states > bound ${bound} (area ${area})`);
     assert.equal(r.kv.bytes, 0, `${preset}: state left alive after a full render`);
   }
+});
+
+test('the state store bounds pinned and kept entries together: pinning pushes the oldest kept out', () => {
+  const s = new KVStore(1000);
+  s.keep('a', new Float32Array(100)); s.keep('b', new Float32Array(100));   // 800 bytes kept
+  s.pin('c', new Float32Array(100));                                        // + 400 pinned: 'a' goes
+  assert.deepEqual([s.has('a'), s.has('b'), s.has('c'), s.bytes], [false, true, true, 800]);
+  s.pin('d', new Float32Array(200));                                        // pinned alone past the bound: kept ones all go, pinned stay
+  assert.deepEqual([s.has('b'), s.has('c'), s.has('d'), s.bytes], [false, true, true, 1200]);
 });
 
 test('coalescing: concurrent overlapping requests run each node once', async () => {

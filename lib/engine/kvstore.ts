@@ -1,8 +1,10 @@
 /**
  * The state store: K/V of a block at one layer, hidden states, parked sampler states. Entries
  * that a waiting node still needs are pinned (held outside the LRU: evicting them would only
- * force a recomputation a moment later); everything else lives in an lru-cache bounded in
- * bytes, kept for later lazy requests and evicted when over budget. The engine recomputes an
+ * force a recomputation a moment later); everything else lives in an lru-cache, kept for later
+ * lazy requests. The bound is on both together: pinned entries push the oldest kept ones out
+ * (a full-width background fill of a 32000-px image pinned ~0.8 GB of wavefront on top of a full
+ * LRU, and the server passed 2 GiB). The engine recomputes an
  * evicted entry from its block's sampler chain, so eviction never changes a result.
  */
 import { LRUCache } from 'lru-cache';
@@ -61,6 +63,7 @@ export class KVStore {
     if (old) this.pinnedBytes -= old.byteLength;
     if (old && old !== v) this.release(old);
     this.pinned.set(key, v); this.pinnedBytes += v.byteLength;
+    this.trim();
     this.track();
   }
 
@@ -70,6 +73,7 @@ export class KVStore {
     if (old) { this.pinned.delete(key); this.pinnedBytes -= old.byteLength; if (old !== v) this.release(old); }
     if (v.byteLength <= this.lru.maxSize) this.lru.set(key, v);
     else { this.lru.delete(key); this.release(v); }
+    this.trim();
     this.track();
   }
 
@@ -87,5 +91,7 @@ export class KVStore {
   delete(key: string) { const v = this.take(key); if (v) this.release(v); }
 
   get bytes() { return this.pinnedBytes + this.lru.calculatedSize; }
+  /** Kept entries out, oldest first, until pinned + kept fit the bound (pinned ones never go). */
+  private trim() { while (this.bytes > this.lru.maxSize && this.lru.size > 0) this.lru.pop(); }
   private track() { if (this.bytes > this.highWater) this.highWater = this.bytes; }
 }

@@ -33,10 +33,10 @@ export function cropClamped(img: RGBImage, x0: number, y0: number, w: number, h:
   return out;
 }
 
-/** dzsave's 2×2 box reduction: (a+b+c+d+2)>>2, odd edges replicated. */
-export function halve(img: RGBImage): RGBImage {
+/** dzsave's 2×2 box reduction: (a+b+c+d+2)>>2, odd edges replicated; `into`: a buffer to reuse. */
+export function halve(img: RGBImage, into?: Uint8Array): RGBImage {
   const w = Math.ceil(img.width / 2), h = Math.ceil(img.height / 2);
-  const out = new Uint8Array(w * h * 3);
+  const out = into ? into.subarray(0, w * h * 3) : new Uint8Array(w * h * 3);
   const W = img.width, H = img.height, d = img.data;
   for (let y = 0; y < h; y++) {
     const y0 = 2 * y, y1 = Math.min(2 * y + 1, H - 1);

@@ -203,13 +203,19 @@ export class Stage {
   }
 
   /** Output pixels of a rectangle, coordinates clamped into the output image. */
-  async region(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<Uint8Array> {
+  /** The blocks under an output rectangle, coordinates clamped into the output image. */
+  blocksIn(x0: number, y0: number, w: number, h: number): [number, number][] {
     const W = this.outWidth, H = this.outHeight, B = this.B;
     const cx0 = Math.min(Math.max(x0, 0), W - 1), cx1 = Math.min(Math.max(x0 + w - 1, 0), W - 1);
     const cy0 = Math.min(Math.max(y0, 0), H - 1), cy1 = Math.min(Math.max(y0 + h - 1, 0), H - 1);
     const need: [number, number][] = [];
     for (let r = Math.floor(cy0 / B); r <= Math.floor(cy1 / B); r++)
       for (let c = Math.floor(cx0 / B); c <= Math.floor(cx1 / B); c++) need.push([r, c]);
+    return need;
+  }
+
+  async region(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<Uint8Array> {
+    const need = this.blocksIn(x0, y0, w, h);
     // The blocks are read once ensured; one evicted in between (disk budget) is made again.
     for (let attempt = 0; ; attempt++) {
       await this.ensure(need, opt);

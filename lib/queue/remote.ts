@@ -104,22 +104,21 @@ export class RemoteGenerator {
     const st = rr.render.stages[s];
     const cells = new Map<string, { cr: number; cc: number }>();
     for (const [r, c] of blocks) if (!st.isFinal(r, c)) { const cell = cellOf(r, c, size); cells.set(`${cell.cr},${cell.cc}`, cell); }
-    await Promise.all([...cells.values()].map(({ cr, cc }) =>
-      this.cells.run(`${rr.key}/${s}/${size}/${cr},${cc}`, () => this.cell(rr, s, cr, cc, priority, size))));
+    await Promise.all([...cells.values()].map(({ cr, cc }) => this.runCell(rr, s, cr, cc, priority, size)));
   }
 
   /** Every block of the last stage (render --queue): every cell's job at once, the window bounding
    *  how many are on the queue. */
   async ensureAll(rr: RemoteRender, priority: number) {
-    const last = rr.render.stages.length - 1, st = rr.render.stages[last], size = this.o.regionBlocks;
+    const s = rr.render.stages.length - 1, st = rr.render.stages[s], size = this.o.regionBlocks;
     const jobs: Promise<void>[] = [];
-    for (let cr = 0; cr * size < st.R; cr++) for (let cc = 0; cc * size < st.C; cc++) {
-      const blocks: [number, number][] = [];
-      const g = cellRegion(cr, cc, size, st.R, st.C);
-      for (let r = g.r0; r < g.r1; r++) for (let c = g.c0; c < g.c1; c++) blocks.push([r, c]);
-      jobs.push(this.ensure(rr, last, blocks, priority));
-    }
+    for (let cr = 0; cr * size < st.R; cr++) for (let cc = 0; cc * size < st.C; cc++) jobs.push(this.runCell(rr, s, cr, cc, priority, size));
     await Promise.all(jobs);
+  }
+
+  /** One cell, coalesced with anyone else asking for it. */
+  private runCell(rr: RemoteRender, s: number, cr: number, cc: number, priority: number, size: number) {
+    return this.cells.run(`${rr.key}/${s}/${size}/${cr},${cc}`, () => this.cell(rr, s, cr, cc, priority, size));
   }
 
   private async slot() {

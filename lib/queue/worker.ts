@@ -9,26 +9,25 @@ import { KVStore } from '../engine/kvstore.js';
 import { MemoryBlockStore } from '../engine/blockstore.js';
 import { SamplerPlan } from '../engine/sampler.js';
 import type { Model } from '../engine/model.js';
+import { cropClamped, type RGBImage } from '../engine/pixels.js';
 import { JobData, PROTOCOL, QUEUE_NAME, fromPng, toPng, redisConnection, type JobResult } from './protocol.js';
 
 /** The stage's LR image at its full size, of which only the job's crop is at hand: asked for a
  *  pixel outside it, it throws (the cone would have left the halo, a bug, not a silent difference). */
 class CropLR implements LRSource {
-  constructor(readonly width: number, readonly height: number, readonly x: number, readonly y: number,
-    readonly w: number, readonly h: number, readonly px: Uint8Array) {}
+  private img: RGBImage;
+  constructor(readonly width: number, readonly height: number, readonly x: number, readonly y: number, w: number, h: number, px: Uint8Array) {
+    this.img = { width: w, height: h, data: px };
+  }
   async region(x0: number, y0: number, w: number, h: number) { return this.regionSync(x0, y0, w, h); }
   regionSync(x0: number, y0: number, w: number, h: number) {
-    const out = new Uint8Array(w * h * 3);
-    for (let y = 0; y < h; y++) {
-      const sy = Math.min(Math.max(y0 + y, 0), this.height - 1) - this.y;
-      for (let x = 0; x < w; x++) {
-        const sx = Math.min(Math.max(x0 + x, 0), this.width - 1) - this.x;
-        if (sx < 0 || sy < 0 || sx >= this.w || sy >= this.h) throw new Error(`LR pixel (${sx + this.x},${sy + this.y}) is outside the job's crop: the region's cone is larger than its halo`);
-        const s = (sy * this.w + sx) * 3, d = (y * w + x) * 3;
-        out[d] = this.px[s]; out[d + 1] = this.px[s + 1]; out[d + 2] = this.px[s + 2];
-      }
-    }
-    return out;
+    // clamped into the image, the rectangle must lie in the crop; then clamping to the crop's edges
+    // is clamping to the image's (the crop reaches an image edge wherever a request passes it)
+    const clamp = (v: number, n: number) => Math.min(Math.max(v, 0), n - 1);
+    const ix0 = clamp(x0, this.width), ix1 = clamp(x0 + w - 1, this.width), iy0 = clamp(y0, this.height), iy1 = clamp(y0 + h - 1, this.height);
+    if (ix0 < this.x || iy0 < this.y || ix1 >= this.x + this.img.width || iy1 >= this.y + this.img.height)
+      throw new Error(`LR pixels ${ix0}..${ix1}×${iy0}..${iy1} are outside the job's crop: the region's cone is larger than its halo`);
+    return cropClamped(this.img, x0 - this.x, y0 - this.y, w, h);
   }
 }
 

@@ -78,9 +78,3 @@ export class LevelSampler {
     return halve(await this.region(L + 1, 2 * x, 2 * y, uw, uh));
   }
 }
-
-export function crop(img: RGBImage, x: number, y: number, w: number, h: number): RGBImage {
-  const out = new Uint8Array(w * h * 3);
-  for (let r = 0; r < h; r++) out.set(img.data.subarray(((y + r) * img.width + x) * 3, ((y + r) * img.width + x + w) * 3), r * w * 3);
-  return { width: w, height: h, data: out };
-}

@@ -346,10 +346,8 @@ export class ImageService {
 
   /** The last stage's blocks under an output rectangle, made by the workers. */
   private remoteRect(e: Entry, x: number, y: number, w: number, h: number, priority: number) {
-    const R = e.render!, s = R.last, k = R.halveOutput ? 2 : 1, B = s.B;
-    const blocks: [number, number][] = [];
-    const r1 = Math.min(s.R - 1, Math.floor((k * (y + h) - 1) / B)), c1 = Math.min(s.C - 1, Math.floor((k * (x + w) - 1) / B));
-    for (let r = Math.floor((k * y) / B); r <= r1; r++) for (let c = Math.floor((k * x) / B); c <= c1; c++) blocks.push([r, c]);
+    const R = e.render!, k = R.halveOutput ? 2 : 1;   // 2× and 8× are the native output halved
+    const blocks = R.last.blocksIn(k * x, k * y, k * w, k * h);
     return this.remote!.ensure(this.remoteOf(e), R.stages.length - 1, blocks, priority, this.remote!.o.viewerBlocks);
   }
 

@@ -9,7 +9,6 @@ import { LevelSampler, dziXml, maxLevel, tileCount, tileRect, type Geometry } fr
 import type { RGBImage } from '../lib/tiles/image.js';
 
 /** A plain crop (the pyramid itself crops through PixelSource.regionSync). */
-
 function crop(img: RGBImage, x: number, y: number, w: number, h: number): RGBImage {
   const out = new Uint8Array(w * h * 3);
   for (let r = 0; r < h; r++) out.set(img.data.subarray(((y + r) * img.width + x) * 3, ((y + r) * img.width + x + w) * 3), r * w * 3);

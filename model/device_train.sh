@@ -5,6 +5,8 @@
 # First ≤ 3 minutes: where a step's time goes (data, degradations, forward+backward, optimizer,
 # EMA) at batch 64 and 256 eager and 256 torch.compile'd; then the run itself with the fastest.
 # Round 2 defaults: the real-world degradations (real2), continuing from the released weights.
+# Last (~1 min): model/evaluate.py on the GPU, clean and JPEG q75 LR, into $OUT/eval — the figures
+# come back with the weights, so no device time is spent twice. Export and engine checks run on this side.
 set -x
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 -c "import torch; print(torch.__version__)"
@@ -22,5 +24,8 @@ done
 rm -rf "$OUT/profile"
 python3 model/train.py --config "${CONFIG:-infdit-s/4}" --data .data --ckpt "$OUT/ckpt" --task "$TASK" --init "$INIT" \
   --minutes "${MINUTES:-5}" --total-steps 0 ${best:---batch 64} --lr "${LR:-3e-4}" --warmup 100 \
-  --ema 0.999 --save-every 90 --no-optimizer-in-ckpt --log-every 25 "$@" 2>&1 | tee "$OUT/train.log"
+  --ema "${EMA:-0.998}" ${MIX:+--mix "$MIX"} --save-every 90 --no-optimizer-in-ckpt --log-every 25 "$@" 2>&1 | tee "$OUT/train.log"
 ls -la "$OUT" "$OUT/ckpt"
+timeout 240 python3 model/evaluate.py --device cuda --ckpt "$OUT/ckpt/last.pt" --data .data \
+  --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,detail 2>&1 \
+  | tee "$OUT/eval.log"

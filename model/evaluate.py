@@ -20,7 +20,7 @@ from sample import sample_image
 
 
 def to_u8(t):  # (1,3,H,W) in [-1,1] -> HWC uint8, the engine's rounding
-    return np.clip(np.round((t[0].permute(1, 2, 0).numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
+    return np.clip(np.round((t[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
 def psnr(a, b):
@@ -71,13 +71,17 @@ def main():
                     help="only write crops.png, from these validation images (indices)")
     ap.add_argument("--variants", default="clean,jpeg75", help="LR variants: clean, jpegNN (the LR saved as JPEG quality NN)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N validation images (a quick check)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (the figures are the same up to float rounding)")
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all)")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from train import load_parts   # a checkpoint may be saved in parts (train.py save_parts)
     st = load_parts(a.ckpt)
     cfg = InfDiTConfig(**st["config"])
-    model = InfDiT(cfg); model.load_state_dict(st["ema"]); model.eval()
+    dev = torch.device(a.device)
+    model = InfDiT(cfg); model.load_state_dict(st["ema"]); model.eval(); model.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    cost_key = f"torch_{dev.type}_s_per_mpx"
     man = json.loads(Path(a.manifest).read_text())
     smp = man["sampling"]
     presets = dict(smp["presets"])
@@ -108,15 +112,16 @@ def main():
                 lr_u8 = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             else:
                 raise SystemExit(f"unknown variant {variant}: use clean or jpegNN")
-            lr = torch.from_numpy(lr_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # the server sees uint8 LR
+            lr = (torch.from_numpy(lr_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # the server sees uint8 LR
             outs = {"bicubic": to_u8(upsample(lr, cfg.scale)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.LANCZOS))}
             runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" else [])
             for name, p in runs:
                 t = time.time()
-                den = (lambda x, s: model.forward_image(x, lr, torch.full((1,), s), independent=True)) if p.get("independent") else None
+                den = (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=dev), independent=True)) if p.get("independent") else None
                 out = sample_image(model, lr, p["method"], p["steps"], smp["sigma_min"], smp["sigma_max"], smp["rho"], seed=k,
                                    denoise=den)
+                sync()
                 times.setdefault(name, []).append((time.time() - t) / (cw * ch / 1e6))
                 outs[name] = to_u8(out)
             row = {"file": entry["packed"]}
@@ -150,7 +155,7 @@ def main():
         summary[variant] = {n: {"psnr": float(np.mean([r[n]["psnr"] for r in rows[variant]])),
                                 "psnr_y": float(np.mean([r[n]["psnr_y"] for r in rows[variant]])),
                                 "seam_ratio": {str(p): float(ratio(sums[variant][n][i]) / gt_ratio[i]) for i, p in enumerate(PERIODS)},
-                                **({"torch_cpu_s_per_mpx": float(np.mean(times[n]))} if n in times else {})} for n in names}
+                                **({cost_key: float(np.mean(times[n]))} if n in times else {})} for n in names}
     res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "val_split": "lxqt-themes",
            "crop": a.crop, "n": len(rows[variants[0]]), "summary": summary, "per_image": rows,
            "seam_periods_px": list(PERIODS), "sampling": smp, "torch_threads": torch.get_num_threads()}
@@ -161,7 +166,7 @@ def main():
         for n, v in summary[variant].items():
             print(f"{n:22s} PSNR {v['psnr']:6.2f} dB ({v['psnr'] - ref:+.2f} vs Lanczos3)  Y {v['psnr_y']:6.2f} dB  seams "
                   + " / ".join(f"{v['seam_ratio'][str(p)]:.3f}" for p in PERIODS)
-                  + (f"  {v['torch_cpu_s_per_mpx']:.1f} s/Mpx (torch)" if "torch_cpu_s_per_mpx" in v else ""))
+                  + (f"  {v[cost_key]:.1f} s/Mpx (torch, {dev.type})" if cost_key in v else ""))
 
 
 if __name__ == "__main__":

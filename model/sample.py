@@ -67,11 +67,11 @@ def sample_image(model, lr, method="euler", steps=1, sigma_min=0.002, sigma_max=
                  denoise=None):
     """lr: (1,3,h,w) in [-1,1], h,w multiples of the LR block. Returns the HR image (1,3,H,W)."""
     cfg = model.cfg
-    denoise = denoise or (lambda x, s: model.forward_image(x, lr, torch.full((1,), s)))
+    denoise = denoise or (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=lr.device)))
     up = upsample(lr, cfg.scale)
     R, C = up.shape[2] // cfg.block, up.shape[3] // cfg.block
     sig = karras_sigmas(steps, sigma_min, sigma_max, rho)
-    x = up + sig[0] * initial_noise(R, C, cfg.block, seed, stage)
+    x = up + sig[0] * initial_noise(R, C, cfg.block, seed, stage).to(up.device)
     for i in range(steps):
         s0, s1 = sig[i], sig[i + 1]
         d = (x - denoise(x, s0)) / s0

@@ -27,11 +27,16 @@ PACKAGES = {
     # street, building, indoor and text scenes, which wallpapers lack (small: 600-1300 px)
     "opencv-doc": "Apache-2.0 / BSD-3-Clause (OpenCV sample data; see its copyright file)",
     "python3-skimage": "BSD-3-Clause / CC0 (scikit-image data; see skimage/data/README.txt)",
+    # landscapes from Wikimedia Commons (1280 px) and two 18 Mpx camera photos
+    "liblemonldap-ng-portal-perl": "CC-BY-NC-ND-3.0 or GFDL-1.3 (Wikimedia Commons; see its copyright file)",
+    "zoph": "GPL-2+ (zoph template backgrounds)",
 }
 # Looked at and left out (2026-11-27, contact sheets): gnome-backgrounds 43, ukui-wallpapers and
 # sway-backgrounds hold renders and vector art only, no photographs; stellarium-data's landscapes
 # are panoramas with the sky cut out (alpha). Never: lomiri-*, palapeli-data, digikam-data (kept
-# apart for independent evaluation).
+# apart for independent evaluation). Found with `apt-file search` over every .jpg in the archive
+# (2026-11-27, second look): lifeograph's 8 backgrounds are photos washed out to low contrast for
+# text on top; mate-screensaver-common's are NASA space images (black); scratch's are 480×360.
 OPENCV_PHOTOS = {"aloeL.jpg", "building.jpg", "ela_original.jpg", "graf1.png", "leuvenA.jpg", "scenetext01.jpg",
                  "scenetext02.jpg", "scenetext03.jpg", "scenetext04.jpg", "scenetext05.jpg", "fruits.jpg", "baboon.jpg"}
 SKIMAGE_PHOTOS = {"astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"}
@@ -151,6 +156,14 @@ def collect(cache):
     for f in sorted((share.parent / "lib/python3/dist-packages/skimage/data").glob("*")):
         if f.name in SKIMAGE_PHOTOS:
             add("python3-skimage", f.name, src=f)
+
+    share = unpack("liblemonldap-ng-portal-perl", debs, root)
+    for f in sorted((share / "lemonldap-ng/portal/htdocs/static/common/backgrounds").glob("*.jpg")):
+        add("liblemonldap-ng-portal-perl", f.name, src=f)
+
+    share = unpack("zoph", debs, root)
+    for f in sorted((share / "zoph/www/php/templates/default/images/backgrounds").glob("*.jpg")):
+        add("zoph", f.name, src=f)
 
     share = unpack("lxqt-themes", debs, root)
     for f in sorted((share / "lxqt/wallpapers").iterdir()):

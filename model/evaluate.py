@@ -59,6 +59,25 @@ def ratio(s):
     return (s[0] / s[1]) / (s[2] / s[3])
 
 
+def targets(summary):
+    """Round 2's bar for replacing the release model (issue 15), for whichever variants were run."""
+    out = []
+    def fid(v):
+        return summary[v]["fidelity"]["psnr"] - summary[v]["lanczos3"]["psnr"]
+    seams = lambda v, n: [summary[v][n]["seam_ratio"][str(p)] for p in PERIODS]
+    if "fidelity" in summary.get("clean", {}):
+        out.append({"what": "clean: fidelity ≥ Lanczos3 + 1.0 dB", "value": f"{fid('clean'):+.2f} dB", "met": fid("clean") >= 1.0})
+        s = seams("clean", "fidelity")
+        out.append({"what": "clean: seams ≤ 1.05 at 32/64/128 px", "value": " / ".join(f"{x:.3f}" for x in s),
+                    "met": all(x <= 1.05 for x in s)})
+    if "fidelity" in summary.get("jpeg75", {}):
+        out.append({"what": "JPEG q75: fidelity ≥ Lanczos3 + 0.5 dB", "value": f"{fid('jpeg75'):+.2f} dB", "met": fid("jpeg75") >= 0.5})
+        s, ref = seams("jpeg75", "fidelity"), seams("jpeg75", "lanczos3")
+        out.append({"what": "JPEG q75: seams ≤ Lanczos3's at 32/64/128 px",
+                    "value": " / ".join(f"{x:.3f} (≤ {r:.3f})" for x, r in zip(s, ref)), "met": all(x <= r for x, r in zip(s, ref))})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
@@ -159,6 +178,7 @@ def main():
     res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "val_split": "lxqt-themes",
            "crop": a.crop, "n": len(rows[variants[0]]), "summary": summary, "per_image": rows,
            "seam_periods_px": list(PERIODS), "sampling": smp, "torch_threads": torch.get_num_threads()}
+    res["targets"] = targets(summary)
     (out / "eval.json").write_text(json.dumps(res, indent=1))
     for variant in variants:
         ref = summary[variant]["lanczos3"]["psnr"]
@@ -167,6 +187,8 @@ def main():
             print(f"{n:22s} PSNR {v['psnr']:6.2f} dB ({v['psnr'] - ref:+.2f} vs Lanczos3)  Y {v['psnr_y']:6.2f} dB  seams "
                   + " / ".join(f"{v['seam_ratio'][str(p)]:.3f}" for p in PERIODS)
                   + (f"  {v[cost_key]:.1f} s/Mpx (torch, {dev.type})" if cost_key in v else ""))
+    for t in res["targets"]:
+        print(f"target {t['what']}: {t['value']} — {'met' if t['met'] else 'NOT met'}")
 
 
 if __name__ == "__main__":

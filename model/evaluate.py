@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, InfDiTConfig, upsample
+from network import upsample
 from data import load_split, degrade
 from sample import sample_image
 
@@ -62,8 +62,7 @@ def ratio(s):
 def targets(summary):
     """Round 2's bar for replacing the release model (issue 15), for whichever variants were run."""
     out = []
-    def fid(v):
-        return summary[v]["fidelity"]["psnr"] - summary[v]["lanczos3"]["psnr"]
+    fid = lambda v: summary[v]["fidelity"]["psnr"] - summary[v]["lanczos3"]["psnr"]
     seams = lambda v, n: [summary[v][n]["seam_ratio"][str(p)] for p in PERIODS]
     if "fidelity" in summary.get("clean", {}):
         out.append({"what": "clean: fidelity ≥ Lanczos3 + 1.0 dB", "value": f"{fid('clean'):+.2f} dB", "met": fid("clean") >= 1.0})
@@ -94,11 +93,10 @@ def main():
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all)")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    from train import load_parts   # a checkpoint may be saved in parts (train.py save_parts)
-    st = load_parts(a.ckpt)
-    cfg = InfDiTConfig(**st["config"])
+    from train import load_ema
     dev = torch.device(a.device)
-    model = InfDiT(cfg); model.load_state_dict(st["ema"]); model.eval(); model.to(dev)
+    model, st = load_ema(a.ckpt, dev)
+    cfg = model.cfg
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     cost_key = f"torch_{dev.type}_s_per_mpx"
     man = json.loads(Path(a.manifest).read_text())

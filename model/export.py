@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, InfDiTConfig, make_config, upsample, to_blocks, lr_contexts, thumbnail
+from network import InfDiT, make_config, upsample, to_blocks, lr_contexts, thumbnail
 from sample import sample_image, karras_sigmas, block_noise
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,11 +320,8 @@ def main():
         return
     if not (a.ckpt and a.out):
         ap.error("--ckpt and --out are required (or --fixture, or --random CONFIG --out)")
-    from train import load_parts
-    st = load_parts(a.ckpt)
-    cfg = InfDiTConfig(**st["config"])
-    model = InfDiT(cfg)
-    model.load_state_dict(st["ema"])
+    from train import load_ema
+    model, st = load_ema(a.ckpt)
     prov = {"steps": st.get("step"), "crops": st.get("crops")}
     if "degradation" in st:   # the recipe the checkpoint was trained with (train.py)
         prov["degradation"] = st["degradation"]

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, InfDiTConfig
 from data import load_split, degrade
 from sample import sample_image
 from evaluate import to_u8, luma
@@ -69,10 +68,9 @@ def main():
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--conds", default="", help="comma-separated subset of the conditions (default: all)")
     a = ap.parse_args()
-    from train import load_parts   # a checkpoint may be saved in parts (train.py save_parts)
-    st = load_parts(a.ckpt)
-    cfg = InfDiTConfig(**st["config"])
-    model = InfDiT(cfg); model.load_state_dict(st["ema"]); model.eval()
+    from train import load_ema
+    model, _ = load_ema(a.ckpt)
+    cfg = model.cfg
     cw, ch = map(int, a.crop.split("x"))
     B, g = cfg.block, cfg.grid
     conds = {"base": {}, "pos+1": {"pos": 1}, "pos+7": {"pos": 7}, "seed": {"seed": 100}, "independent": {"independent": True},

@@ -64,6 +64,14 @@ def load_parts(path, map_location="cpu"):
     return torch.load(io.BytesIO(b"".join(p.read_bytes() for p in parts)), map_location=map_location)
 
 
+def load_ema(path, device="cpu"):
+    """The averaged weights of a checkpoint (whole or in parts) as a model in eval mode, and the checkpoint."""
+    st = load_parts(path)
+    model = InfDiT(InfDiTConfig(**st["config"]))
+    model.load_state_dict(st["ema"])
+    return model.eval().to(device), st
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="infdit-s/4")

@@ -116,7 +116,23 @@ class FixedLayerNorm(nn.Module):
         self.register_buffer("zero", torch.zeros(dim), persistent=False)
 
     def forward(self, x):
-        return F.layer_norm(x, (self.dim,), self.one, self.zero, self.eps)
+        return layer_norm(x, (self.dim,), self.one, self.zero, self.eps)
+
+
+def layer_norm(x, shape, weight, bias, eps):
+    # torch 1.13's CPU autocast (bf16 training on this CPU, --cpu-bf16) leaves layer_norm out of its
+    # float32 list and fails on bf16 input with float32 weights; on CUDA autocast normalises in float32
+    # itself. Do the same here. Outside autocast (evaluation, ONNX export) this is plain F.layer_norm.
+    if x.device.type == "cpu" and torch.is_autocast_cpu_enabled():
+        x = x.float()
+    return F.layer_norm(x, shape, weight, bias, eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and state-dict keys) that normalises in float32 under CPU autocast."""
+
+    def forward(self, x):
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 def modulate(x, shift, scale):
@@ -184,8 +200,8 @@ class UniBAttention(nn.Module):
         super().__init__()
         self.h, self.dh = cfg.heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.q_norm = nn.LayerNorm(self.dh, eps=1e-6)
-        self.k_norm = nn.LayerNorm(self.dh, eps=1e-6)
+        self.q_norm = LayerNorm(self.dh, eps=1e-6)
+        self.k_norm = LayerNorm(self.dh, eps=1e-6)
         self.slot = nn.Parameter(torch.zeros(len(SLOTS), self.h, 1, self.dh))
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
@@ -241,8 +257,8 @@ class NearbyLRCrossAttention(nn.Module):
         self.norm_ctx = FixedLayerNorm(cfg.dim)
         self.q = nn.Linear(cfg.dim, cfg.dim)
         self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
-        self.q_norm = nn.LayerNorm(self.dh, eps=1e-6)
-        self.k_norm = nn.LayerNorm(self.dh, eps=1e-6)
+        self.q_norm = LayerNorm(self.dh, eps=1e-6)
+        self.k_norm = LayerNorm(self.dh, eps=1e-6)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
     def forward(self, x, lr_ctx):

@@ -165,6 +165,19 @@ class TestPaths(unittest.TestCase):
         self.check(lambda R, C: [[(i, r, c)] for i in range(2) for r in range(R) for c in range(C)],
                    target="image", lr_cross_attn=False)
 
+    def test_cpu_bf16_autocast_trains_and_stays_near_float32(self):
+        # train.py --cpu-bf16: torch 1.13's CPU autocast refused the float32 LayerNorm weights on bf16
+        # input (RuntimeError); the norms now run in float32 under it, as CUDA autocast does
+        cfg, m, lr, x = setup()
+        sigma, pos0 = torch.tensor([0.3, 2.5]), torch.zeros(2, 2)
+        with torch.no_grad():
+            ref = m.forward_image(x, lr, sigma, pos0)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            out = m.forward_image(x, lr, sigma, pos0)
+        out.float().square().mean().backward()
+        self.assertTrue(all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad))
+        self.assertLess((out.float() - ref).abs().max().item(), 0.05 * ref.abs().max().item())
+
 
 class TestUnidirectional(unittest.TestCase):
     def test_dependencies(self):

@@ -92,8 +92,8 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (the figures are the same up to float rounding)")
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all)")
     a = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    from train import load_ema
+    from train import load_ema, all_cores
+    torch.set_num_threads(all_cores())   # was max(1, get_num_threads()): 1 thread of 2 on this machine
     dev = torch.device(a.device)
     model, st = load_ema(a.ckpt, dev)
     cfg = model.cfg

@@ -68,7 +68,8 @@ def main():
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--conds", default="", help="comma-separated subset of the conditions (default: all)")
     a = ap.parse_args()
-    from train import load_ema
+    from train import load_ema, all_cores
+    torch.set_num_threads(all_cores())
     model, _ = load_ema(a.ckpt)
     cfg = model.cfg
     cw, ch = map(int, a.crop.split("x"))

@@ -174,6 +174,38 @@ test('serve --queue: a tile made by a worker equals the local tile', { timeout: 
   } finally { proc.kill('SIGKILL'); w.proc.kill('SIGKILL'); await local.close(); }
 });
 
+test('serve --queue: a viewer that goes away before any worker takes its tile withdraws the job; asked again, it is made', { timeout: 120_000 }, async () => {
+  const png = await wavePng(60, 44);
+  const q = new Queue(QUEUE_NAME, { connection: redisConnection(url) });
+  const pending = async () => { const n = await q.getJobCounts('wait', 'prioritized', 'delayed', 'active'); return Object.values(n).reduce((a, b) => a + b, 0); };
+  const until = async (ok: (n: number) => boolean, what: string) => {
+    for (const t0 = Date.now(); Date.now() - t0 < 15_000;) { const n = await pending(); if (ok(n)) return n; await new Promise(r => setTimeout(r, 100)); }
+    assert.fail(`${what}: ${await pending()} jobs pending after 15 s`);
+  };
+  // no worker yet: the tile's job waits on the queue
+  const { proc, base } = await spawnServe(['--data-dir', tmp('infdit-qcancel-'), '--no-demo', '--no-background-fill', '--queue', url, '--tile-wait-ms', '60000', ...MODEL]);
+  let w: Awaited<ReturnType<typeof startWorker>> | undefined;
+  try {
+    assert.equal(await pending(), 0);
+    const fd = new FormData();
+    fd.append('image', new Blob([png]), 'c.png');
+    const { id, width, height } = await (await fetch(`${base}/api/images`, { method: 'POST', body: fd })).json() as any;
+    const L = maxLevel(width, height), url1 = `${base}/images/${id}_files/${L}/2_1.jpeg`;
+    const ac = new AbortController();
+    const gone = fetch(url1, { signal: ac.signal }).catch(e => e);
+    const queued = await until(n => n > 0, 'the tile\'s job never reached the queue');
+    ac.abort();
+    assert.equal((await gone).name, 'AbortError');
+    await until(n => n === 0, `${queued} job(s) queued for a tile no one wants any more, not withdrawn`);
+    // the same tile asked for again: a fresh job, made by the worker started now
+    w = await startWorker();
+    const res = await fetch(url1);
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('x-infdit-tile'), 'final');
+    assert.ok(jobsDone(w) > 0);
+  } finally { proc.kill('SIGKILL'); w?.proc.kill('SIGKILL'); await q.close(); }
+});
+
 test('a job for another model, a malformed job, an unreachable Redis: clear errors', { timeout: 60_000 }, async () => {
   const local = await localRender();
   const w = await startWorker(['--model', FIXTURE + '-global.json']);

@@ -16,7 +16,8 @@ import type { Model } from '../engine/model.js';
 import type { BlockStore } from '../engine/blockstore.js';
 import type { PixelSource } from '../engine/pixels.js';
 import { thumbnail } from '../engine/thumb.js';
-import { SharedPromiseCache } from '../tiles/shared-promise.js';
+import { SharedCancellable } from '../tiles/shared-promise.js';
+import { AbortError } from '../engine/engine.js';
 import { JobData, JobResult, PROTOCOL, QUEUE_NAME, cellOf, cellRegion, fromPng, lrCrop, reach, redact, redisConnection, toPng } from './protocol.js';
 
 /** One image's render as the master sees it. */
@@ -27,7 +28,9 @@ export interface RemoteRender { key: string; render: Render; store: BlockStore; 
  *  its cone, no more, so the first tile comes as fast as it does locally). */
 export interface RemoteOptions { regionBlocks: number; viewerBlocks: number; window: number; log?: (s: string) => void }
 
-export interface RemoteStats { jobs: number; payloadBytes: number; resultBytes: number; workerNodes: number; blocks: number }
+/** withdrawn: jobs taken off the queue unstarted because no one wanted their blocks any more (a viewer
+ *  panned away before a worker took them). */
+export interface RemoteStats { jobs: number; withdrawn: number; payloadBytes: number; resultBytes: number; workerNodes: number; blocks: number }
 
 /** Can Redis be reached at all? A clear error at start instead of endless reconnecting. */
 export async function checkRedis(url: string, timeoutMs = 5000) {
@@ -43,11 +46,11 @@ export async function checkRedis(url: string, timeoutMs = 5000) {
 }
 
 export class RemoteGenerator {
-  readonly stats: RemoteStats = { jobs: 0, payloadBytes: 0, resultBytes: 0, workerNodes: 0, blocks: 0 };
+  readonly stats: RemoteStats = { jobs: 0, withdrawn: 0, payloadBytes: 0, resultBytes: 0, workerNodes: 0, blocks: 0 };
   private queue: Queue; private events: QueueEvents;
   private waiting = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void; add: () => Promise<unknown> }>();
-  private cells = new SharedPromiseCache<void>();
-  private active = 0; private slots: (() => void)[] = [];
+  private cells = new SharedCancellable<void>();
+  private active = 0; private slots: { go: () => void; stop: () => void }[] = [];
   private poller: NodeJS.Timeout;
   private lastWarn = 0;
   private thumbs = new WeakMap<Render, string>();
@@ -89,6 +92,19 @@ export class RemoteGenerator {
     if (err) w.reject(err); else w.resolve(value);
   }
 
+  /** No one wants this job's blocks any more: off the queue if no worker has it. A job a worker
+   *  already runs (locked) is left to finish; its blocks are stored as usual. */
+  private async withdraw(id: string) {
+    const w = this.waiting.get(id);
+    if (!w) return;
+    this.waiting.delete(id);   // first: the poller must not see it gone and add it again
+    let removed = 0;
+    try { removed = await this.queue.remove(id); } catch { /* Redis away: treat as not removed */ }
+    if (removed) { this.stats.withdrawn++; w.reject(new AbortError()); return; }
+    this.waiting.set(id, w);
+    void this.check(id);   // an event may have passed while it was out of `waiting`
+  }
+
   private async check(id: string) {
     try {
       const state = await this.queue.getJobState(id);
@@ -99,12 +115,13 @@ export class RemoteGenerator {
     } catch { /* Redis away: the next poll asks again */ }
   }
 
-  /** Make sure these blocks of stage `s` (0-based) are in the store, through the workers. */
-  async ensure(rr: RemoteRender, s: number, blocks: Iterable<[number, number]>, priority: number, size = this.o.regionBlocks) {
+  /** Make sure these blocks of stage `s` (0-based) are in the store, through the workers. `signal`: the
+   *  caller's interest; a cell no one waits for any more has its job withdrawn if no worker took it yet. */
+  async ensure(rr: RemoteRender, s: number, blocks: Iterable<[number, number]>, priority: number, size = this.o.regionBlocks, signal?: AbortSignal) {
     const st = rr.render.stages[s];
     const cells = new Map<string, { cr: number; cc: number }>();
     for (const [r, c] of blocks) if (!st.isFinal(r, c)) { const cell = cellOf(r, c, size); cells.set(`${cell.cr},${cell.cc}`, cell); }
-    await Promise.all([...cells.values()].map(({ cr, cc }) => this.runCell(rr, s, cr, cc, priority, size)));
+    await Promise.all([...cells.values()].map(({ cr, cc }) => this.runCell(rr, s, cr, cc, priority, size, signal)));
   }
 
   /** Every block of the last stage (render --queue): every cell's job at once, the window bounding
@@ -116,18 +133,24 @@ export class RemoteGenerator {
     await Promise.all(jobs);
   }
 
-  /** One cell, coalesced with anyone else asking for it. */
-  private runCell(rr: RemoteRender, s: number, cr: number, cc: number, priority: number, size: number) {
-    return this.cells.run(`${rr.key}/${s}/${size}/${cr},${cc}`, () => this.cell(rr, s, cr, cc, priority, size));
+  /** One cell, coalesced with anyone else asking for it; called off when all of them have gone. */
+  private runCell(rr: RemoteRender, s: number, cr: number, cc: number, priority: number, size: number, signal?: AbortSignal) {
+    return this.cells.run(`${rr.key}/${s}/${size}/${cr},${cc}`, (sig) => this.cell(rr, s, cr, cc, priority, size, sig), signal);
   }
 
-  private async slot() {
+  private async slot(signal: AbortSignal) {
+    if (signal.aborted) throw new AbortError();
     if (this.active < this.o.window) { this.active++; return; }
-    await new Promise<void>(r => this.slots.push(r));
+    await new Promise<void>((resolve, reject) => {
+      const w = { go: () => { signal.removeEventListener('abort', w.stop); resolve(); },
+        stop: () => { this.slots.splice(this.slots.indexOf(w), 1); reject(new AbortError()); } };
+      signal.addEventListener('abort', w.stop, { once: true });
+      this.slots.push(w);
+    });
   }
-  private release() { const n = this.slots.shift(); if (n) n(); else this.active--; }
+  private release() { const n = this.slots.shift(); if (n) n.go(); else this.active--; }
 
-  private async cell(rr: RemoteRender, s: number, cr: number, cc: number, priority: number, size: number) {
+  private async cell(rr: RemoteRender, s: number, cr: number, cc: number, priority: number, size: number, signal: AbortSignal) {
     const st = rr.render.stages[s];
     const region = cellRegion(cr, cc, size, st.R, st.C);
     let all = true;
@@ -142,11 +165,11 @@ export class RemoteGenerator {
       const B = rr.render.stages[s - 1].B, need: [number, number][] = [];
       for (let r = Math.floor(crop.y / B); r <= Math.floor((crop.y + crop.h - 1) / B); r++)
         for (let c = Math.floor(crop.x / B); c <= Math.floor((crop.x + crop.w - 1) / B); c++) need.push([r, c]);
-      await this.ensure(rr, s - 1, need, priority, size);
+      await this.ensure(rr, s - 1, need, priority, size, signal);
     }
     const id = createHash('sha256').update(JSON.stringify([PROTOCOL, this.model.id, rr.key, s, region])).digest('hex').slice(0, 24);
     // the slot first, then the pixels: a render's thousands of waiting cells hold no LR crops
-    await this.slot();
+    await this.slot(signal);
     let res: JobResult;
     try {
       const lrPx = s === 0 ? rr.lr.regionSync(crop.x, crop.y, crop.w, crop.h) : await rr.render.stages[s - 1].region(crop.x, crop.y, crop.w, crop.h);
@@ -156,7 +179,7 @@ export class RemoteGenerator {
         lr: { width: lrW, height: lrH, ...crop, png: await toPng(lrPx, crop.w, crop.h) }, region, thumb: this.thumb(rr),
       };
       JobData.parse(data);
-      res = await this.submit(id, data, priority);
+      res = await this.submit(id, data, priority, signal);
     } finally { this.release(); }
     const B = st.B, w = (region.c1 - region.c0) * B, h = (region.r1 - region.r0) * B;
     const px = await fromPng(res.png, w, h, `result of region job ${id}`);
@@ -179,7 +202,7 @@ export class RemoteGenerator {
     return t;
   }
 
-  private async submit(id: string, data: JobData, priority: number): Promise<JobResult> {
+  private async submit(id: string, data: JobData, priority: number, signal: AbortSignal): Promise<JobResult> {
     // removed by us once its blocks are stored; the ages only clean up after a master that died first
     const add = () => this.queue.add('region', data, { jobId: id, priority, attempts: 3, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: { age: 86400 }, removeOnFail: { age: 7 * 86400 } });
     const done = new Promise<unknown>((resolve, reject) => this.waiting.set(id, { resolve, reject, add }));
@@ -187,7 +210,10 @@ export class RemoteGenerator {
     await add();
     this.stats.jobs++; this.stats.payloadBytes += payload;
     void this.check(id);   // already finished (a restart finding its job done): no event will come
-    const raw = await done;
+    const onAbort = () => { void this.withdraw(id); };
+    signal.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) onAbort();
+    const raw = await done.finally(() => signal.removeEventListener('abort', onAbort));
     const parsed = JobResult.safeParse(typeof raw === 'string' ? JSON.parse(raw) : raw);
     if (!parsed.success) throw new Error(`region job ${id} returned an invalid result: ${parsed.error.issues.map(i => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
     this.stats.resultBytes += parsed.data.png.length;

@@ -22,7 +22,7 @@ import { DiskBlockStore } from '../engine/blockstore.js';
 import { AbortError } from '../engine/engine.js';
 import { encode, ImageError, type RGBImage } from './image.js';
 import { prepareLR, openLR, DecodeError, type LRFolder, type RawPixels } from './lrfile.js';
-import { SharedPromiseCache } from './shared-promise.js';
+import { SharedCancellable, SharedPromiseCache } from './shared-promise.js';
 import { coarseMap, encodeRuns } from './progress.js';
 import { atomicWrite, DiskFullError } from '../engine/atomic.js';
 import { DiskBudget } from './diskbudget.js';
@@ -79,7 +79,7 @@ class Entry {
 
 export class ImageService {
   private entries = new Map<string, Entry>();
-  private tiles = new SharedPromiseCache<TileResult>();
+  private tiles = new SharedCancellable<TileResult>();
   private opening = new SharedPromiseCache<Entry>();
   private adding = new SharedPromiseCache<ImageMeta>();
   private renderKey: string;
@@ -290,7 +290,7 @@ export class ImageService {
     if (stored) return stored;
     const key = `${id}/${L}/${c}/${r}`;
     // Coalesced callers share the generation; it is cancelled only if all of them go away.
-    return this.withWaiters(key, opt.signal, (signal) => this.tiles.run(key, async () => {
+    return this.tiles.run(key, async (signal) => {
       this.activeViewerTiles++;
       try {
         const rect = tileRect(e.geometry, L, c, r);
@@ -306,32 +306,12 @@ export class ImageService {
         this.activeViewerTiles--;
         if (this.activeViewerTiles === 0) this.kickFill();
       }
-    }));
-  }
-
-  private waiters = new Map<string, { n: number; ac: AbortController }>();
-
-  private withWaiters<T>(key: string, signal: AbortSignal | undefined, run: (s: AbortSignal) => Promise<T>): Promise<T> {
-    let w = this.waiters.get(key);
-    if (!w) { w = { n: 0, ac: new AbortController() }; this.waiters.set(key, w); }
-    const ww = w;
-    ww.n++;
-    let left = false;
-    const leave = () => { if (left) return; left = true; ww.n--; if (ww.n === 0) { this.waiters.delete(key); ww.ac.abort(); } };
-    const p = run(ww.ac.signal);
-    if (!signal) { p.then(leave, leave); return p; }
-    return new Promise<T>((resolve, reject) => {
-      const onAbort = () => { leave(); reject(new AbortError()); };
-      if (signal.aborted) return onAbort();
-      signal.addEventListener('abort', onAbort, { once: true });
-      p.then(v => { signal.removeEventListener('abort', onAbort); leave(); resolve(v); },
-        err => { signal.removeEventListener('abort', onAbort); leave(); reject(err); });
-    });
+    }, opt.signal);
   }
 
   private levelRegion(e: Entry, L: number, x: number, y: number, w: number, h: number, opt: { signal?: AbortSignal; priority?: number }) {
     const top = async (x0: number, y0: number, ww: number, hh: number) => {
-      if (this.remote) await this.remoteRect(e, x0, y0, ww, hh, PRIORITY.viewer);
+      if (this.remote) await this.remoteRect(e, x0, y0, ww, hh, PRIORITY.viewer, opt.signal);
       return e.render!.region(x0, y0, ww, hh, opt);
     };
     const sampler = new LevelSampler(e.geometry, top, l => e.sources!.get(l) ?? null);
@@ -345,10 +325,10 @@ export class ImageService {
   }
 
   /** The last stage's blocks under an output rectangle, made by the workers. */
-  private remoteRect(e: Entry, x: number, y: number, w: number, h: number, priority: number) {
+  private remoteRect(e: Entry, x: number, y: number, w: number, h: number, priority: number, signal?: AbortSignal) {
     const R = e.render!, k = R.halveOutput ? 2 : 1;   // 2× and 8× are the native output halved
     const blocks = R.last.blocksIn(k * x, k * y, k * w, k * h);
-    return this.remote!.ensure(this.remoteOf(e), R.stages.length - 1, blocks, priority, this.remote!.o.viewerBlocks);
+    return this.remote!.ensure(this.remoteOf(e), R.stages.length - 1, blocks, priority, this.remote!.o.viewerBlocks, signal);
   }
 
   /** Blocks of the last stage made, here or (--queue) by the workers. */

@@ -140,8 +140,16 @@ test('Redis restarted empty mid-render: the render waits, submits its lost jobs 
   const exited = new Promise<number | null>(r => proc.on('exit', r));
   let again: Awaited<ReturnType<typeof startRedis>> | undefined, w: Awaited<ReturnType<typeof startWorker>> | undefined;
   try {
-    // the jobs are on the queue, no worker yet: Redis goes away (and its data with it)
-    await new Promise(r => setTimeout(r, 3000));
+    // the jobs are on the queue, no worker yet: Redis goes away (and its data with it). Waiting for
+    // the jobs, not a fixed 3 s: on a busy machine the render reached Redis after it had gone.
+    const q = new Queue(QUEUE_NAME, { connection: redisConnection(ownUrl) });
+    try {
+      for (const t0 = Date.now(); ; await new Promise(r => setTimeout(r, 100))) {
+        const n = await q.getJobCounts('wait', 'prioritized');
+        if (n.wait + n.prioritized > 0) break;
+        assert.ok(Date.now() - t0 < 60_000, `no region job on the queue after 60 s: ${stderr}`);
+      }
+    } finally { await q.close(); }
     own.stop();
     await new Promise(r => setTimeout(r, 1500));
     again = await startRedis(own.port);

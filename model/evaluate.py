@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--variants", default="clean,jpeg75", help="LR variants: clean, jpegNN (the LR saved as JPEG quality NN)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N validation images (a quick check)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (the figures are the same up to float rounding)")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the independent-block ablation (a third of a CPU evaluation's time)")
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all)")
     a = ap.parse_args()
     from train import load_ema, all_cores
@@ -132,7 +133,7 @@ def main():
             lr = (torch.from_numpy(lr_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # the server sees uint8 LR
             outs = {"bicubic": to_u8(upsample(lr, cfg.scale)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.LANCZOS))}
-            runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" else [])
+            runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" and not a.no_ablation else [])
             for name, p in runs:
                 t = time.time()
                 den = (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=dev), independent=True)) if p.get("independent") else None

@@ -24,6 +24,16 @@ test('the fixture loads and its manifest matches its graph', async () => {
   await m.close();
 });
 
+test('a queue master loads the manifest and identity only: the same id, and running it is refused', async () => {
+  const full = await Model.load(FIXTURE + '.json');
+  const bare = await Model.load(FIXTURE + '.json', { graphs: false });
+  try {
+    assert.equal(bare.id, full.id);                    // the id keys the workers' jobs and every cache
+    assert.deepEqual(bare.manifest, full.manifest);
+    await assert.rejects(bare.run(0, 1, {}), /without its graphs \(a --queue master/);
+  } finally { await full.close(); await bare.close(); }
+});
+
 test('mismatches are refused with the field named', async () => {
   const cases: [(m: any) => void, RegExp][] = [
     [m => { m.layers = 4; }, /"graphs" must list \[input,layer0,layer1,layer2,layer3\]/],

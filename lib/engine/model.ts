@@ -132,6 +132,15 @@ export interface ModelOptions {
   nice?: number;
   /** Run every graph once at this batch size before answering (grows onnxruntime's arenas at load); 0: not. */
   warm?: number;
+  /** false: the manifest and the model's identity only, no onnxruntime sessions. A queue master
+   *  (`--queue`) hands every block to workers and never runs a graph. Default true. */
+  graphs?: boolean;
+}
+
+/** The runner of a model loaded without its graphs: any call is a bug, said plainly. */
+class NoGraphs implements GraphRunner {
+  async run(): Promise<RunResult> { throw new ModelError('this process loaded the model without its graphs (a --queue master: workers generate); nothing may run it here'); }
+  async close() {}
 }
 
 export function sessionOptions(threads: number, spinning: boolean): ort.InferenceSession.SessionOptions {
@@ -241,6 +250,7 @@ export class Model {
     const hash = createHash('sha256').update(readFileSync(base + '.json'));
     for (const f of files) hash.update(readFileSync(f));
     const id = hash.digest('hex').slice(0, 16);
+    if (opts.graphs === false) return new Model(manifest, new NoGraphs(), id);
     const opt = sessionOptions(opts.threads ?? 0, opts.spinning ?? false);
     if (opts.inThread) {
       const sessions: ort.InferenceSession[] = [];

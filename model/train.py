@@ -109,7 +109,7 @@ def main():
     ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cpu-bf16", action="store_true",
-                    help="bf16 autocast on the CPU too (on CUDA it is always on): 1.9x per step measured on a CPU "
+                    help="bf16 autocast on the CPU too (on CUDA it is always on): 1.8-2.3x per step measured on a CPU "
                          "with AVX512_BF16 (Zen 4); not measured on one without it")
     ap.add_argument("--threads", type=int, default=all_cores(),
                     help="CPU threads (default: every core this process may use; torch 1.13 here defaults to 1)")

@@ -32,6 +32,12 @@ function startWorker(extra: string[] = []) {
     proc.on('exit', c => reject(new Error(`worker exited ${c}: ${w.log}`)));
   });
 }
+/** Polls the jobs a queue holds not yet done until `ok(count)`; fails after `ms`, saying `what`. */
+async function untilPending(q: Queue, ok: (n: number) => boolean, what: () => string, ms = 15_000) {
+  const pending = async () => Object.values(await q.getJobCounts('wait', 'prioritized', 'delayed', 'active')).reduce((a, b) => a + b, 0);
+  for (const t0 = Date.now(); Date.now() - t0 < ms; await new Promise(r => setTimeout(r, 100))) { const n = await pending(); if (ok(n)) return n; }
+  assert.fail(`${what()}: ${await pending()} jobs pending after ${ms / 1000} s`);
+}
 const jobsDone = (w: { log: string }) => (w.log.match(/^infdit worker: job \S+: stage/gm) ?? []).length;
 const ids = (w: { log: string }, what: RegExp) => new Set([...w.log.matchAll(what)].map(m => m[1]));
 
@@ -143,13 +149,7 @@ test('Redis restarted empty mid-render: the render waits, submits its lost jobs 
     // the jobs are on the queue, no worker yet: Redis goes away (and its data with it). Waiting for
     // the jobs, not a fixed 3 s: on a busy machine the render reached Redis after it had gone.
     const q = new Queue(QUEUE_NAME, { connection: redisConnection(ownUrl) });
-    try {
-      for (const t0 = Date.now(); ; await new Promise(r => setTimeout(r, 100))) {
-        const n = await q.getJobCounts('wait', 'prioritized');
-        if (n.wait + n.prioritized > 0) break;
-        assert.ok(Date.now() - t0 < 60_000, `no region job on the queue after 60 s: ${stderr}`);
-      }
-    } finally { await q.close(); }
+    try { await untilPending(q, n => n > 0, () => `no region job on the queue: ${stderr}`, 60_000); } finally { await q.close(); }
     own.stop();
     await new Promise(r => setTimeout(r, 1500));
     again = await startRedis(own.port);
@@ -185,26 +185,21 @@ test('serve --queue: a tile made by a worker equals the local tile', { timeout: 
 test('serve --queue: a viewer that goes away before any worker takes its tile withdraws the job; asked again, it is made', { timeout: 120_000 }, async () => {
   const png = await wavePng(60, 44);
   const q = new Queue(QUEUE_NAME, { connection: redisConnection(url) });
-  const pending = async () => { const n = await q.getJobCounts('wait', 'prioritized', 'delayed', 'active'); return Object.values(n).reduce((a, b) => a + b, 0); };
-  const until = async (ok: (n: number) => boolean, what: string) => {
-    for (const t0 = Date.now(); Date.now() - t0 < 15_000;) { const n = await pending(); if (ok(n)) return n; await new Promise(r => setTimeout(r, 100)); }
-    assert.fail(`${what}: ${await pending()} jobs pending after 15 s`);
-  };
   // no worker yet: the tile's job waits on the queue
   const { proc, base } = await spawnServe(['--data-dir', tmp('infdit-qcancel-'), '--no-demo', '--no-background-fill', '--queue', url, '--tile-wait-ms', '60000', ...MODEL]);
   let w: Awaited<ReturnType<typeof startWorker>> | undefined;
   try {
-    assert.equal(await pending(), 0);
+    assert.equal(await untilPending(q, () => true, () => ''), 0);   // nothing left by earlier tests
     const fd = new FormData();
     fd.append('image', new Blob([png]), 'c.png');
     const { id, width, height } = await (await fetch(`${base}/api/images`, { method: 'POST', body: fd })).json() as any;
     const L = maxLevel(width, height), url1 = `${base}/images/${id}_files/${L}/2_1.jpeg`;
     const ac = new AbortController();
     const gone = fetch(url1, { signal: ac.signal }).catch(e => e);
-    const queued = await until(n => n > 0, 'the tile\'s job never reached the queue');
+    const queued = await untilPending(q, n => n > 0, () => 'the tile\'s job never reached the queue');
     ac.abort();
     assert.equal((await gone).name, 'AbortError');
-    await until(n => n === 0, `${queued} job(s) queued for a tile no one wants any more, not withdrawn`);
+    await untilPending(q, n => n === 0, () => `${queued} job(s) queued for a tile no one wants any more, not withdrawn`);
     // the same tile asked for again: a fresh job, made by the worker started now
     w = await startWorker();
     const res = await fetch(url1);

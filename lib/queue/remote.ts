@@ -28,9 +28,7 @@ export interface RemoteRender { key: string; render: Render; store: BlockStore; 
  *  its cone, no more, so the first tile comes as fast as it does locally). */
 export interface RemoteOptions { regionBlocks: number; viewerBlocks: number; window: number; log?: (s: string) => void }
 
-/** withdrawn: jobs taken off the queue unstarted because no one wanted their blocks any more (a viewer
- *  panned away before a worker took them). */
-export interface RemoteStats { jobs: number; withdrawn: number; payloadBytes: number; resultBytes: number; workerNodes: number; blocks: number }
+export interface RemoteStats { jobs: number; payloadBytes: number; resultBytes: number; workerNodes: number; blocks: number }
 
 /** Can Redis be reached at all? A clear error at start instead of endless reconnecting. */
 export async function checkRedis(url: string, timeoutMs = 5000) {
@@ -46,7 +44,7 @@ export async function checkRedis(url: string, timeoutMs = 5000) {
 }
 
 export class RemoteGenerator {
-  readonly stats: RemoteStats = { jobs: 0, withdrawn: 0, payloadBytes: 0, resultBytes: 0, workerNodes: 0, blocks: 0 };
+  readonly stats: RemoteStats = { jobs: 0, payloadBytes: 0, resultBytes: 0, workerNodes: 0, blocks: 0 };
   private queue: Queue; private events: QueueEvents;
   private waiting = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void; add: () => Promise<unknown> }>();
   private cells = new SharedCancellable<void>();
@@ -100,7 +98,7 @@ export class RemoteGenerator {
     this.waiting.delete(id);   // first: the poller must not see it gone and add it again
     let removed = 0;
     try { removed = await this.queue.remove(id); } catch { /* Redis away: treat as not removed */ }
-    if (removed) { this.stats.withdrawn++; w.reject(new AbortError()); return; }
+    if (removed) { w.reject(new AbortError()); return; }
     this.waiting.set(id, w);
     void this.check(id);   // an event may have passed while it was out of `waiting`
   }

@@ -45,12 +45,12 @@ def load_split(folder, split):
     return [(e, np.asarray(Image.open(Path(folder) / e["packed"]).convert("RGB"))) for e in index if e["split"] == split]
 
 
-def degrade(hr, scale, task="bicubic", gen=None):
+def degrade(hr, scale, task="bicubic", gen=None, with_quality=False):
     """hr in [-1,1], (n,3,H,W) -> LR (n,3,H/s,W/s). Tasks: "bicubic" (clean), "real" (light blur and
     noise), "real2" (model/degrade.py: clean, clean+JPEG or Real-ESRGAN's second-order pipeline)."""
     bicubic = lambda t: F.interpolate(t, scale_factor=1.0 / scale, mode="bicubic", antialias=True, align_corners=False)
     if task == "real2":
-        return degrade_mixed(hr, scale, bicubic, gen if gen is not None else torch.Generator(device=hr.device))
+        return degrade_mixed(hr, scale, bicubic, gen if gen is not None else torch.Generator(device=hr.device), with_quality)
     lr = bicubic(hr)
     if task == "real":
         n = hr.shape[0]
@@ -62,7 +62,8 @@ def degrade(hr, scale, task="bicubic", gen=None):
         rows = sum(pad[:, :, :, i:i + lr.shape[3]] * w[..., i:i + 1] for i in range(5))
         lr = sum(rows[:, :, i:i + lr.shape[2], :] * w[..., i:i + 1].transpose(-1, -2) for i in range(5))
         lr = lr + torch.randn(lr.shape, device=hr.device, generator=gen) * (torch.rand(n, 1, 1, 1, device=hr.device, generator=gen) * 0.02)
-    return lr.clamp(-1, 1)
+    lr = lr.clamp(-1, 1)
+    return (lr, torch.zeros(hr.shape[0], device=hr.device)) if with_quality else lr
 
 
 class CropSampler:

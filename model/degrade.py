@@ -123,8 +123,9 @@ def resize(x, size, gen):
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True).clamp(0, 1)
 
 
-def second_order(hr01, scale, gen):
-    """hr01: (n,3,H,W) in [0,1] → LR (n,3,H/scale,W/scale) in [0,1]."""
+def second_order(hr01, scale, gen, with_quality=False):
+    """hr01: (n,3,H,W) in [0,1] → LR (n,3,H/scale,W/scale) in [0,1]; with_quality: also the
+    quality (n,) of the last JPEG, the one an uploaded file's quantisation tables would tell."""
     n, _, H, W = hr01.shape
     x = hr01
     for stage in ("order1", "order2"):
@@ -139,18 +140,27 @@ def second_order(hr01, scale, gen):
         x = noise(x, *r["noise_sigma_255"], r["gray_noise_p"], r["noise_p"], gen)
         x = jpeg(x, _uniform(n, *r["jpeg_quality"], gen, x.device).round())
     x = resize(x, (H // scale, W // scale), gen)
-    return jpeg(x, _uniform(n, *RECIPE["second-order"]["order2"]["jpeg_quality"], gen, x.device).round())
+    q = _uniform(n, *RECIPE["second-order"]["order2"]["jpeg_quality"], gen, x.device).round()
+    return (jpeg(x, q), q) if with_quality else jpeg(x, q)
 
 
-def degrade_mixed(hr, scale, bicubic, gen):
-    """hr in [-1,1]; `bicubic(hr)` the clean LR. Each sample: clean, clean+JPEG, or second-order."""
+def degrade_mixed(hr, scale, bicubic, gen, with_quality=False):
+    """hr in [-1,1]; `bicubic(hr)` the clean LR. Each sample: clean, clean+JPEG, or second-order.
+    with_quality: also each sample's last JPEG quality (n,), 0 for the clean ones (no JPEG).
+    The draws are the same either way, so a run with and one without see the same LR."""
     n = hr.shape[0]
     u = _rand(n, gen)
     m = RECIPE["mix"]
     clean = bicubic(hr)
     hr01 = (hr + 1) / 2
-    jp = jpeg(((clean + 1) / 2).clamp(0, 1), _uniform(n, *RECIPE["bicubic+jpeg"]["jpeg_quality"], gen, hr.device).round()) * 2 - 1
-    so = second_order(hr01.clamp(0, 1), scale, gen) * 2 - 1
+    q_jp = _uniform(n, *RECIPE["bicubic+jpeg"]["jpeg_quality"], gen, hr.device).round()
+    jp = jpeg(((clean + 1) / 2).clamp(0, 1), q_jp) * 2 - 1
+    so, q_so = second_order(hr01.clamp(0, 1), scale, gen, with_quality=True)
+    so = so * 2 - 1
     pick = lambda t: t.to(hr.device)[:, None, None, None]
     a, b = m["bicubic"], m["bicubic"] + m["bicubic+jpeg"]
-    return torch.where(pick(u < a), clean, torch.where(pick(u < b), jp, so)).clamp(-1, 1)
+    lr = torch.where(pick(u < a), clean, torch.where(pick(u < b), jp, so)).clamp(-1, 1)
+    if not with_quality:
+        return lr
+    u = u.to(hr.device)
+    return lr, torch.where(u < a, torch.zeros_like(q_jp), torch.where(u < b, q_jp, q_so.to(hr.device)))

@@ -6,7 +6,7 @@ bicubic then work from the same decoded JPEG). Writes JSON and side-by-side crop
     /usr/bin/python3 model/evaluate.py --ckpt model/release/infdit-s4.ckpt.pt --data .data \\
         --manifest model/release/infdit-s4.json --out model/release
 """
-import argparse, io, json, math, sys, time
+import argparse, io, json, math, re, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import upsample
+from network import upsample, jpeg_level
 from data import load_split, degrade
 from sample import sample_image
 
@@ -87,12 +87,17 @@ def main():
     ap.add_argument("--detail-steps", type=int, nargs="*", default=None)
     ap.add_argument("--panels-only", type=int, nargs="*", default=None,
                     help="only write crops.png, from these validation images (indices)")
-    ap.add_argument("--variants", default="clean,jpeg75", help="LR variants: clean, jpegNN (the LR saved as JPEG quality NN)")
+    ap.add_argument("--variants", default="clean,jpeg75",
+                    help="LR variants: clean, jpegNN (the LR saved as JPEG quality NN), jpegNN-untold (the same, but a "
+                         "jpeg_cond model is told 0: what a JPEG re-saved as PNG gets)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N validation images (a quick check)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (the figures are the same up to float rounding)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the independent-block ablation (a third of a CPU evaluation's time)")
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all)")
     a = ap.parse_args()
+    for v in a.variants.split(","):
+        if not (v == "clean" or re.fullmatch(r"jpeg([1-9][0-9]?|100)(-untold)?", v)):
+            ap.error(f"--variants: unknown variant {v!r}; use clean, jpegNN or jpegNN-untold (NN a quality 1-100)")
     from train import load_ema, all_cores
     torch.set_num_threads(all_cores())   # was max(1, get_num_threads()): 1 thread of 2 on this machine
     dev = torch.device(a.device)
@@ -125,20 +130,22 @@ def main():
         for variant in variants:
             if variant == "clean":
                 lr_u8 = clean_u8
-            elif variant.startswith("jpeg"):
-                buf = io.BytesIO(); Image.fromarray(clean_u8).save(buf, format="JPEG", quality=int(variant[4:]))
-                lr_u8 = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             else:
-                raise SystemExit(f"unknown variant {variant}: use clean or jpegNN")
+                quality = int(re.match(r"jpeg(\d+)", variant)[1])
+                buf = io.BytesIO(); Image.fromarray(clean_u8).save(buf, format="JPEG", quality=quality)
+                lr_u8 = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             lr = (torch.from_numpy(lr_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # the server sees uint8 LR
+            # a jpeg_cond model is told the quality, as the server reads it from the file's tables
+            told = 0.0 if variant == "clean" or variant.endswith("-untold") else float(quality)
+            jq = jpeg_level(torch.tensor([told])).to(dev) if cfg.jpeg_cond else None
             outs = {"bicubic": to_u8(upsample(lr, cfg.scale)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.LANCZOS))}
             runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" and not a.no_ablation else [])
             for name, p in runs:
                 t = time.time()
-                den = (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=dev), independent=True)) if p.get("independent") else None
+                den = (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=dev), independent=True, jq=jq)) if p.get("independent") else None
                 out = sample_image(model, lr, p["method"], p["steps"], smp["sigma_min"], smp["sigma_max"], smp["rho"], seed=k,
-                                   denoise=den)
+                                   denoise=den, jq=jq)
                 sync()
                 times.setdefault(name, []).append((time.time() - t) / (cw * ch / 1e6))
                 outs[name] = to_u8(out)

@@ -46,6 +46,7 @@ class InfDiTConfig:
     lr_cross_attn: bool = True
     global_cond: bool = False  # small encoder of an LR thumbnail added to the noise embedding
     thumb: int = 32           # thumbnail side for global conditioning
+    jpeg_cond: bool = False   # the LR file's JPEG quality (jpeg_level) added to the noise embedding
     target: str = "residual"  # "residual": diffuse x - up(LR); "image": diffuse x itself
     sigma_data: float = 0.5
     rope_base: float = 10000.0  # lowest frequency wavelength ≈ 2π·base tokens > 65,536 px / patch
@@ -88,6 +89,13 @@ class NoiseEmbedder(nn.Module):
 
     def forward(self, c_noise):
         return self.mlp(timestep_embedding(c_noise, self.freq_dim))
+
+
+def jpeg_level(quality):
+    """The JPEG condition the network sees: 0 for an LR that was never a JPEG (or quality 0 given
+    for it), else (100 - quality) / 100 — q 100 is nearly lossless, so the scale starts at clean."""
+    q = torch.as_tensor(quality, dtype=torch.float32)
+    return torch.where(q > 0, (100 - q.clamp(1, 100)) / 100, torch.zeros_like(q))
 
 
 class ThumbEncoder(nn.Module):
@@ -332,6 +340,7 @@ class InfDiT(nn.Module):
         self.x_embedder = nn.Linear(6 * cfg.patch ** 2, cfg.dim)
         self.t_embedder = NoiseEmbedder(cfg.dim)
         self.g_embedder = ThumbEncoder(cfg.dim, cfg.thumb) if cfg.global_cond else None
+        self.q_embedder = NoiseEmbedder(cfg.dim) if cfg.jpeg_cond else None
         self.blocks = nn.ModuleList([DiTBlock(cfg, cross=(i == 0 and cfg.lr_cross_attn)) for i in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg)
         self.initialize_weights()
@@ -345,6 +354,10 @@ class InfDiT(nn.Module):
         self.apply(_basic)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.q_embedder is not None:
+            # closed at the start: added to a trained model, it leaves that model's output unchanged
+            nn.init.normal_(self.q_embedder.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.q_embedder.mlp[2].weight)
         for b in self.blocks:
             nn.init.zeros_(b.adaLN_modulation[-1].weight)
             nn.init.zeros_(b.adaLN_modulation[-1].bias)
@@ -366,12 +379,15 @@ class InfDiT(nn.Module):
         return self
 
     # -- shared per-block pieces --------------------------------------------------------
-    def _condition(self, sigma, thumb):
+    def _condition(self, sigma, thumb, jq=None):
+        """jq: (b,) jpeg_level of the LR (a jpeg_cond model; None: 0, never a JPEG)."""
         cfg = self.cfg
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma, cfg.sigma_data)
         c = self.t_embedder(c_noise)
         if self.g_embedder is not None:
             c = c + self.g_embedder(thumb)
+        if self.q_embedder is not None:
+            c = c + self.q_embedder(jq if jq is not None else torch.zeros_like(sigma))
         return c_skip, c_out, c_in, c
 
     def _embed(self, x, up, c_in):
@@ -399,7 +415,7 @@ class InfDiT(nn.Module):
         return bias[:, :, None].expand(-1, -1, self.cfg.tokens).reshape(-1, 1, 1, 4 * self.cfg.tokens)
 
     # -- path 2: a batch of blocks with their neighbours' K/V (one whole evaluation) --------
-    def forward_blocks(self, x, up, lr_ctx, sigma, pos, kv_nb, present, thumb=None):
+    def forward_blocks(self, x, up, lr_ctx, sigma, pos, kv_nb, present, thumb=None, jq=None):
         """x, up: (b,3,B,B) noisy block and bicubic-upsampled LR block, in [-1,1] units.
         lr_ctx: (b,3,3B/s,3B/s) the 3×3 LR-block neighbourhood, edge-replicated.
         sigma: (b,). pos: (b,2) token coordinate of the block's top-left token (row, col).
@@ -407,7 +423,7 @@ class InfDiT(nn.Module):
         present: (b,3) 1.0 where the neighbour exists, 0.0 where masked.
         Returns denoised (b,3,B,B) and the blocks' own K/V (b,L,2,h,T,dh)."""
         cfg = self.cfg
-        c_skip, c_out, c_in, c = self._condition(sigma, thumb)
+        c_skip, c_out, c_in, c = self._condition(sigma, thumb, jq)
         h, state = self._embed(x, up, c_in)
         cos, sin = rope_tables(pos, cfg)
         bias = self._bias(present)
@@ -431,9 +447,9 @@ class InfDiT(nn.Module):
         shift, scale = F.linear(F.silu(c), lin.weight[:2 * d], lin.bias[:2 * d]).chunk(2, dim=1)
         return blk.attn.kv_own(modulate(blk.norm1(h), shift, scale), cos, sin)
 
-    def layer_input(self, x, up, sigma, pos, thumb=None):
+    def layer_input(self, x, up, sigma, pos, thumb=None, jq=None):
         """Depth 0: tokens h0 (b,T,dim), the conditioning vector c (b,dim), layer 0's K/V."""
-        c_skip, c_out, c_in, c = self._condition(sigma, thumb)
+        c_skip, c_out, c_in, c = self._condition(sigma, thumb, jq)
         h, _ = self._embed(x, up, c_in)
         cos, sin = rope_tables(pos, self.cfg)
         return h, c, self._kv_for(0, h, c, cos, sin)
@@ -459,10 +475,11 @@ class InfDiT(nn.Module):
         return self._output(h, c, state, up, c_skip, c_out)
 
     # -- path 1: all blocks of whole images (training) --------------------------------
-    def forward_image(self, x, lr, sigma, pos0=None, thumb=None, independent=False):
+    def forward_image(self, x, lr, sigma, pos0=None, thumb=None, independent=False, jq=None):
         """x: (N,3,H,W) noisy HR, lr: (N,3,H/s,W/s) LR, sigma: (N,), pos0: (N,2) token offset of
         the crop's top-left (default 0). H, W multiples of the block size. Returns D(x;σ).
-        independent=True masks every neighbour (the seam ablation: blocks see only their LR context)."""
+        independent=True masks every neighbour (the seam ablation: blocks see only their LR context).
+        jq: (N,) jpeg_level of each LR (a jpeg_cond model)."""
         cfg = self.cfg
         n, _, hh, ww = x.shape
         bs, R, C = cfg.block, hh // cfg.block, ww // cfg.block
@@ -481,7 +498,7 @@ class InfDiT(nn.Module):
         rr, cc = torch.meshgrid(torch.arange(R, device=x.device), torch.arange(C, device=x.device), indexing="ij")
         grid_pos = torch.stack([rr, cc], -1).reshape(1, R * C, 2).float() * cfg.grid
         pos = (pos0[:, None, :] + grid_pos).reshape(nb, 2)
-        c_skip, c_out, c_in, c = self._condition(sig, th)
+        c_skip, c_out, c_in, c = self._condition(sig, th, rep(jq) if jq is not None else None)
         h, state = self._embed(xb, ub, c_in)
         cos, sin = rope_tables(pos, cfg)
         pres = torch.stack([(rr > 0), (cc > 0), (rr > 0) & (cc > 0)], -1).float().reshape(1, R * C, 3)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, make_config, InfDiTConfig, upsample
+from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level
 from data import load_split, CropSampler, degrade
 from degrade import RECIPE
 
@@ -98,6 +98,12 @@ def main():
                     help="real2's shares, e.g. bicubic=0.3,bicubic+jpeg=0.4,second-order=0.3 (default: degrade.RECIPE's)")
     ap.add_argument("--task", choices=["bicubic", "real", "real2"], default="bicubic",
                     help="LR degradations: bicubic (clean), real (light blur+noise), real2 (model/degrade.py: clean, JPEG, second-order)")
+    ap.add_argument("--jpeg-cond", action="store_true",
+                    help="condition on the LR's JPEG quality (network.jpeg_level; real2 only): a server reads it from an "
+                         "uploaded JPEG's quantisation tables, so the model need not guess whether an edge is JPEG's")
+    ap.add_argument("--q-lr-mult", type=float, default=1.0,
+                    help="learning-rate multiplier of the JPEG-condition embedder: it starts closed (zero), and at the "
+                         "model's rate it had opened to 1.5%% of the noise embedding after 192 batch-16 steps")
     ap.add_argument("--sigma-data", type=float, default=0.1)
     ap.add_argument("--sigma-min", type=float, default=0.002)
     ap.add_argument("--sigma-max", type=float, default=4.0)
@@ -133,19 +139,36 @@ def main():
     a.mix = a.mix or (state["args"].get("mix", "") if state else "")   # a resumed run keeps its mix
     if a.mix:
         RECIPE["mix"] = parse_mix(a.mix)   # the recipe saved in the checkpoint is the one trained with
-    cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data)
+    if a.jpeg_cond and a.task != "real2":
+        ap.error("--jpeg-cond needs --task real2 (the other tasks make no JPEG)")
+    cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond)
     model = InfDiT(cfg).to(dev)
     ema = InfDiT(cfg).to(dev).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    # the JPEG-condition embedder in a group of its own, at --q-lr-mult times the rate
+    new = lambda n: n.startswith("q_embedder.")
+    groups = [[p for n, p in model.named_parameters() if not new(n)], [p for n, p in model.named_parameters() if new(n)]]
+    groups = [{"params": g} for g in groups if g]
+    mults = [1.0, a.q_lr_mult][:len(groups)]
+    opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, crops, history = 0, 0, []
     if state:
         model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"])
         if "opt" in state:
-            opt.load_state_dict(state["opt"])
+            saved = state["opt"]
+            if len(saved["param_groups"]) == 1 and len(groups) == 2:
+                # saved before the embedder had a group of its own: split its parameter ids the same way
+                # (ids are positions in model.parameters() order, which named_parameters() shares)
+                ids, names = saved["param_groups"][0]["params"], [n for n, _ in model.named_parameters()]
+                saved["param_groups"] = [dict(saved["param_groups"][0], params=[i for n, i in zip(names, ids) if not new(n)]),
+                                         dict(saved["param_groups"][0], params=[i for n, i in zip(names, ids) if new(n)])]
+            opt.load_state_dict(saved)
         step, crops, history = state["step"], state["crops"], state.get("history", [])
     elif a.init:
         init = load_parts(a.init)
-        model.load_state_dict(init["ema"])
+        # a jpeg_cond model may start from one without the condition: its q_embedder starts closed
+        missing, unexpected = model.load_state_dict(init["ema"], strict=False)
+        if unexpected or any(not k.startswith("q_embedder.") for k in missing):
+            raise SystemExit(f"--init {a.init}: its weights do not fit {cfg.name} (missing {missing}, unexpected {unexpected})")
     if not state:
         ema.load_state_dict(model.state_dict())
     # The EMA's warm-up (decay (1+step)/(10+step)) lets a fresh model's average forget its random
@@ -177,12 +200,16 @@ def main():
     while step < a.max_steps and time.time() - t0 < a.minutes * 60:
         progress = (time.time() - t0) / (a.minutes * 60) if a.total_steps == 0 else step / a.total_steps
         lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        for g, k in zip(opt.param_groups, mults):
+            g["lr"] = lr * k
         tp = time.time()
         hr = sampler.sample(a.batch)
         tp = mark("data", tp)
-        lr_img = degrade(hr, cfg.scale, a.task, gen_dev if a.task == "real2" else None)
+        lr_img = degrade(hr, cfg.scale, a.task, gen_dev if a.task == "real2" else None, with_quality=cfg.jpeg_cond)
+        jq = None
+        if cfg.jpeg_cond:
+            lr_img, quality = lr_img
+            jq = jpeg_level(quality).to(dev)
         tp = mark("degrade", tp)
         sigma = sample_sigma(a.batch, a, gen, dev)
         noise = torch.randn(hr.shape, generator=gen_dev, device=dev)
@@ -191,7 +218,7 @@ def main():
         # random absolute position: the rotary embedding must work anywhere in a huge image
         pos0 = (torch.randint(0, 4096, (a.batch, 2), generator=gen) * cfg.grid).float().to(dev)
         with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()):
-            d = fwd(x, lr_img, sigma, pos0)
+            d = fwd(x, lr_img, sigma, pos0, jq=jq)
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
         loss = (weight[:, None, None, None] * (d.float() - hr) ** 2).mean()
         opt.zero_grad(set_to_none=True)

@@ -67,6 +67,27 @@ class Mixed(unittest.TestCase):
         self.assertTrue(0 < sum(same) < 8, same)
         self.assertEqual(set(RECIPE["mix"]), {"bicubic", "bicubic+jpeg", "second-order"})
 
+    def test_quality_of_each_sample(self):
+        # --jpeg-cond: each sample's last JPEG quality, 0 for clean; the same LR as without it
+        hr = photo(64, 64).repeat(16, 1, 1, 1) * 2 - 1
+        bic = lambda t: F.interpolate(t, scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False)
+        saved, RECIPE["mix"] = RECIPE["mix"], {"bicubic": 0.3, "bicubic+jpeg": 0.4, "second-order": 0.3}
+        try:
+            plain = degrade_mixed(hr, 4, bic, torch.Generator().manual_seed(5))
+            lr, q = degrade_mixed(hr, 4, bic, torch.Generator().manual_seed(5), with_quality=True)
+        finally:
+            RECIPE["mix"] = saved
+        self.assertTrue(torch.equal(plain, lr))
+        clean = bic(hr).clamp(-1, 1)
+        for i in range(16):
+            is_clean = (lr[i] - clean[i]).abs().max().item() < 1e-6
+            self.assertEqual(q[i].item() == 0, is_clean, (i, q[i].item()))
+            if not is_clean:
+                self.assertTrue(30 <= q[i].item() <= 95 and q[i].item() == round(q[i].item()), q[i].item())
+        # a clean+JPEG sample is exactly the clean LR at the quality given
+        jp = [i for i in range(16) if q[i] > 0 and (lr[i:i + 1] - (jpeg((clean[i:i + 1] + 1) / 2, q[i:i + 1]) * 2 - 1)).abs().max() < 1e-6]
+        self.assertTrue(2 <= len(jp) < 16 - q.eq(0).sum().item(), jp)   # clean+JPEG ones, and second-order ones that are not
+
     def test_second_order_is_a_degradation(self):
         x = photo(128, 128).repeat(4, 1, 1, 1)
         lr = second_order(x, 4, torch.Generator().manual_seed(1))

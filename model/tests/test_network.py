@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from network import InfDiT, make_config, upsample, to_blocks, from_blocks, lr_contexts
+from network import InfDiT, make_config, upsample, to_blocks, from_blocks, lr_contexts, jpeg_level
 from sample import block_noise, karras_sigmas, sample_image
 
 torch.set_num_threads(1)
@@ -131,6 +131,28 @@ class TestLayerPath(unittest.TestCase):
         short = dict(need); short[(1, 1, 3)] -= 1
         with torch.no_grad():
             self.assertRaises(KeyError, run_layers, self.m, self.x, self.lr, self.sigma, self.pos0, short)
+
+
+class TestJpegCondition(unittest.TestCase):
+    """train.py --jpeg-cond: the LR's JPEG quality added to the noise embedding."""
+
+    def test_closed_at_the_start_then_it_matters(self):
+        cfg, plain, lr, x = setup(depth=2)
+        sigma = torch.tensor([0.3, 2.5])
+        m = InfDiT(make_config("infdit-tiny/8", depth=2, jpeg_cond=True)).eval()
+        missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
+        self.assertEqual((sorted({k.split(".")[0] for k in missing}), unexpected), (["q_embedder"], []))
+        jq = jpeg_level(torch.tensor([75.0, 30.0]))
+        self.assertTrue(torch.allclose(jq, torch.tensor([0.25, 0.7])))
+        self.assertEqual(jpeg_level(torch.tensor([0.0])).item(), 0.0)      # never a JPEG
+        with torch.no_grad():
+            want = plain.forward_image(x, lr, sigma)
+            # a fine-tune from the released weights starts exactly where they are, whatever it is told
+            self.assertTrue(torch.equal(m.forward_image(x, lr, sigma, jq=jq), want))
+            self.assertTrue(torch.equal(m.forward_image(x, lr, sigma), want))
+            torch.nn.init.normal_(m.q_embedder.mlp[2].weight, std=0.1)   # as training opens it
+            told, none = m.forward_image(x, lr, sigma, jq=jq), m.forward_image(x, lr, sigma, jq=torch.zeros(2))
+        self.assertGreater((told - none).abs().max().item(), 1e-3)
 
 
 class TestPaths(unittest.TestCase):

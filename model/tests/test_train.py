@@ -66,6 +66,20 @@ class TrainTest(unittest.TestCase):
         self.assertEqual(st["step"], 4)
         self.assertEqual(st["degradation"]["recipe"]["mix"]["second-order"], 0.0)
 
+    def test_jpeg_cond_fine_tune_starts_from_plain_weights_and_opens_its_embedder(self):
+        ck = self.dir / "jq"
+        r = train("--data", str(self.dir), "--ckpt", str(ck), "--init", str(RELEASE), "--task", "real2", "--jpeg-cond",
+                  "--mix", "bicubic=0,bicubic+jpeg=1,second-order=0", "--max-steps", "2", "--lr", "1e-2", "--warmup", "1")
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        st = load_parts(ck / "last.pt")
+        self.assertTrue(st["config"]["jpeg_cond"])
+        init = load_parts(RELEASE)["ema"]
+        self.assertEqual(set(st["model"]) - set(init), {f"q_embedder.mlp.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")})
+        self.assertGreater(st["model"]["q_embedder.mlp.2.weight"].abs().max().item(), 0)   # started at 0, trained
+        r = train("--data", str(self.dir), "--ckpt", str(self.dir / "jq-bad"), "--task", "bicubic", "--jpeg-cond", "--max-steps", "1")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--jpeg-cond needs --task real2", r.stderr)
+
     def test_bad_mix_is_refused_with_what_is_accepted(self):
         for bad in ("bicubic=0.5", "bicubic=1,bicubic+jpeg=0.5,second-order=-0.5", "bicubic:1"):
             r = train("--data", str(self.dir), "--ckpt", str(self.dir / "bad"), "--task", "real2", "--mix", bad, "--max-steps", "1")

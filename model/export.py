@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, make_config, upsample, to_blocks, lr_contexts, thumbnail
+from network import InfDiT, make_config, upsample, to_blocks, lr_contexts, thumbnail, jpeg_level
 from sample import sample_image, karras_sigmas, block_noise
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,23 +30,26 @@ class BlockStep(torch.nn.Module):
     def __init__(self, model, kv_dtype):
         super().__init__()
         self.m, self.half = model, kv_dtype == "float16"
+        self.names = [n for n, _, _ in io_spec(model.cfg, kv_dtype)[0]]
 
-    def forward(self, x, up, lr_ctx, sigma, pos, kv_nb, present, thumb=None):
-        if self.half:
-            kv_nb = kv_nb.float()
-        out, kv = self.m.forward_blocks(x, up, lr_ctx, sigma, pos, kv_nb, present, thumb)
+    def forward(self, *args):
+        a = dict(zip(self.names, args))
+        kv_nb = a["kv_nb"].float() if self.half else a["kv_nb"]
+        out, kv = self.m.forward_blocks(a["x"], a["up"], a["lr_ctx"], a["sigma"], a["pos"], kv_nb, a["present"],
+                                        a.get("thumb"), a.get("jq"))
         return out, (kv.half() if self.half else kv)
 
 
 class InputStage(torch.nn.Module):
-    """Graph `input`: (x, up, sigma, pos[, thumb]) -> h, cond, kv (layer 0's K/V)."""
+    """Graph `input`: (x, up, sigma, pos[, thumb][, jq]) -> h, cond, kv (layer 0's K/V)."""
 
-    def __init__(self, model, kv_dtype):
+    def __init__(self, model, kv_dtype, names):
         super().__init__()
-        self.m, self.half = model, kv_dtype == "float16"
+        self.m, self.half, self.names = model, kv_dtype == "float16", names
 
-    def forward(self, x, up, sigma, pos, thumb=None):
-        h, c, kv = self.m.layer_input(x, up, sigma, pos, thumb)
+    def forward(self, *args):
+        a = dict(zip(self.names, args))
+        h, c, kv = self.m.layer_input(a["x"], a["up"], a["sigma"], a["pos"], a.get("thumb"), a.get("jq"))
         return h, c, (kv.half() if self.half else kv)
 
 
@@ -79,6 +82,8 @@ def io_spec(cfg, kv_dtype):
            ("present", ["b", 3], "float32")]
     if cfg.global_cond:
         ins.append(("thumb", ["b", 3, cfg.thumb, cfg.thumb], "float32"))
+    if cfg.jpeg_cond:
+        ins.append(("jq", ["b"], "float32"))
     outs = [("denoised", ["b", 3, B, B], "float32"), ("kv", ["b", L, 2, h, T, dh], kv_dtype)]
     return ins, outs
 
@@ -91,6 +96,8 @@ def layer_specs(cfg, kv_dtype):
            ("sigma", ["b"], "float32"), ("pos", ["b", 2], "float32")]
     if cfg.global_cond:
         ins.append(("thumb", ["b", 3, cfg.thumb, cfg.thumb], "float32"))
+    if cfg.jpeg_cond:   # the LR's network.jpeg_level, the same for every block of a stage
+        ins.append(("jq", ["b"], "float32"))
     specs = [("input", ins, [("h", ["b", T, D], "float32"), ("cond", ["b", D], "float32"), ("kv", kv1, kv_dtype)])]
     for li in range(L):
         ins = [("h", ["b", T, D], "float32"), ("cond", ["b", D], "float32"), ("pos", ["b", 2], "float32"),
@@ -117,6 +124,8 @@ def dummy(spec, b, gen):
             t = torch.randint(0, 1000, shape, generator=gen).float()
         if name == "present":
             t = (torch.rand(*shape, generator=gen) > 0.3).float()
+        if name == "jq":
+            t = torch.rand(*shape, generator=gen) * 0.7
         out.append(t.half() if dt == "float16" else t)
     return out
 
@@ -164,7 +173,7 @@ def export_layers(model, out, kv_dtype="float32"):
     graphs = []
     for name, ins, outs in layer_specs(model.cfg, kv_dtype):
         if name == "input":
-            mod = InputStage(model, kv_dtype)
+            mod = InputStage(model, kv_dtype, [n for n, _, _ in ins])
         else:
             mod = LayerStage(model, int(name[5:]), kv_dtype, [n for n, _, _ in ins])
         path = Path(f"{out}.{name}.onnx")
@@ -225,6 +234,10 @@ def manifest(cfg, name, kv_dtype, sampling, provenance, graphs, whole=None):
                    "recipe": (f"the user's whole input image in [-1,1], adaptive-average-pooled to {cfg.thumb}x{cfg.thumb} "
                               "(bins floor(i*H/n)..ceil((i+1)*H/n)); the same vector for every block and every stage")
                    if cfg.global_cond else None},
+        "jpeg": {"enabled": cfg.jpeg_cond, "input": "jq" if cfg.jpeg_cond else None,
+                 "level": ("0 when stage 1's LR file is not a JPEG, else (100 - q) / 100 with q its quality (1-100), "
+                           "read from the luma quantisation table as libjpeg scales the standard one; 0 for every later "
+                           "stage (its LR is the model's output)") if cfg.jpeg_cond else None},
         "provenance": provenance,
     }
     if whole:
@@ -280,10 +293,10 @@ def make_fixture(out_dir):
     lr = lr8 / 127.5 - 1
     arrays["image.lr_uint8"] = lr8[0].permute(1, 2, 0).numpy()          # HWC, as sharp gives it
     arrays["image.up"] = upsample(lr, cfg.scale)[0].numpy()
-    def sampled(m, prefix):
+    def sampled(m, prefix, jq=None):
         for preset, p in sampling["presets"].items():
             out = sample_image(m, lr, p["method"], p["steps"], sampling["sigma_min"], sampling["sigma_max"],
-                               sampling["rho"], seed=42)
+                               sampling["rho"], seed=42, jq=jq)
             arrays[f"{prefix}image.{preset}"] = out[0].numpy()
     sampled(model, "")
     arrays["noise.7.1.2.3.0"] = block_noise(7, 1, 2, 3, 0, 16)
@@ -294,6 +307,13 @@ def make_fixture(out_dir):
                 {"data": "none: random weights (seed 4321)", "steps": 0})
     arrays["global.thumb"] = thumbnail(lr, gcfg.thumb)[0].numpy()
     sampled(gmodel, "global.")
+    # 4. the same with the JPEG condition, told quality 75 (a third tiny model)
+    jcfg = make_config("infdit-tiny/8", sigma_data=0.1, depth=3, jpeg_cond=True)
+    jmodel = InfDiT(jcfg).randomize_(5678, std=0.1).eval()
+    write_model(jmodel, out_dir / "tiny-jpeg", "tiny-jpeg-fixture", "float32", sampling,
+                {"data": "none: random weights (seed 5678)", "steps": 0})
+    arrays["jpeg.jq"] = jpeg_level(torch.tensor([75.0])).numpy()
+    sampled(jmodel, "jpeg.", jpeg_level(torch.tensor([75.0])))
     index = write_bin(out_dir / "tiny.ref.bin", arrays)
     (out_dir / "tiny.ref.json").write_text(json.dumps({"seed": 42, "grid": [R, C], "arrays": index}, indent=1))
     return out_dir

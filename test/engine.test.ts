@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { Model } from '../lib/engine/model.js';
+import { Model, jpegLevel } from '../lib/engine/model.js';
 import { Render } from '../lib/engine/render.js';
 import { MemoryBlockStore } from '../lib/engine/blockstore.js';
 import { KVStore } from '../lib/engine/kvstore.js';
@@ -293,3 +293,25 @@ test('global conditioning: the thumbnail and a full render equal PyTorch', async
   }
 });
 
+
+test('the JPEG condition: a render told quality 75 equals PyTorch; told none, it differs; stage 2 is told none', async () => {
+  const jm = await Model.load(FIXTURE.replace(/tiny$/, 'tiny-jpeg') + '.json', { threads: 1 });
+  assert.ok(jm.manifest.jpeg.enabled);
+  assert.equal(jpegLevel(75), ref.get('jpeg.jq').data[0]);
+  const mk = (jpegQuality: number, preset = 'fidelity', scale = 4) =>
+    new Render({ model: jm, image: lrImg, scale, seed: 42, preset, batch: 4, kvBytes: 1 << 26, store: new MemoryBlockStore(), jpegQuality });
+  for (const preset of ['fidelity', 'detail']) {
+    const out = await full(mk(75, preset));
+    const w = ref.get('jpeg.image.' + preset), [, H, W] = w.shape;
+    let worst = 0;
+    for (let i = 0; i < H * W; i++) for (let c = 0; c < 3; c++)
+      worst = Math.max(worst, Math.abs(out[i * 3 + c] - Math.min(255, Math.max(0, (w.data[c * H * W + i] + 1) * 127.5))));
+    assert.ok(worst <= 0.51 + 1e-3, `${preset}: worst pixel diff ${worst}`);
+  }
+  const told = await full(mk(75)), none = await full(mk(0));
+  let moved = 0;
+  for (let i = 0; i < told.length; i++) moved = Math.max(moved, Math.abs(told[i] - none[i]));
+  assert.ok(moved >= 2, `quality 75 and no JPEG gave outputs within ${moved} of each other: the condition did not reach the graph`);
+  const r16 = mk(75, 'fidelity', 16);
+  assert.deepEqual(r16.stages.map(s => s.o.jq), [0.25, 0]);
+});

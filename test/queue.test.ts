@@ -1,12 +1,13 @@
 /** Scale-out through a real redis-server and real `infdit worker` processes: the same bytes. */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { spawn, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Queue } from 'bullmq';
+import sharp from 'sharp';
 import { FIXTURE, ROOT, wavePng, spawnServe, startRedis, freePort } from './helpers.js';
 import { ImageService } from '../lib/tiles/service.js';
 import { loadConfig } from '../config/index.js';
@@ -133,6 +134,28 @@ test('16× through the queue (stage-2 jobs carry stage-1 pixels made by stage-1 
     assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
     assert.match(w.log, /job \S+: stage 1 /);
     assert.match(w.log, /job \S+: stage 2 /);
+  } finally { w.proc.kill('SIGKILL'); }
+});
+
+test('the JPEG condition through the queue: stage-1 jobs carry the upload\'s quality, stage 2 none; same bytes as local', { timeout: 120_000 }, async () => {
+  const dir = tmp('infdit-qjpeg-'), jpg = join(dir, 'small.jpg'), png = join(dir, 'png/small.png');   // the same output names
+  const JPEG_MODEL = [...MODEL, '--model', FIXTURE + '-jpeg.json'];
+  writeFileSync(jpg, await sharp(await wavePng(30, 20)).jpeg({ quality: 60 }).toBuffer());
+  mkdirSync(join(dir, 'png'));
+  writeFileSync(png, await sharp(jpg).png().toBuffer());
+  for (const [src, out] of [[jpg, 'local'], [png, 'local-png']])
+    await run(process.execPath, [CLI, 'render', src, '--out', join(dir, out), '--threads', '1', '--scale', '16', ...JPEG_MODEL]);
+  const w = await startWorker(['--model', FIXTURE + '-jpeg.json']);
+  try {
+    await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', '4', '--scale', '16', ...JPEG_MODEL]);
+    assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
+    const told = (stage: number) => [...ids(w, new RegExp(`: stage ${stage} .*, jq (\\S+)$`, 'gm'))];
+    assert.deepEqual(told(1), ['0.4'], 'stage-1 jobs carry jpegLevel(60)');
+    assert.deepEqual(told(2), ['0'], 'stage-2 jobs carry 0: their LR is the model\'s output');
+    // the same pixels without the JPEG file around them: the model is told nothing, and answers otherwise
+    const a = tree(join(dir, 'local')), b = tree(join(dir, 'local-png'));
+    assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
+    assert.ok([...a].some(([k, v]) => k.endsWith('.jpeg') && !v.equals(b.get(k)!)), 'no tile differs between the JPEG and its pixels as PNG');
   } finally { w.proc.kill('SIGKILL'); }
 });
 

@@ -38,6 +38,10 @@ test('upload, list, status', async () => {
   assert.equal(st.body.blocks.total, Math.ceil(21 / 8) * Math.ceil(37 / 8));
   assert.equal(st.body.maxLevel, 8);
   assert.equal(st.body.headers, undefined);
+  assert.equal(st.body.jpegQuality, 0, 'a PNG is no JPEG');
+  // what a model with the JPEG condition is told, read from the kept file's tables
+  const jpg = await request(app).post('/api/images').attach('image', await sharp(img).jpeg({ quality: 70 }).toBuffer(), 'wave.jpg').expect(201);
+  assert.equal((await request(app).get(`/api/images/${jpg.body.id}`).expect(200)).body.jpegQuality, 70);
 });
 
 test('dzi is what dzsave writes for the output size', async () => {

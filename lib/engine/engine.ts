@@ -40,6 +40,8 @@ export interface StageOptions {
   batch: number; kv: KVStore; store: BlockStore;
   /** Global-conditioning input (planar 3×t×t) when the model uses one: the same for every block. */
   thumb?: Float32Array;
+  /** The JPEG condition (jpegLevel of this stage's LR file; 0: not a JPEG) when the model has one. */
+  jq?: number;
 }
 
 /** nodes and calls run; modelMs: the model thread's time in them; jsMs: this thread's time
@@ -617,6 +619,7 @@ export class Stage {
         const th = this.o.thumb!, t = f('thumb', th.length) as Float32Array;
         for (let i = 0; i < nb; i++) t.set(th, i * th.length);
       }
+      if (k === 0 && m.jpeg.enabled) f('jq', 1).fill(this.o.jq ?? 0);
     }
     if (k >= 1) {
       // keys and values of the block and its three neighbours side by side, per head:

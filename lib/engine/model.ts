@@ -27,10 +27,18 @@ export interface Manifest {
   border_rule: string; target: string; sigma_data: number;
   sampling: Sampling;
   global: { enabled: boolean; input: string | null; thumb?: number | null };
+  /** The JPEG condition: the input stage takes `jq`, jpegLevel of stage 1's file (absent: off). */
+  jpeg: { enabled: boolean; input: string | null };
   provenance: Record<string, unknown>;
 }
 
 export class ModelError extends Error {}
+
+/** The JPEG condition of a model with manifest `jpeg` (model/network.py jpeg_level): 0 for an LR
+ *  that is not a JPEG (quality 0), else (100 - quality) / 100. */
+export function jpegLevel(quality: number): number {
+  return quality > 0 ? (100 - Math.min(100, quality)) / 100 : 0;
+}
 
 const need = (m: any, key: string, type: string) => {
   const v = key.split('.').reduce((o, k) => (o == null ? o : o[k]), m);
@@ -50,6 +58,9 @@ export function validateManifest(m: any): Manifest {
   if (!['float32', 'float16'].includes(m.kv?.dtype)) throw new ModelError(`manifest field "kv.dtype" must be "float32" or "float16", got ${JSON.stringify(m.kv?.dtype)}`);
   if (m.global?.enabled && !(m.global.input === 'thumb' && Number.isInteger(m.global.thumb) && m.global.thumb > 0))
     throw new ModelError(`manifest field "global" must name input "thumb" and an integer "thumb" size when enabled, got ${JSON.stringify(m.global)}`);
+  m.jpeg ??= { enabled: false, input: null };   // manifests from before the JPEG condition
+  if (typeof m.jpeg?.enabled !== 'boolean' || (m.jpeg.enabled && m.jpeg.input !== 'jq'))
+    throw new ModelError(`manifest field "jpeg" must be {enabled: false} or {enabled: true, input: "jq"}, got ${JSON.stringify(m.jpeg)}`);
   if (m.block % m.scale || m.block / m.scale !== m.lr_block) throw new ModelError(`manifest field "lr_block" must equal block/scale (${m.block}/${m.scale}), got ${m.lr_block}`);
   if (m.grid * m.patch !== m.block || m.grid * m.grid !== m.tokens_per_block) throw new ModelError(`manifest fields "grid"/"tokens_per_block" disagree with block ${m.block} and patch ${m.patch}`);
   const want = ['input', ...Array.from({ length: m.layers }, (_, i) => `layer${i}`)];
@@ -73,6 +84,7 @@ function expectedIO(m: Manifest, gi: number): { ins: IOSpec[]; outs: IOSpec[] } 
   if (gi === 0) {
     const ins = [f('x', [3, B, B]), f('up', [3, B, B]), f('sigma', []), f('pos', [2])];
     if (m.global.enabled) ins.push(f('thumb', [3, m.global.thumb!, m.global.thumb!]));
+    if (m.jpeg.enabled) ins.push(f('jq', []));
     return { ins, outs: [f('h', [T, D]), f('cond', [D]), f('kv', kv1, kvd)] };
   }
   const li = gi - 1;

@@ -4,7 +4,7 @@
  * stage 1 only for the LR pixels under its 3×3 neighbourhood); 2× and 8× take the next native
  * factor and halve it with dzsave's 2×2 rule, so the pyramid's levels agree with it.
  */
-import type { Model } from './model.js';
+import { jpegLevel, type Model } from './model.js';
 import { Stage, type LRSource, type RequestOptions } from './engine.js';
 import { KVStore } from './kvstore.js';
 import type { BlockStore } from './blockstore.js';
@@ -18,6 +18,9 @@ export interface RenderOptions {
   model: Model; image: RGBImage | PixelSource; scale: number; seed: number;
   preset?: string; steps?: number; sigmaMax?: number;
   batch: number; kvBytes: number; store: BlockStore;
+  /** The input file's JPEG quality 1..100 (lib/tiles/jpeg-quality.ts); 0 or absent: not a JPEG.
+   *  Only a model with the JPEG condition uses it. */
+  jpegQuality?: number;
 }
 
 export class ImageLR implements LRSource {
@@ -66,7 +69,9 @@ export class Render {
     // all of stage 1 and break laziness
     const thumb = m.global.enabled ? thumbnail(image, m.global.thumb!) : undefined;
     for (let s = 1; s <= nStages; s++) {
-      const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb });
+      // only stage 1 reads the file; a later stage's LR is the model's own output, never a JPEG
+      const jq = s === 1 ? jpegLevel(o.jpegQuality ?? 0) : 0;
+      const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb, jq });
       this.stages.push(st);
       lr = new StageLR(st);
     }

@@ -30,6 +30,8 @@ export const JobData = z.object({
   region: z.object({ r0: int(0, 2 ** 24), c0: int(0, 2 ** 24), r1: int(1, 2 ** 24), c1: int(1, 2 ** 24) }),
   /** Global-conditioning vector (base64 float32), for models that use one. */
   thumb: z.string().optional(),
+  /** The stage's JPEG condition (stage 1: jpegLevel of the uploaded file; later stages 0), for models that use one. */
+  jq: z.number().min(0).max(1).optional(),
 }).refine(d => d.region.r1 > d.region.r0 && d.region.c1 > d.region.c0, 'empty region')
   .refine(d => d.lr.x + d.lr.w <= d.lr.width && d.lr.y + d.lr.h <= d.lr.height, 'LR crop outside the LR image');
 export type JobData = z.infer<typeof JobData>;

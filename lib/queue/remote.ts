@@ -175,6 +175,7 @@ export class RemoteGenerator {
         protocol: PROTOCOL, model: { id: this.model.id, name: m.name }, stage: s + 1, seed: rr.seed,
         plan: { method: plan.method, steps: plan.steps, sigmaMin: plan.sMin, sigmaMax: plan.sMax, rho: plan.rho },
         lr: { width: lrW, height: lrH, ...crop, png: await toPng(lrPx, crop.w, crop.h) }, region, thumb: this.thumb(rr),
+        ...(m.jpeg.enabled ? { jq: st.o.jq ?? 0 } : {}),
       };
       JobData.parse(data);
       res = await this.submit(id, data, priority, signal);

@@ -48,8 +48,9 @@ export async function runJob(model: Model, data: JobData, o: { batch: number; kv
     thumb = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
     if (thumb.length !== 3 * m.global.thumb! ** 2) throw new UnrecoverableError(`thumbnail has ${thumb.length} values, the model wants ${3 * m.global.thumb! ** 2}`);
   }
+  if (m.jpeg.enabled && data.jq === undefined) throw new UnrecoverableError('this model uses the JPEG condition; the job has no jq');
   const store = new MemoryBlockStore();
-  const stage = new Stage({ model, lr, seed: data.seed, stage: data.stage, plan, batch: o.batch, kv: new KVStore(o.kvBytes), store, thumb });
+  const stage = new Stage({ model, lr, seed: data.seed, stage: data.stage, plan, batch: o.batch, kv: new KVStore(o.kvBytes), store, thumb, jq: data.jq });
   const { r0, c0, r1, c1 } = data.region;
   if (r1 > stage.R || c1 > stage.C) throw new UnrecoverableError(`region ${r0}..${r1}×${c0}..${c1} is outside the ${stage.R}×${stage.C} block grid`);
   const blocks: [number, number][] = [];
@@ -75,7 +76,7 @@ export async function startWorker(url: string, model: Model, o: WorkerOptions) {
     if (d.model.id !== model.id)
       throw new UnrecoverableError(`this worker has model ${model.manifest.name} (${model.id}); the job wants ${d.model.name} (${d.model.id}): start workers with --model pointing at the same files as the render or server`);
     const res = await runJob(model, d, o);
-    log(`job ${job.id}: stage ${d.stage} blocks ${d.region.r0}..${d.region.r1 - 1}×${d.region.c0}..${d.region.c1 - 1}, ${res.nodes} layer-steps, ${res.ms} ms`);
+    log(`job ${job.id}: stage ${d.stage} blocks ${d.region.r0}..${d.region.r1 - 1}×${d.region.c0}..${d.region.c1 - 1}, ${res.nodes} layer-steps, ${res.ms} ms${d.jq !== undefined ? `, jq ${d.jq}` : ''}`);
     return res;
   }, {
     connection: redisConnection(url), concurrency: 1,

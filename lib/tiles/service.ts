@@ -22,6 +22,7 @@ import { DiskBlockStore } from '../engine/blockstore.js';
 import { AbortError } from '../engine/engine.js';
 import { encode, ImageError, type RGBImage } from './image.js';
 import { prepareLR, openLR, DecodeError, type LRFolder, type RawPixels } from './lrfile.js';
+import { jpegQuality } from './jpeg-quality.js';
 import { SharedCancellable, SharedPromiseCache } from './shared-promise.js';
 import { coarseMap, encodeRuns } from './progress.js';
 import { atomicWrite, DiskFullError } from '../engine/atomic.js';
@@ -67,6 +68,8 @@ class Entry {
   store?: DiskBlockStore;
   /** Pyramid levels at or below the LR's resolution: the photo's own halvings, on disk. */
   sources?: Map<number, RawPixels>;
+  /** The source file's JPEG quality (0: not a JPEG): a model with the JPEG condition is told it. */
+  jpegQuality = 0;
   readonly events = new EventEmitter();
   readonly dir: string; readonly pyramidDir: string;
   times: number[] = [];
@@ -204,7 +207,10 @@ export class ImageService {
       // an upload from before the LR was kept on disk, or one whose preparation a crash cut short
       e.lr ??= openLR(join(e.dir, 'lr')) ?? await prepareLR(join(e.dir, 'source'), join(e.dir, 'lr'), Number.MAX_SAFE_INTEGER);
       mkdirSync(join(e.pyramidDir, `${id}_files`), { recursive: true });
+      // read from the file as kept (its id is its hash), so the same upload always tells the same
+      e.jpegQuality = jpegQuality(join(e.dir, 'source'));
       const render = new Render({
+        jpegQuality: e.jpegQuality,
         model: this.model, image: e.lr.levels[0], scale: this.cfg.scale, seed: this.cfg.seed, preset: this.cfg.preset, steps: this.cfg.steps,
         sigmaMax: this.cfg.sigmaMax, batch: this.cfg.batch, kvBytes: this.cfg.kvCacheMb * 1024 * 1024,
         store: e.store = new DiskBlockStore(join(e.pyramidDir, 'blocks'), this.budget),
@@ -237,7 +243,7 @@ export class ImageService {
     const rate = t.length >= 2 ? (t.length - 1) / ((t[t.length - 1] - t[0]) / 1000) : null;
     const M = maxLevel(e.geometry.width, e.geometry.height);
     return {
-      ...e.meta, width: e.geometry.width, height: e.geometry.height, scale: this.cfg.scale,
+      ...e.meta, width: e.geometry.width, height: e.geometry.height, scale: this.cfg.scale, jpegQuality: e.jpegQuality,
       tileSize: this.cfg.tileSize, overlap: this.cfg.tileOverlap, format: this.cfg.tileFormat, maxLevel: M,
       sourceMaxLevel: M - Math.log2(this.cfg.scale),
       // bounded whatever the image's size: counts and a coarse map; per block: blocks(id)

@@ -154,14 +154,7 @@ def main():
     if state:
         model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"])
         if "opt" in state:
-            saved = state["opt"]
-            if len(saved["param_groups"]) == 1 and len(groups) == 2:
-                # saved before the embedder had a group of its own: split its parameter ids the same way
-                # (ids are positions in model.parameters() order, which named_parameters() shares)
-                ids, names = saved["param_groups"][0]["params"], [n for n, _ in model.named_parameters()]
-                saved["param_groups"] = [dict(saved["param_groups"][0], params=[i for n, i in zip(names, ids) if not new(n)]),
-                                         dict(saved["param_groups"][0], params=[i for n, i in zip(names, ids) if new(n)])]
-            opt.load_state_dict(saved)
+            opt.load_state_dict(state["opt"])
         step, crops, history = state["step"], state["crops"], state.get("history", [])
     elif a.init:
         init = load_parts(a.init)

@@ -90,6 +90,8 @@ def main():
     ap.add_argument("--variants", default="clean,jpeg75",
                     help="LR variants: clean, jpegNN (the LR saved as JPEG quality NN), jpegNN-untold (the same, but a "
                          "jpeg_cond model is told 0: what a JPEG re-saved as PNG gets)")
+    ap.add_argument("--restorer", metavar="CKPT", help="model/restore.py checkpoint: a told JPEG variant's LR goes through it "
+                    "first, as the engine does for a model with a restorer (row restored-lanczos3: Lanczos3 of the restored LR)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N validation images (a quick check)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (the figures are the same up to float rounding)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the independent-block ablation (a third of a CPU evaluation's time)")
@@ -102,6 +104,9 @@ def main():
     torch.set_num_threads(all_cores())   # was max(1, get_num_threads()): 1 thread of 2 on this machine
     dev = torch.device(a.device)
     model, st = load_ema(a.ckpt, dev)
+    if a.restorer:
+        from restore import load as load_restorer, restore_image
+        restorer = load_restorer(a.restorer)[0]
     cfg = model.cfg
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     cost_key = f"torch_{dev.type}_s_per_mpx"
@@ -134,12 +139,15 @@ def main():
                 quality = int(re.match(r"jpeg(\d+)", variant)[1])
                 buf = io.BytesIO(); Image.fromarray(clean_u8).save(buf, format="JPEG", quality=quality)
                 lr_u8 = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-            lr = (torch.from_numpy(lr_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # the server sees uint8 LR
             # a jpeg_cond model is told the quality, as the server reads it from the file's tables
             told = 0.0 if variant == "clean" or variant.endswith("-untold") else float(quality)
+            model_u8 = restore_image(restorer, lr_u8, told) if a.restorer and 0 < told < 100 else lr_u8
+            lr = (torch.from_numpy(model_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # the server sees uint8 LR
             jq = jpeg_level(torch.tensor([told])).to(dev) if cfg.jpeg_cond else None
             outs = {"bicubic": to_u8(upsample(lr, cfg.scale)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.LANCZOS))}
+            if model_u8 is not lr_u8:
+                outs["restored-lanczos3"] = np.asarray(Image.fromarray(model_u8).resize((cw, ch), Image.LANCZOS))
             runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" and not a.no_ablation else [])
             for name, p in runs:
                 t = time.time()
@@ -181,7 +189,7 @@ def main():
                                 "psnr_y": float(np.mean([r[n]["psnr_y"] for r in rows[variant]])),
                                 "seam_ratio": {str(p): float(ratio(sums[variant][n][i]) / gt_ratio[i]) for i, p in enumerate(PERIODS)},
                                 **({cost_key: float(np.mean(times[n]))} if n in times else {})} for n in names}
-    res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "val_split": "lxqt-themes",
+    res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "restorer": a.restorer, "val_split": "lxqt-themes",
            "crop": a.crop, "n": len(rows[variants[0]]), "summary": summary, "per_image": rows,
            "seam_periods_px": list(PERIODS), "sampling": smp, "torch_threads": torch.get_num_threads()}
     res["targets"] = targets(summary)

@@ -3,6 +3,9 @@
     /usr/bin/python3 model/export.py --ckpt runs/gpu2/last.pt --out model/release/infdit-s4 [--kv-dtype float16]
     /usr/bin/python3 model/export.py --fixture            # test/fixtures/tiny.*.onnx, tiny.json + reference
     /usr/bin/python3 model/export.py --random infdit-s/8 --out /tmp/s8 --kv-dtype float16 [--whole]   # cost benchmarks
+    /usr/bin/python3 model/export.py --restorer runs/restorer/last.pt --attach model/release/infdit-s4.json
+        # adds the JPEG restorer (model/restore.py) to an exported model: <name>.restore.onnx and the
+        # manifest's "restorer"; its other graphs are left as they are. --restorer with --ckpt/--out: the same at export
 
 The graphs evaluate a batch of blocks at one σ each, one layer at a time (network.InfDiT.layer_*:
 an input stage, one graph per layer, the last with the output stage fused in), so the engine's
@@ -184,6 +187,51 @@ def export_layers(model, out, kv_dtype="float32"):
     return graphs
 
 
+class RestoreTile(torch.nn.Module):
+    """The restorer on a batch of halo-padded tiles; gives the tiles' inner TILE×TILE only."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, lr, jq):
+        from restore import TILE, HALO
+        return self.net(lr, jq)[:, :, HALO:HALO + TILE, HALO:HALO + TILE]
+
+
+def attach_restorer(m, out, ckpt):
+    """Export model/restore.py's checkpoint as <out>.restore.onnx and describe it in manifest `m`
+    (a model has at most one restorer: an earlier one is replaced)."""
+    from restore import load, TILE, HALO
+    net, st = load(ckpt)
+    assert net.cfg.receptive_radius <= HALO, "the halo must cover the restorer's receptive field"
+    side = TILE + 2 * HALO
+    ins, outs = [("lr", ["b", 3, side, side], "float32"), ("jq", ["b"], "float32")], [("restored", ["b", 3, TILE, TILE], "float32")]
+    path = Path(f"{out}.restore.onnx")
+    # the weights beside the graph, as <name>.ckpt.pt beside the model's (evaluate.py --restorer reads them)
+    torch.save({k: st[k] for k in ("config", "ema", "step", "quality", "crop", "batch", "log") if k in st}, f"{out}.restore.ckpt.pt")
+    _export(RestoreTile(net).eval(), (torch.rand(2, 3, side, side) * 2 - 1, torch.tensor([0.25, 0.5])), ins, outs, path)
+    m["graphs"] = [g for g in m["graphs"] if g["name"] != "restore"] + [
+        {"name": "restore", "file": path.name, "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in ins],
+         "outputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in outs]}]
+    c = net.cfg
+    m["restorer"] = {
+        "enabled": True, "graph": "restore", "tile": TILE, "halo": HALO,
+        "doc": ("stage 1 of an image whose file is a JPEG (quality > 0; jq = jpeg.level's formula) reads its LR through the "
+                "restorer: the LR is cut into a fixed grid of tile×tile tiles from its top-left corner, each run with halo "
+                "pixels of context on every side (edge-replicated outside the image), the tile's pixels rounded as "
+                "pixels.to_uint8; later stages and non-JPEG files are not restored"),
+        "architecture": {"kind": "FFDNet-style: pixel-unshuffle, quality plane, 3x3 conv + ReLU stack, pixel-shuffle, plus input",
+                         **{k: getattr(c, k) for k in ("width", "depth", "shuffle")}, "receptive_radius": c.receptive_radius},
+        "params": sum(p.numel() for p in net.parameters()),
+        "flops_per_lr_pixel": 2 * 9 * (c.width * (3 * c.shuffle ** 2 + 1) + c.depth * c.width ** 2 + c.width * 3 * c.shuffle ** 2) // c.shuffle ** 2,
+        "provenance": {"steps": st["step"], "batch": st["batch"], "crop": st["crop"], "quality": st["quality"],
+                       "data": "the clean LR (antialiased bicubic 4x) of the super-resolver's training photos, random crops, "
+                               "saved as JPEG (Pillow, 4:2:0) at a quality drawn uniformly from the range above; target: the clean LR"},
+    }
+    return m
+
+
 def write_model(model, out, name, kv_dtype, sampling, provenance, whole=False):
     """The layer graphs <out>.<graph>.onnx and the manifest <out>.json (with --whole also
     <out>.onnx, the single whole-evaluation graph, for benchmarks)."""
@@ -329,7 +377,19 @@ def main():
     ap.add_argument("--fixture", action="store_true")
     ap.add_argument("--whole", action="store_true", help="also <out>.onnx: one whole evaluation per call (benchmark reference)")
     ap.add_argument("--random", metavar="CONFIG", help="export a named size with random weights (for cost benchmarks)")
+    ap.add_argument("--restorer", metavar="CKPT", help="model/restore.py checkpoint: export it as <out>.restore.onnx into the manifest")
+    ap.add_argument("--attach", metavar="MANIFEST", help="with --restorer: add it to this exported model, its other graphs untouched")
     a = ap.parse_args()
+    if a.attach:
+        if not a.restorer:
+            ap.error("--attach needs --restorer CKPT")
+        mp = Path(a.attach)
+        if mp.suffix != ".json" or not mp.exists():
+            ap.error(f"--attach must name an exported model's manifest (<name>.json), got {a.attach!r}")
+        m = attach_restorer(json.loads(mp.read_text()), mp.with_suffix(""), a.restorer)
+        mp.write_text(json.dumps(m, indent=1))
+        print(f"wrote {mp.with_suffix('')}.restore.onnx and updated {mp}")
+        return
     if a.fixture:
         print("fixture written to", make_fixture(ROOT / "test/fixtures"))
         return
@@ -349,6 +409,9 @@ def main():
         prov.update(json.loads(Path(a.provenance).read_text()))
     sampling = json.loads(Path(a.sampling).read_text()) if a.sampling else DEFAULT_SAMPLING
     out = write_model(model, a.out, Path(a.out).name, a.kv_dtype, sampling, prov, whole=a.whole)
+    if a.restorer:
+        mp = out.with_suffix(".json")
+        mp.write_text(json.dumps(attach_restorer(json.loads(mp.read_text()), out, a.restorer), indent=1))
     size = sum(p.stat().st_size for p in out.parent.glob(out.name + ".*.onnx"))
     print(f"wrote {out}.{{input,layer0…}}.onnx ({size / 1e6:.1f} MB) and {out}.json")
 

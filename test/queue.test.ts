@@ -159,6 +159,20 @@ test('the JPEG condition through the queue: stage-1 jobs carry the upload\'s qua
   } finally { w.proc.kill('SIGKILL'); }
 });
 
+test('the released model\'s JPEG restorer through the queue: workers restore their own crops; same bytes as local', { timeout: 180_000 }, async () => {
+  const dir = tmp('infdit-qrestore-'), jpg = join(dir, 'photo.jpg');
+  const RELEASE = ['--model', join(ROOT, 'model/release/infdit-s4.json'), '--tile-size', '128'];
+  // 150×100 LR: two restorer tiles across, and 4-block cells whose crops straddle the tiles' seam
+  writeFileSync(jpg, await sharp(join(ROOT, 'viewer/demo.jpg')).resize(150, 100).jpeg({ quality: 50 }).toBuffer());
+  await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'local'), '--threads', '2', ...RELEASE]);
+  const w = await startWorker(RELEASE);
+  try {
+    await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', '4', ...RELEASE]);
+    assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
+    assert.deepEqual([...ids(w, /: stage 1 .*, restored at (\S+)$/gm)], ['0.5'], 'stage-1 jobs carry the restorer\'s level, jpegLevel(50)');
+  } finally { w.proc.kill('SIGKILL'); }
+});
+
 test('Redis restarted empty mid-render: the render waits, submits its lost jobs again, same bytes', { timeout: 120_000 }, async () => {
   const local = await localRender();
   const own = await startRedis(), ownUrl = own.url;

@@ -29,6 +29,8 @@ export interface Manifest {
   global: { enabled: boolean; input: string | null; thumb?: number | null };
   /** The JPEG condition: the input stage takes `jq`, jpegLevel of stage 1's file (absent: off). */
   jpeg: { enabled: boolean; input: string | null };
+  /** The JPEG restorer (lib/engine/restore.ts): graph "restore", last in `graphs` (absent: none). */
+  restorer?: { enabled: boolean; graph: string; tile: number; halo: number };
   provenance: Record<string, unknown>;
 }
 
@@ -63,7 +65,10 @@ export function validateManifest(m: any): Manifest {
     throw new ModelError(`manifest field "jpeg" must be {enabled: false} or {enabled: true, input: "jq"}, got ${JSON.stringify(m.jpeg)}`);
   if (m.block % m.scale || m.block / m.scale !== m.lr_block) throw new ModelError(`manifest field "lr_block" must equal block/scale (${m.block}/${m.scale}), got ${m.lr_block}`);
   if (m.grid * m.patch !== m.block || m.grid * m.grid !== m.tokens_per_block) throw new ModelError(`manifest fields "grid"/"tokens_per_block" disagree with block ${m.block} and patch ${m.patch}`);
-  const want = ['input', ...Array.from({ length: m.layers }, (_, i) => `layer${i}`)];
+  if (m.restorer !== undefined && !(m.restorer?.enabled === true && m.restorer.graph === 'restore' && Number.isInteger(m.restorer.tile) &&
+      m.restorer.tile > 0 && m.restorer.tile % 2 === 0 && Number.isInteger(m.restorer.halo) && m.restorer.halo >= 0))
+    throw new ModelError(`manifest field "restorer" must be {enabled: true, graph: "restore", tile: even integer > 0, halo: integer ≥ 0} or absent, got ${JSON.stringify(m.restorer)}`);
+  const want = ['input', ...Array.from({ length: m.layers }, (_, i) => `layer${i}`), ...(m.restorer ? ['restore'] : [])];
   if (!Array.isArray(m.graphs) || m.graphs.map((g: any) => g?.name).join() !== want.join())
     throw new ModelError(`manifest field "graphs" must list [${want}] in that order, got ${JSON.stringify(m.graphs?.map?.((g: any) => g?.name) ?? m.graphs)}`);
   const presets = m.sampling?.presets;
@@ -81,6 +86,10 @@ function expectedIO(m: Manifest, gi: number): { ins: IOSpec[]; outs: IOSpec[] } 
   const B = m.block, T = m.tokens_per_block, D = m.config.dim, kvd = m.kv.dtype, lb = m.lr_block, L = m.layers;
   const f = (name: string, shape: (number | string)[], dtype = 'float32'): IOSpec => ({ name, shape: ['b', ...shape], dtype });
   const kv1 = [2, m.heads, T, m.head_dim];
+  if (m.restorer && gi === L + 1) {
+    const t = m.restorer.tile, side = t + 2 * m.restorer.halo;
+    return { ins: [f('lr', [3, side, side]), f('jq', [])], outs: [f('restored', [3, t, t])] };
+  }
   if (gi === 0) {
     const ins = [f('x', [3, B, B]), f('up', [3, B, B]), f('sigma', []), f('pos', [2])];
     if (m.global.enabled) ins.push(f('thumb', [3, m.global.thumb!, m.global.thumb!]));

@@ -11,6 +11,7 @@ import type { BlockStore } from './blockstore.js';
 import { SamplerPlan, type Preset } from './sampler.js';
 import { halve, asPixelSource, type PixelSource, type RGBImage } from './pixels.js';
 import { thumbnail } from './thumb.js';
+import { RestoredLR } from './restore.js';
 
 export const SCALES = [2, 4, 8, 16] as const;
 
@@ -21,6 +22,8 @@ export interface RenderOptions {
   /** The input file's JPEG quality 1..100 (lib/tiles/jpeg-quality.ts); 0 or absent: not a JPEG.
    *  Only a model with the JPEG condition uses it. */
   jpegQuality?: number;
+  /** Bytes of restored LR tiles kept (a model with a JPEG restorer, a JPEG input); default 64 MiB. */
+  restoreBytes?: number;
 }
 
 export class ImageLR implements LRSource {
@@ -64,7 +67,9 @@ export class Render {
     this.plan = new SamplerPlan(p.method, p.steps, smp.sigma_min, o.sigmaMax ?? smp.sigma_max, smp.rho);
     this.kv = new KVStore(o.kvBytes);
     const image = asPixelSource(o.image);
-    let lr: LRSource = new ImageLR(image);
+    // a JPEG's LR goes through the model's restorer when it has one (PNG and other lossless files never do)
+    const level = jpegLevel(o.jpegQuality ?? 0);   // 0 also for quality 100, whose blocks are not worth a pass
+    let lr: LRSource = m.restorer && level > 0 ? new RestoredLR(o.model, image, level, o.restoreBytes) : new ImageLR(image);
     // the global vector is the user's image's, for every stage: a stage-2 thumbnail would need
     // all of stage 1 and break laziness
     const thumb = m.global.enabled ? thumbnail(image, m.global.thumb!) : undefined;

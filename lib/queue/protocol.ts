@@ -12,7 +12,7 @@ import sharp from 'sharp';
 import { z } from 'zod';
 
 export const QUEUE_NAME = 'infdit-regions';
-export const PROTOCOL = 1;
+export const PROTOCOL = 2;   // 2: stage-1 jobs of a JPEG may carry `restore` (an older worker would drop it)
 
 /** Job priorities (BullMQ: 1 is the highest). */
 export const PRIORITY = { viewer: 1, render: 5, fill: 10 } as const;
@@ -32,6 +32,9 @@ export const JobData = z.object({
   thumb: z.string().optional(),
   /** The stage's JPEG condition (stage 1: jpegLevel of the uploaded file; later stages 0), for models that use one. */
   jq: z.number().min(0).max(1).optional(),
+  /** Restore the crop with the model's JPEG restorer at this level (lib/engine/restore.ts): stage 1 of a
+   *  JPEG, for a model that has one; the crop then reaches every restorer tile's window under the region. */
+  restore: z.number().gt(0).max(1).optional(),
 }).refine(d => d.region.r1 > d.region.r0 && d.region.c1 > d.region.c0, 'empty region')
   .refine(d => d.lr.x + d.lr.w <= d.lr.width && d.lr.y + d.lr.h <= d.lr.height, 'LR crop outside the LR image');
 export type JobData = z.infer<typeof JobData>;

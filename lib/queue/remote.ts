@@ -18,6 +18,7 @@ import type { PixelSource } from '../engine/pixels.js';
 import { thumbnail } from '../engine/thumb.js';
 import { SharedCancellable } from '../tiles/shared-promise.js';
 import { AbortError } from '../engine/engine.js';
+import { RestoredLR, restorerReach } from '../engine/restore.js';
 import { JobData, JobResult, PROTOCOL, QUEUE_NAME, cellOf, cellRegion, fromPng, lrCrop, reach, redact, redisConnection, toPng } from './protocol.js';
 
 /** One image's render as the master sees it. */
@@ -170,12 +171,17 @@ export class RemoteGenerator {
     await this.slot(signal);
     let res: JobResult;
     try {
-      const lrPx = s === 0 ? rr.lr.regionSync(crop.x, crop.y, crop.w, crop.h) : await rr.render.stages[s - 1].region(crop.x, crop.y, crop.w, crop.h);
+      // a JPEG's stage 1 is restored by the worker (this process may hold no graphs): the job carries
+      // the raw LR under every restorer tile its crop touches, windows included
+      const restored = st.o.lr instanceof RestoredLR ? st.o.lr : null;
+      const raw = restored ? restorerReach(crop.x, crop.y, crop.w, crop.h, lrW, lrH, m.restorer!.tile, m.restorer!.halo) : crop;
+      const lrPx = s === 0 ? rr.lr.regionSync(raw.x, raw.y, raw.w, raw.h) : await rr.render.stages[s - 1].region(crop.x, crop.y, crop.w, crop.h);
       const data: JobData = {
         protocol: PROTOCOL, model: { id: this.model.id, name: m.name }, stage: s + 1, seed: rr.seed,
         plan: { method: plan.method, steps: plan.steps, sigmaMin: plan.sMin, sigmaMax: plan.sMax, rho: plan.rho },
-        lr: { width: lrW, height: lrH, ...crop, png: await toPng(lrPx, crop.w, crop.h) }, region, thumb: this.thumb(rr),
+        lr: { width: lrW, height: lrH, ...raw, png: await toPng(lrPx, raw.w, raw.h) }, region, thumb: this.thumb(rr),
         ...(m.jpeg.enabled ? { jq: st.o.jq ?? 0 } : {}),
+        ...(restored ? { restore: restored.jq } : {}),
       };
       JobData.parse(data);
       res = await this.submit(id, data, priority, signal);

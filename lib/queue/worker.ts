@@ -10,6 +10,7 @@ import { MemoryBlockStore } from '../engine/blockstore.js';
 import { SamplerPlan } from '../engine/sampler.js';
 import type { Model } from '../engine/model.js';
 import { cropClamped, type RGBImage } from '../engine/pixels.js';
+import { RestoredLR } from '../engine/restore.js';
 import { JobData, PROTOCOL, QUEUE_NAME, fromPng, toPng, redisConnection, type JobResult } from './protocol.js';
 
 /** The stage's LR image at its full size, of which only the job's crop is at hand: asked for a
@@ -38,7 +39,9 @@ export async function runJob(model: Model, data: JobData, o: { batch: number; kv
   const t0 = performance.now();
   const m = model.manifest;
   const lrPx = await fromPng(data.lr.png, data.lr.w, data.lr.h, 'job LR crop');
-  const lr = new CropLR(data.lr.width, data.lr.height, data.lr.x, data.lr.y, data.lr.w, data.lr.h, lrPx);
+  const crop = new CropLR(data.lr.width, data.lr.height, data.lr.x, data.lr.y, data.lr.w, data.lr.h, lrPx);
+  if (data.restore !== undefined && !m.restorer) throw new UnrecoverableError('the job asks for the JPEG restorer; this model has none');
+  const lr: LRSource = data.restore !== undefined ? new RestoredLR(model, crop, data.restore) : crop;
   const p = data.plan;
   const plan = new SamplerPlan(p.method, p.steps, p.sigmaMin, p.sigmaMax, p.rho);
   let thumb: Float32Array | undefined;
@@ -76,7 +79,7 @@ export async function startWorker(url: string, model: Model, o: WorkerOptions) {
     if (d.model.id !== model.id)
       throw new UnrecoverableError(`this worker has model ${model.manifest.name} (${model.id}); the job wants ${d.model.name} (${d.model.id}): start workers with --model pointing at the same files as the render or server`);
     const res = await runJob(model, d, o);
-    log(`job ${job.id}: stage ${d.stage} blocks ${d.region.r0}..${d.region.r1 - 1}×${d.region.c0}..${d.region.c1 - 1}, ${res.nodes} layer-steps, ${res.ms} ms${d.jq !== undefined ? `, jq ${d.jq}` : ''}`);
+    log(`job ${job.id}: stage ${d.stage} blocks ${d.region.r0}..${d.region.r1 - 1}×${d.region.c0}..${d.region.c1 - 1}, ${res.nodes} layer-steps, ${res.ms} ms${d.jq !== undefined ? `, jq ${d.jq}` : ''}${d.restore !== undefined ? `, restored at ${d.restore}` : ''}`);
     return res;
   }, {
     connection: redisConnection(url), concurrency: 1,

@@ -1,0 +1,98 @@
+/**
+ * The JPEG restorer (model/restore.py): stage 1 of a JPEG upload reads its LR through it, so the
+ * diffusion model sees the clean LR it was trained on instead of sharpening 8×8 blocks into a grid.
+ *
+ * The LR is restored lazily, a tile at a time, on the fixed grid the manifest gives (tile×tile LR
+ * pixels from the top-left corner, each computed from its window of halo more pixels on every side,
+ * edge-replicated outside the image). A pixel therefore always comes from the same call on the same
+ * window, one tile per call: the bytes do not depend on which region asked first, on batching or on
+ * what was evicted. Restored tiles live in an LRU bounded in bytes; an evicted one is recomputed.
+ */
+import { LRUCache } from 'lru-cache';
+import { AbortError, type LRSource, type RequestOptions } from './engine.js';
+import type { Model } from './model.js';
+import type { PixelSource } from './pixels.js';
+
+/** The restored tiles a region needs, as a rectangle of tile indices (inclusive). */
+export function tilesUnder(x0: number, y0: number, w: number, h: number, width: number, height: number, tile: number) {
+  const clamp = (v: number, n: number) => Math.min(Math.max(v, 0), n - 1);
+  return {
+    c0: Math.floor(clamp(x0, width) / tile), c1: Math.floor(clamp(x0 + w - 1, width) / tile),
+    r0: Math.floor(clamp(y0, height) / tile), r1: Math.floor(clamp(y0 + h - 1, height) / tile),
+  };
+}
+
+/** The raw LR rectangle the restored tiles under a region read (windows included), clipped to the
+ *  image: what a queue job must carry for its worker to restore the region's crop itself. */
+export function restorerReach(x0: number, y0: number, w: number, h: number, width: number, height: number, tile: number, halo: number) {
+  const t = tilesUnder(x0, y0, w, h, width, height, tile);
+  const x = Math.max(0, t.c0 * tile - halo), y = Math.max(0, t.r0 * tile - halo);
+  return { x, y, w: Math.min(width, (t.c1 + 1) * tile + halo) - x, h: Math.min(height, (t.r1 + 1) * tile + halo) - y };
+}
+
+export class RestoredLR implements LRSource {
+  private readonly tile: number;
+  private readonly halo: number;
+  private readonly gi: number;
+  private cache: LRUCache<number, Uint8Array>;
+  private inflight = new Map<number, Promise<Uint8Array>>();
+  /** Tiles computed (a recomputed evicted tile counts again). */
+  computed = 0;
+
+  /** `jq`: jpegLevel of the file's quality (> 0: a restorer is only for JPEGs). */
+  constructor(readonly model: Model, readonly src: PixelSource, readonly jq: number, cacheBytes = 64 << 20) {
+    const r = model.manifest.restorer;
+    if (!r?.enabled) throw new RangeError(`model ${model.manifest.name} has no JPEG restorer`);
+    if (!(jq > 0 && jq <= 1)) throw new RangeError(`the restorer's jq must be in (0, 1] (a JPEG's level), got ${jq}`);
+    this.tile = r.tile; this.halo = r.halo;
+    this.gi = model.manifest.graphs.findIndex(g => g.name === r.graph);
+    this.cache = new LRUCache({ maxSize: Math.max(cacheBytes, 3 * r.tile * r.tile), sizeCalculation: v => v.length });
+  }
+
+  get width() { return this.src.width; }
+  get height() { return this.src.height; }
+
+  async region(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<Uint8Array> {
+    const W = this.width, H = this.height, T = this.tile;
+    const t = tilesUnder(x0, y0, w, h, W, H, T);
+    const got = new Map<number, Uint8Array>();
+    const keys: number[] = [];
+    for (let r = t.r0; r <= t.r1; r++) for (let c = t.c0; c <= t.c1; c++) keys.push(r * 65536 + c);
+    await Promise.all(keys.map(async k => { got.set(k, await this.tileAt(Math.floor(k / 65536), k % 65536)); }));
+    if (opt.signal?.aborted) throw new AbortError();
+    const out = new Uint8Array(w * h * 3);
+    for (let y = 0; y < h; y++) {
+      const sy = Math.min(Math.max(y0 + y, 0), H - 1), tr = Math.floor(sy / T);
+      for (let x = 0; x < w; x++) {
+        const sx = Math.min(Math.max(x0 + x, 0), W - 1), tc = Math.floor(sx / T);
+        const px = got.get(tr * 65536 + tc)!, s = ((sy - tr * T) * T + (sx - tc * T)) * 3, d = (y * w + x) * 3;
+        out[d] = px[s]; out[d + 1] = px[s + 1]; out[d + 2] = px[s + 2];
+      }
+    }
+    return out;
+  }
+
+  /** HWC uint8 of tile (r, c), TILE×TILE (past the image's edge: what the edge-replicated window gives). */
+  private tileAt(r: number, c: number): Promise<Uint8Array> {
+    const k = r * 65536 + c, hit = this.cache.get(k);
+    if (hit) return Promise.resolve(hit);
+    let p = this.inflight.get(k);
+    if (!p) {
+      p = this.compute(r, c).then(px => { this.cache.set(k, px); return px; }).finally(() => this.inflight.delete(k));
+      this.inflight.set(k, p);
+    }
+    return p;
+  }
+
+  private async compute(r: number, c: number) {
+    const T = this.tile, S = T + 2 * this.halo;
+    const win = this.src.regionSync(c * T - this.halo, r * T - this.halo, S, S);
+    const lr = new Float32Array(3 * S * S);
+    for (let i = 0; i < S * S; i++) for (let ch = 0; ch < 3; ch++) lr[ch * S * S + i] = win[i * 3 + ch] / 127.5 - 1;
+    const { out } = await this.model.run(this.gi, 1, { lr, jq: new Float32Array([this.jq]) });
+    const v = out.restored as Float32Array, P = T * T, px = new Uint8Array(3 * P);
+    for (let i = 0; i < P; i++) for (let ch = 0; ch < 3; ch++) px[i * 3 + ch] = Math.min(255, Math.max(0, Math.round((v[ch * P + i] + 1) * 127.5)));
+    this.computed++;
+    return px;
+  }
+}

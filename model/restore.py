@@ -198,6 +198,22 @@ def train(a):
         hr_crops = CropSampler(load_split(a.data, "train"), a.crop * dit.cfg.scale, "cpu", seed=a.seed)
         sigma_max = json.loads(Path(a.manifest).read_text())["sampling"]["sigma_max"]
 
+    def schedule():   # cosine over --steps
+        lr_now = a.lr * 0.5 * (1 + math.cos(math.pi * min(step / a.steps, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        return lr_now
+
+    amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16) if a.cpu_bf16 else torch.autocast("cpu", enabled=False)
+
+    def update(loss):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1 - a.ema)
+
     t0, last_save = time.time(), time.time()
     while step < a.steps and time.time() - t0 < a.minutes * 60:
         if a.through:
@@ -206,21 +222,14 @@ def train(a):
             qs = [int(rng.integers(qlo, qhi + 1)) for _ in clean]
             x = torch.cat([to_unit(jpeg(c, q)) for c, q in zip(clean, qs)])
             y, jq = torch.cat([to_unit(c) for c in clean]), jpeg_level(torch.tensor(qs, dtype=torch.float32))
-            lr_now = a.lr * 0.5 * (1 + math.cos(math.pi * min(step / a.steps, 1.0)))
-            for g in opt.param_groups:
-                g["lr"] = lr_now
-            with (torch.autocast("cpu", dtype=torch.bfloat16) if a.cpu_bf16 else torch.autocast("cpu", enabled=False)):
+            lr_now = schedule()
+            with amp():
                 r = net(x, jq)
                 up = upsample(r, dit.cfg.scale)
                 sr = dit.forward_image(up + sigma_max * torch.randn_like(up), r, torch.full((a.batch,), sigma_max))
             loss_sr = F.mse_loss(sr.float(), hr)
             loss = loss_sr + a.lr_weight * F.mse_loss(r.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                for pe, pn in zip(ema.parameters(), net.parameters()):
-                    pe.lerp_(pn, 1 - a.ema)
+            update(loss)
             step += 1
             log.append([step, round(loss_sr.item(), 6), round(F.mse_loss(r.float(), y).item(), 6)])
             print(f"step {step} SR loss {loss_sr.item():.6f} LR loss {log[-1][2]:.6f} lr {lr_now:.2e} {time.time() - t0:.0f}s", flush=True)
@@ -240,20 +249,13 @@ def train(a):
             q = int(rng.integers(qlo, qhi + 1))
             xs.append(to_unit(jpeg(c, q))); ys.append(to_unit(c)); qs.append(q)
         x, y, jq = torch.cat(xs), torch.cat(ys), jpeg_level(torch.tensor(qs, dtype=torch.float32))
-        lr_now = a.lr * 0.5 * (1 + math.cos(math.pi * min(step / a.steps, 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr_now
-        with (torch.autocast("cpu", dtype=torch.bfloat16) if a.cpu_bf16 else torch.autocast("cpu", enabled=False)):
+        lr_now = schedule()
+        with amp():
             out = net(x, jq)
         loss = F.mse_loss(out.float(), y)   # the PSNR the evaluation measures
         if a.grid_weight:
             loss = loss + a.grid_weight * grid_loss(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - a.ema)
+        update(loss)
         step += 1
         base = (F.mse_loss(x, y) + a.grid_weight * grid_loss(x, y)).item()
         log.append([step, round(loss.item(), 6), round(base, 6)])

@@ -23,6 +23,7 @@ import type { BlockStore } from './blockstore.js';
 import { blockNoise } from './rng.js';
 import { upsampleRegion } from './bicubic.js';
 import { SamplerPlan, advance, evalInput, type BlockSampleState } from './sampler.js';
+import { toPlanar, fromPlanar } from './pixels.js';
 
 /** Where a stage reads its LR pixels: clamped to the LR image at the borders. */
 export interface LRSource {
@@ -448,8 +449,7 @@ export class Stage {
     if (b.preparing) return false;
     const lb = this.lb, s = 3 * lb;
     const fill = (px: Uint8Array) => {
-      const ctx = new Float32Array(3 * s * s);
-      for (let i = 0; i < s * s; i++) for (let ch = 0; ch < 3; ch++) ctx[ch * s * s + i] = px[i * 3 + ch] / 127.5 - 1;
+      const ctx = toPlanar(px);
       b.ctx = ctx;
       b.up = upsampleRegion(ctx, 3, s, s, this.o.model.manifest.scale, lb, lb, this.B, this.B);
     };
@@ -701,9 +701,7 @@ export class Stage {
   }
 
   private finish(b: Block) {
-    const B = this.B, x = b.st!.x, px = new Uint8Array(B * B * 3), P = B * B;
-    for (let i = 0; i < P; i++)
-      for (let ch = 0; ch < 3; ch++) px[i * 3 + ch] = Math.min(255, Math.max(0, Math.round((x[ch * P + i] + 1) * 127.5)));
+    const px = fromPlanar(b.st!.x);
     b.st = undefined;
     if (b.final) return;
     this.o.store.put(this.o.stage, b.r, b.c, px);

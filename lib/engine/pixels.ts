@@ -19,6 +19,20 @@ export function asPixelSource(img: RGBImage | PixelSource): PixelSource {
   return 'regionSync' in img ? img : new MemoryPixels(img);
 }
 
+/** HWC uint8 -> planar CHW in [-1, 1], the network's pixels (manifest pixels.from_uint8). */
+export function toPlanar(px: Uint8Array, out = new Float32Array(px.length)): Float32Array {
+  const n = px.length / 3;
+  for (let i = 0; i < n; i++) for (let ch = 0; ch < 3; ch++) out[ch * n + i] = px[i * 3 + ch] / 127.5 - 1;
+  return out;
+}
+
+/** Planar CHW in [-1, 1] -> HWC uint8 (manifest pixels.to_uint8: rounded, clamped). */
+export function fromPlanar(v: ArrayLike<number>): Uint8Array {
+  const n = v.length / 3, px = new Uint8Array(v.length);
+  for (let i = 0; i < n; i++) for (let ch = 0; ch < 3; ch++) px[i * 3 + ch] = Math.min(255, Math.max(0, Math.round((v[ch * n + i] + 1) * 127.5)));
+  return px;
+}
+
 /** Crop with edge replication for coordinates outside the image. */
 export function cropClamped(img: RGBImage, x0: number, y0: number, w: number, h: number): Uint8Array {
   const out = new Uint8Array(w * h * 3);

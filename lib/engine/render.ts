@@ -75,7 +75,7 @@ export class Render {
     const thumb = m.global.enabled ? thumbnail(image, m.global.thumb!) : undefined;
     for (let s = 1; s <= nStages; s++) {
       // only stage 1 reads the file; a later stage's LR is the model's own output, never a JPEG
-      const jq = s === 1 ? jpegLevel(o.jpegQuality ?? 0) : 0;
+      const jq = s === 1 ? level : 0;
       const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb, jq });
       this.stages.push(st);
       lr = new StageLR(st);

@@ -11,7 +11,7 @@
 import { LRUCache } from 'lru-cache';
 import { AbortError, type LRSource, type RequestOptions } from './engine.js';
 import type { Model } from './model.js';
-import type { PixelSource } from './pixels.js';
+import { toPlanar, fromPlanar, type PixelSource } from './pixels.js';
 
 /** The restored tiles a region needs, as a rectangle of tile indices (inclusive). */
 export function tilesUnder(x0: number, y0: number, w: number, h: number, width: number, height: number, tile: number) {
@@ -87,12 +87,8 @@ export class RestoredLR implements LRSource {
   private async compute(r: number, c: number) {
     const T = this.tile, S = T + 2 * this.halo;
     const win = this.src.regionSync(c * T - this.halo, r * T - this.halo, S, S);
-    const lr = new Float32Array(3 * S * S);
-    for (let i = 0; i < S * S; i++) for (let ch = 0; ch < 3; ch++) lr[ch * S * S + i] = win[i * 3 + ch] / 127.5 - 1;
-    const { out } = await this.model.run(this.gi, 1, { lr, jq: new Float32Array([this.jq]) });
-    const v = out.restored as Float32Array, P = T * T, px = new Uint8Array(3 * P);
-    for (let i = 0; i < P; i++) for (let ch = 0; ch < 3; ch++) px[i * 3 + ch] = Math.min(255, Math.max(0, Math.round((v[ch * P + i] + 1) * 127.5)));
+    const { out } = await this.model.run(this.gi, 1, { lr: toPlanar(win), jq: new Float32Array([this.jq]) });
     this.computed++;
-    return px;
+    return fromPlanar(out.restored as Float32Array);
   }
 }

@@ -229,6 +229,8 @@ def train(a):
                 sr = dit.forward_image(up + sigma_max * torch.randn_like(up), r, torch.full((a.batch,), sigma_max))
             loss_sr = F.mse_loss(sr.float(), hr)
             loss = loss_sr + a.lr_weight * F.mse_loss(r.float(), y)
+            if a.grid_weight:   # the output's steps across the JPEG lines, 8·scale px apart: the seams evaluate.py counts
+                loss = loss + a.grid_weight * grid_loss(sr.float(), hr, period=8 * dit.cfg.scale)
             update(loss)
             step += 1
             log.append([step, round(loss_sr.item(), 6), round(F.mse_loss(r.float(), y).item(), 6)])
@@ -308,7 +310,8 @@ def main():
     t.add_argument("--ckpt", required=True)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--init", help="start from this checkpoint's weights (fresh optimizer and schedule)")
-    t.add_argument("--grid-weight", type=float, default=0.0, help="weight of grid_loss beside pixel MSE")
+    t.add_argument("--grid-weight", type=float, default=0.0, help="weight of grid_loss beside pixel MSE "
+                   "(with --through: on the output, across lines 8·scale px apart)")
     t.add_argument("--through", metavar="CKPT", help="train end to end through this super-resolver checkpoint "
                    "(frozen; its one-evaluation output against the ground truth; --crop is then the LR crop)")
     t.add_argument("--manifest", default="model/release/infdit-s4.json", help="with --through: its sampling's sigma_max")

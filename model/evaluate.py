@@ -173,8 +173,10 @@ def main():
                         e = g[ty:ty + 128, tx:tx + 128].mean()
                         if e > best:
                             best, yy, xx = e, ty, tx
-                lr_near = np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.NEAREST))
-                cols = [lr_near, outs["lanczos3"], outs["fidelity"], outs.get("detail", outs["fidelity"]), gt]
+                near = lambda u8: np.asarray(Image.fromarray(u8).resize((cw, ch), Image.NEAREST))
+                # LR · [restored LR] · Lanczos3 · fidelity · [detail] · ground truth: a column only where it was computed
+                cols = [near(lr_u8)] + ([near(model_u8)] if model_u8 is not lr_u8 else []) + [outs["lanczos3"], outs["fidelity"]] \
+                    + ([outs["detail"]] if "detail" in outs else []) + [gt]
                 panels.append((variant, np.concatenate([c[yy:yy + 128, xx:xx + 128] for c in cols], axis=1)))
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     for variant in {v for v, _ in panels}:

@@ -209,7 +209,7 @@ def attach_restorer(m, out, ckpt):
     ins, outs = [("lr", ["b", 3, side, side], "float32"), ("jq", ["b"], "float32")], [("restored", ["b", 3, TILE, TILE], "float32")]
     path = Path(f"{out}.restore.onnx")
     # the weights beside the graph, as <name>.ckpt.pt beside the model's (evaluate.py --restorer reads them)
-    torch.save({k: st[k] for k in ("config", "ema", "step", "quality", "crop", "batch", "log", "grid_weight", "init") if k in st}, f"{out}.restore.ckpt.pt")
+    torch.save({k: st[k] for k in ("config", "ema", "step", "quality", "crop", "batch", "log", "grid_weight", "init", "through", "lr_weight") if k in st}, f"{out}.restore.ckpt.pt")
     _export(RestoreTile(net).eval(), (torch.rand(2, 3, side, side) * 2 - 1, torch.tensor([0.25, 0.5])), ins, outs, path)
     m["graphs"] = [g for g in m["graphs"] if g["name"] != "restore"] + [
         {"name": "restore", "file": path.name, "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in ins],
@@ -228,7 +228,12 @@ def attach_restorer(m, out, ckpt):
         "provenance": {"steps": st["step"], "batch": st["batch"], "crop": st["crop"], "quality": st["quality"],
                        "grid_weight": st.get("grid_weight", 0.0), "init": st.get("init"),
                        "data": "the clean LR (antialiased bicubic 4x) of the super-resolver's training photos, random crops, "
-                               "saved as JPEG (Pillow, 4:2:0) at a quality drawn uniformly from the range above; target: the clean LR"},
+                               "saved as JPEG (Pillow, 4:2:0) at a quality drawn uniformly from the range above",
+                       **({"through": st["through"], "lr_weight": st.get("lr_weight"),
+                           "loss": "end to end: the frozen super-resolver's one-evaluation output on the restored LR against the "
+                                   "ground truth (MSE + grid_weight x the steps across the 8*scale-px lines) + lr_weight x the LR MSE"}
+                          if st.get("through") else
+                          {"loss": "against the clean LR: MSE + grid_weight x the steps across the 8-px JPEG lines"})},
     }
     return m
 

@@ -6,6 +6,8 @@
  * bench/results/engine-<time>.json; never fails on time.
  *   npm run bench [-- --sizes 256,512 --batch 8 --threads 0 --baseline 82d57ba --preset fidelity --torch]
  * --torch adds a whole-image single forward of the same model in PyTorch (no laziness) for scale.
+ * --jpeg Q adds, for each size, the same render as if the photo were a JPEG of quality Q (a model
+ * with a restorer reads its LR through it): the restorer's share of a full render.
  */
 import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,10 +24,11 @@ const threads = Number(opt('threads', '0'));
 const batch = Number(opt('batch', '8'));
 const preset = opt('preset', 'fidelity');
 const baseline = opt('baseline', '');
+const jpegQ = Number(opt('jpeg', '0'));
 const log = (s: string) => process.stderr.write(s + '\n');
 
-function child(root: string, model: string, n: number) {
-  const out = execFileSync(process.execPath, ['--import', 'tsx', join(ROOT, 'bench/render-child.ts'), root, model, String(n), String(batch), String(threads), mkdtempSync(join(tmpdir(), 'bench-')), preset],
+function child(root: string, model: string, n: number, jpegQuality = 0) {
+  const out = execFileSync(process.execPath, ['--import', 'tsx', join(ROOT, 'bench/render-child.ts'), root, model, String(n), String(batch), String(threads), mkdtempSync(join(tmpdir(), 'bench-')), preset, String(jpegQuality)],
     { encoding: 'utf8', maxBuffer: 1 << 20, cwd: ROOT });
   return JSON.parse(out.trim().split('\n').pop()!);
 }
@@ -46,7 +49,12 @@ async function main() {
       b = child(base, join(base, 'model/release/infdit-s4.onnx'), n);
       log(`  ${baseline} (one graph per evaluation): ${b.wallS.toFixed(1)} s, ${b.blocksPerS.toFixed(2)} blocks/s, ${b.msPerBlockEval.toFixed(1)} ms/block-eval; new/old time ${(r.wallS / b.wallS).toFixed(3)}`);
     }
-    renders.push({ lr: n, out: 4 * n, layers: r, baseline: b, newOverOldTime: b ? r.wallS / b.wallS : null });
+    let j = null;
+    if (jpegQ > 0) {
+      j = child(ROOT, modelPath, n, jpegQ);
+      log(`  as a JPEG q${jpegQ}: ${j.wallS.toFixed(1)} s, ${j.restorerTiles} restorer tiles; JPEG/clean time ${(j.wallS / r.wallS).toFixed(3)}`);
+    }
+    renders.push({ lr: n, out: 4 * n, layers: r, baseline: b, newOverOldTime: b ? r.wallS / b.wallS : null, jpeg: j, jpegOverCleanTime: j ? j.wallS / r.wallS : null });
   }
   const whole = [];
   if (args.includes('--torch')) {
@@ -58,7 +66,7 @@ async function main() {
     }
   }
   const res = { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memGiB: totalmem() / 2 ** 30 },
-    command: 'node --import tsx bench/engine.ts ' + args.join(' '), threads, batch, preset, matmulPeak: peak, renders, wholeImageTorch: whole };
+    command: 'node --import tsx bench/engine.ts ' + args.join(' '), threads, batch, preset, jpegQuality: jpegQ, matmulPeak: peak, renders, wholeImageTorch: whole };
   saveResult('engine', res);
 }
 main();

@@ -532,6 +532,20 @@ def upsample(lr, scale):
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
+def grid_loss(out, target, period, per_sample=False):
+    """Squared error of the steps across the lines every `period` px from the crop's corner (both
+    directions): where an encoder's blocks (JPEG, 8 px) or the model's own blocks meet. The error a
+    visible grid is made of, and one that pixel MSE, averaged over the whole crop, weighs little.
+    per_sample: one value per image (n,) instead of the batch mean."""
+    ix = torch.arange(period, out.shape[-1], period, device=out.device)
+    iy = torch.arange(period, out.shape[-2], period, device=out.device)
+    dx = lambda t: t[..., ix] - t[..., ix - 1]
+    dy = lambda t: t[..., iy, :] - t[..., iy - 1, :]
+    err = lambda a, b: ((a - b) ** 2).flatten(1).mean(1)
+    loss = err(dx(out), dx(target)) + err(dy(out), dy(target))
+    return loss if per_sample else loss.mean()
+
+
 def to_blocks(img, b):
     n, ch, hh, ww = img.shape
     R, C = hh // b, ww // b

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from network import jpeg_level  # noqa: E402
+from network import jpeg_level, grid_loss  # noqa: E402
 
 TILE, HALO = 128, 32   # LR pixels; the engine's grid (lib/engine/restore.ts) uses the same
 
@@ -123,17 +123,6 @@ def val_crops(data, crop=(512, 384), scale=4):
         y0, x0 = (H - ch) // 2 // 16 * 16, (W - cw) // 2 // 16 * 16
         out.append((e["packed"], clean_lr(arr[y0:y0 + ch, x0:x0 + cw], scale)))
     return out
-
-
-def grid_loss(out, target, period=8):
-    """Squared error of the steps across the JPEG block grid (lines every `period` px from the crop's
-    corner, where its encoder put them): the error the diffusion model amplifies into a visible grid,
-    and one that pixel MSE, averaged over the whole crop, weighs little."""
-    ix = torch.arange(period, out.shape[-1], period, device=out.device)
-    iy = torch.arange(period, out.shape[-2], period, device=out.device)
-    dx = lambda t: t[..., ix] - t[..., ix - 1]
-    dy = lambda t: t[..., iy, :] - t[..., iy - 1, :]
-    return F.mse_loss(dx(out), dx(target)) + F.mse_loss(dy(out), dy(target))
 
 
 def grid_ratio(img, ref, period=8):
@@ -256,10 +245,10 @@ def train(a):
             out = net(x, jq)
         loss = F.mse_loss(out.float(), y)   # the PSNR the evaluation measures
         if a.grid_weight:
-            loss = loss + a.grid_weight * grid_loss(out.float(), y)
+            loss = loss + a.grid_weight * grid_loss(out.float(), y, period=8)
         update(loss)
         step += 1
-        base = (F.mse_loss(x, y) + a.grid_weight * grid_loss(x, y)).item()
+        base = (F.mse_loss(x, y) + a.grid_weight * grid_loss(x, y, period=8)).item()
         log.append([step, round(loss.item(), 6), round(base, 6)])
         if step % 10 == 0:
             print(f"step {step} loss {loss.item():.5f} (input {base:.5f}) lr {lr_now:.2e} {time.time() - t0:.0f}s", flush=True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level
+from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss
 from data import load_split, CropSampler, degrade
 from degrade import RECIPE
 
@@ -110,6 +110,9 @@ def main():
     ap.add_argument("--p-mean-offset", type=float, default=-0.4)
     ap.add_argument("--p-std", type=float, default=1.2)
     ap.add_argument("--p-sigma-max", type=float, default=0.3)
+    ap.add_argument("--seam-weight", type=float, default=0.0,
+                    help="weight of the error of the steps across the model's block boundaries (grid_loss at the block "
+                         "period) beside pixel MSE, under the same EDM weight: the fidelity output's seams")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds")
     ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")
@@ -127,6 +130,8 @@ def main():
     a = ap.parse_args()
 
     dev = torch.device(a.device)
+    if a.seam_weight < 0:
+        ap.error(f"--seam-weight {a.seam_weight}: give a weight of 0 (off) or more")
     if a.threads < 1:
         ap.error(f"--threads {a.threads}: give a count of 1 or more")
     # Debian's torch 1.13 starts with 1 thread on this 2-core machine: every CPU run before this flag
@@ -213,7 +218,11 @@ def main():
         with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()):
             d = fwd(x, lr_img, sigma, pos0, jq=jq)
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
-        loss = (weight[:, None, None, None] * (d.float() - hr) ** 2).mean()
+        err = ((d.float() - hr) ** 2).flatten(1).mean(1)
+        if a.seam_weight:
+            # the crop's blocks start at its corner, so its block boundaries are the lines every cfg.block px
+            err = err + a.seam_weight * grid_loss(d.float(), hr, cfg.block, per_sample=True)
+        loss = (weight * err).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         tp = mark("forward+backward", tp)

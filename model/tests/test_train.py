@@ -10,6 +10,7 @@ from PIL import Image
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
 from train import load_parts  # noqa: E402
+from network import grid_loss  # noqa: E402
 
 RELEASE = MODEL / "release" / "infdit-s4.ckpt.pt"
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"   # torch 1.13 on CPU: 10× from page faults otherwise
@@ -87,6 +88,28 @@ class TrainTest(unittest.TestCase):
             self.assertIn("--mix", r.stderr)
             self.assertIn("second-order", r.stderr)
             self.assertFalse((self.dir / "bad" / "last.pt").exists())
+
+    def test_bad_seam_weight_is_refused(self):
+        r = train("--data", str(self.dir), "--ckpt", str(self.dir / "bad-seam"), "--seam-weight", "-1", "--max-steps", "1")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--seam-weight -1", r.stderr)
+        self.assertFalse((self.dir / "bad-seam" / "last.pt").exists())
+
+
+class GridLossTest(unittest.TestCase):
+    def test_counts_only_the_steps_across_the_period_lines(self):
+        g = torch.Generator().manual_seed(0)
+        target = torch.rand(3, 3, 128, 128, generator=g)
+        self.assertEqual(grid_loss(target, target, 64).item(), 0.0)
+        on, off = target.clone(), target.clone()
+        on[1, :, :, 64:] += 0.1     # a step between columns 63 and 64: the block boundary
+        off[1, :, :, 60:] += 0.1    # the same step between columns 59 and 60: inside a block
+        self.assertGreater(grid_loss(on, target, 64).item(), 1e-3)
+        self.assertEqual(grid_loss(off, target, 64).item(), 0.0)
+        per = grid_loss(on, target, 64, per_sample=True)
+        self.assertEqual(per.shape, (3,))
+        self.assertEqual((per[0].item(), per[2].item()), (0.0, 0.0))
+        self.assertAlmostEqual(per.mean().item(), grid_loss(on, target, 64).item(), places=7)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,51 @@ def line_sums(img, block, scale):
     return out, other
 
 
+def error_profile(out, gt, block, scale):
+    """Where in a block the output is wrong. [sum, n] of the squared luma error at each offset 0..block-1
+    from the block's left/top edge (columns and rows pooled), and of the squared error of the luma
+    steps across the block-boundary lines and across the other lines of the LR pixel grid."""
+    e = (luma(out) - luma(gt)) ** 2
+    prof = np.zeros((block, 2))
+    for j in range(block):
+        for part in (e[:, j::block], e[j::block]):
+            prof[j] += [part.sum(), part.size]
+    steps = np.zeros(4)
+    for ax in (0, 1):
+        d = (np.diff(luma(out), axis=ax) - np.diff(luma(gt), axis=ax)) ** 2
+        d = d if ax == 0 else d.T
+        idx = np.arange(1, d.shape[0] + 1)          # row i of d: the step between pixel i-1 and i
+        on, other = idx % block == 0, (idx % scale == 0) & (idx % block != 0)
+        steps += [d[on].sum(), d[on].size, d[other].sum(), d[other].size]
+    return prof, steps
+
+
+def profile(model, val, crop, B):
+    """The fidelity output's error by offset in the block, pooled over the crops (--profile)."""
+    cw, ch = crop
+    prof, steps = np.zeros((B, 2)), np.zeros(4)
+    for k, (entry, arr) in enumerate(val):
+        H, W = arr.shape[:2]
+        y0, x0 = (H - ch) // 2 // B * B, (W - cw) // 2 // B * B
+        gt = arr[y0:y0 + ch, x0:x0 + cw]
+        hr = torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        lr = torch.from_numpy(to_u8(degrade(hr, model.cfg.scale)).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        out = to_u8(sample_image(model, lr, "euler", 1, 0.002, 4.0, 7.0, seed=k))
+        p, s = error_profile(out, gt, B, model.cfg.scale)
+        prof += p; steps += s
+    mse = prof[:, 0] / prof[:, 1]
+    sc = model.cfg.scale
+    # the error has a period of the scale (an HR pixel's phase in its LR pixel): compare each offset
+    # with the inner offsets of the same phase
+    inner = np.array([mse[[i for i in range(sc, B - sc) if i % sc == j % sc]].mean() for j in range(B)])
+    print(f"luma MSE by offset from the block's left/top edge, over the inner offsets' of the same phase mod {sc}:")
+    print("  first: " + " ".join(f"{j}:{mse[j] / inner[j]:.3f}" for j in range(sc)) +
+          "   last: " + " ".join(f"{j}:{mse[j] / inner[j]:.3f}" for j in range(B - sc, B)))
+    ratio = (steps[0] / steps[1]) / (steps[2] / steps[3])
+    print(f"squared error of the steps across the block boundaries over that across the other LR-grid lines: {ratio:.3f}")
+    return {"mse_by_offset_over_inner_same_phase": (mse / inner).tolist(), "boundary_step_error_ratio": ratio}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
@@ -67,6 +112,7 @@ def main():
     ap.add_argument("--crop", default="512x384")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--conds", default="", help="comma-separated subset of the conditions (default: all)")
+    ap.add_argument("--profile", action="store_true", help="only the base condition's error by offset in the block")
     a = ap.parse_args()
     from train import load_ema, all_cores
     torch.set_num_threads(all_cores())
@@ -87,6 +133,11 @@ def main():
         for k, v in ls.items(): d[0][k] = d[0].get(k, 0) + v
         d[1] += oth
     val = [v for v in load_split(a.data, "val") if min(v[1].shape[:2]) >= max(cw, ch) + 2 * B][:a.n]
+    if a.profile:
+        res = profile(model, val, (cw, ch), B)
+        if a.out:
+            Path(a.out).write_text(json.dumps({"checkpoint": a.ckpt, "n": len(val), "crop": a.crop, "profile": res}, indent=1))
+        return
     for k, (entry, arr) in enumerate(val):
         H, W = arr.shape[:2]
         y0, x0 = (H - ch) // 2 // B * B, (W - cw) // 2 // B * B

@@ -105,10 +105,10 @@ class GridLossTest(unittest.TestCase):
         on[1, :, :, 64:] += 0.1     # a step between columns 63 and 64: the block boundary
         off[1, :, :, 60:] += 0.1    # the same step between columns 59 and 60: inside a block
         self.assertGreater(grid_loss(on, target, 64).item(), 1e-3)
-        self.assertEqual(grid_loss(off, target, 64).item(), 0.0)
+        self.assertLess(grid_loss(off, target, 64).item(), 1e-12)   # rounding of the shifted pixels only
         per = grid_loss(on, target, 64, per_sample=True)
         self.assertEqual(per.shape, (3,))
-        self.assertEqual((per[0].item(), per[2].item()), (0.0, 0.0))
+        self.assertEqual((per[0].item(), per[2].item()), (0.0, 0.0))   # untouched images
         self.assertAlmostEqual(per.mean().item(), grid_loss(on, target, 64).item(), places=7)
 
 

@@ -60,28 +60,37 @@ def line_sums(img, block, scale):
 
 
 def error_profile(out, gt, block, scale):
-    """Where in a block the output is wrong. [sum, n] of the squared luma error at each offset 0..block-1
-    from the block's left/top edge (columns and rows pooled), and of the squared error of the luma
-    steps across the block-boundary lines and across the other lines of the LR pixel grid."""
-    e = (luma(out) - luma(gt)) ** 2
+    """Where in a block the output is wrong, as sums to pool over crops: the squared luma error at each
+    offset 0..block-1 from the block's left/top edge (columns and rows pooled) [sum, n]; across the
+    block-boundary lines and across the other lines of the LR pixel grid: the squared error of the
+    steps [on-sum, on-n, other-sum, other-n], the two sides' errors (Σa, Σb, Σab, Σa², Σb², n for
+    their correlation; one row each), and mean |step| of output and ground truth [on-out, on-gt,
+    other-out, other-gt] (the seam ratio is on-out/on-gt over other-out/other-gt)."""
+    yo, yg = luma(out), luma(gt)
+    e = (yo - yg) ** 2
     prof = np.zeros((block, 2))
     for j in range(block):
         for part in (e[:, j::block], e[j::block]):
             prof[j] += [part.sum(), part.size]
-    steps = np.zeros(4)
-    for ax in (0, 1):
-        d = (np.diff(luma(out), axis=ax) - np.diff(luma(gt), axis=ax)) ** 2
-        d = d if ax == 0 else d.T
-        idx = np.arange(1, d.shape[0] + 1)          # row i of d: the step between pixel i-1 and i
-        on, other = idx % block == 0, (idx % scale == 0) & (idx % block != 0)
-        steps += [d[on].sum(), d[on].size, d[other].sum(), d[other].size]
-    return prof, steps
+    steps, pairs, sharp = np.zeros(4), np.zeros((2, 6)), np.zeros(4)
+    for o, g in ((yo, yg), (yo.T, yg.T)):            # rows, then columns as rows
+        so, sg, r = np.diff(o, axis=0), np.diff(g, axis=0), o - g
+        idx = np.arange(1, o.shape[0])               # row i-1 of the diffs: the step between pixel i-1 and i
+        sels = (idx % block == 0, (idx % scale == 0) & (idx % block != 0))
+        for k, sel in enumerate(sels):
+            lines = idx[sel] - 1
+            d = (so[lines] - sg[lines]) ** 2
+            steps[2 * k:2 * k + 2] += [d.sum(), d.size]
+            sharp[2 * k:2 * k + 2] += [np.abs(so[lines]).sum(), np.abs(sg[lines]).sum()]
+            a, b = r[lines], r[lines + 1]
+            pairs[k] += [a.sum(), b.sum(), (a * b).sum(), (a * a).sum(), (b * b).sum(), a.size]
+    return prof, steps, pairs, sharp
 
 
 def profile(model, val, crop, B):
     """The fidelity output's error by offset in the block, pooled over the crops (--profile)."""
     cw, ch = crop
-    prof, steps = np.zeros((B, 2)), np.zeros(4)
+    prof, steps, pairs, sharp = np.zeros((B, 2)), np.zeros(4), np.zeros((2, 6)), np.zeros(4)
     for k, (entry, arr) in enumerate(val):
         H, W = arr.shape[:2]
         y0, x0 = (H - ch) // 2 // B * B, (W - cw) // 2 // B * B
@@ -89,8 +98,8 @@ def profile(model, val, crop, B):
         hr = torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
         lr = torch.from_numpy(to_u8(degrade(hr, model.cfg.scale)).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
         out = to_u8(sample_image(model, lr, "euler", 1, 0.002, 4.0, 7.0, seed=k))
-        p, s = error_profile(out, gt, B, model.cfg.scale)
-        prof += p; steps += s
+        p, s, c, h = error_profile(out, gt, B, model.cfg.scale)
+        prof += p; steps += s; pairs += c; sharp += h
     mse = prof[:, 0] / prof[:, 1]
     sc = model.cfg.scale
     # the error has a period of the scale (an HR pixel's phase in its LR pixel): compare each offset
@@ -101,7 +110,17 @@ def profile(model, val, crop, B):
           "   last: " + " ".join(f"{j}:{mse[j] / inner[j]:.3f}" for j in range(B - sc, B)))
     ratio = (steps[0] / steps[1]) / (steps[2] / steps[3])
     print(f"squared error of the steps across the block boundaries over that across the other LR-grid lines: {ratio:.3f}")
-    return {"mse_by_offset_over_inner_same_phase": (mse / inner).tolist(), "boundary_step_error_ratio": ratio}
+    def corr(v):
+        sa, sb, sab, saa, sbb, n = v
+        return (sab / n - sa * sb / n ** 2) / np.sqrt((saa / n - (sa / n) ** 2) * (sbb / n - (sb / n) ** 2))
+    c_on, c_other = corr(pairs[0]), corr(pairs[1])
+    print(f"correlation of the errors of the two pixels either side: block boundaries {c_on:.3f}, other LR-grid lines {c_other:.3f}")
+    on_, other_ = sharp[0] / sharp[1], sharp[2] / sharp[3]
+    print(f"mean |step| of the output over the ground truth's: across block boundaries {on_:.3f}, across the other "
+          f"LR-grid lines {other_:.3f} (seam ratio {on_ / other_:.3f})")
+    return {"mse_by_offset_over_inner_same_phase": (mse / inner).tolist(), "boundary_step_error_ratio": ratio,
+            "step_over_gt_at_block_lines": on_, "step_over_gt_at_other_lines": other_,
+            "error_correlation_across_block_lines": c_on, "error_correlation_across_other_lines": c_other}
 
 
 def main():

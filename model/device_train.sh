@@ -4,7 +4,8 @@
 #   MINUTES=5 bash model/device_train.sh [extra train.py flags]
 # First ≤ 3 minutes: where a step's time goes (data, degradations, forward+backward, optimizer,
 # EMA) at batch 64 and 256 eager and 256 torch.compile'd; then the run itself with the fastest.
-# Round 2 defaults: the real-world degradations (real2), continuing from the released weights.
+# Round 2 defaults: the real-world degradations (real2), continuing from the released weights, with
+# release 2's seam loss (SEAM=2: train.py --seam-weight; SEAM=0 turns it off).
 # Last (~1 min): model/evaluate.py on the GPU, clean and JPEG q75 LR, into $OUT/eval — the figures
 # come back with the weights, so no device time is spent twice. Export and engine checks run on this side.
 set -x
@@ -24,8 +25,10 @@ done
 rm -rf "$OUT/profile"
 python3 model/train.py --config "${CONFIG:-infdit-s/4}" --data .data --ckpt "$OUT/ckpt" --task "$TASK" --init "$INIT" \
   --minutes "${MINUTES:-5}" --total-steps 0 ${best:---batch 64} --lr "${LR:-3e-4}" --warmup 100 \
-  --ema "${EMA:-0.998}" ${MIX:+--mix "$MIX"} --save-every 90 --no-optimizer-in-ckpt --log-every 25 "$@" 2>&1 | tee "$OUT/train.log"
+  --ema "${EMA:-0.998}" ${MIX:+--mix "$MIX"} --save-every 90 --no-optimizer-in-ckpt --log-every 25 \
+  --seam-weight "${SEAM:-2}" "$@" 2>&1 | tee "$OUT/train.log"
 ls -la "$OUT" "$OUT/ckpt"
 timeout 240 python3 model/evaluate.py --device cuda --ckpt "$OUT/ckpt/last.pt" --data .data \
-  --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,detail 2>&1 \
+  --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,detail \
+  --restorer model/release/infdit-s4.restore.ckpt.pt 2>&1 \
   | tee "$OUT/eval.log"

@@ -147,6 +147,8 @@ def main():
     if a.jpeg_cond and a.task != "real2":
         ap.error("--jpeg-cond needs --task real2 (the other tasks make no JPEG)")
     cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond)
+    if a.seam_weight and a.crop < 2 * cfg.block:
+        ap.error(f"--seam-weight needs crops with a block boundary inside: --crop {a.crop} is under 2 blocks ({2 * cfg.block} px)")
     model = InfDiT(cfg).to(dev)
     ema = InfDiT(cfg).to(dev).requires_grad_(False)
     # the JPEG-condition embedder in a group of its own, at --q-lr-mult times the rate

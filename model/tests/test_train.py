@@ -90,10 +90,21 @@ class TrainTest(unittest.TestCase):
             self.assertFalse((self.dir / "bad" / "last.pt").exists())
 
     def test_bad_seam_weight_is_refused(self):
-        r = train("--data", str(self.dir), "--ckpt", str(self.dir / "bad-seam"), "--seam-weight", "-1", "--max-steps", "1")
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("--seam-weight -1", r.stderr)
-        self.assertFalse((self.dir / "bad-seam" / "last.pt").exists())
+        for bad, says in ((("--seam-weight", "-1"), "--seam-weight -1"), (("--seam-weight", "2"), "--crop 64 is under 2 blocks")):
+            r = train("--data", str(self.dir), "--ckpt", str(self.dir / "bad-seam"), *bad, "--max-steps", "1")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(says, r.stderr)
+            self.assertFalse((self.dir / "bad-seam" / "last.pt").exists())
+
+    def test_seam_weight_adds_the_block_boundary_term_to_the_loss(self):
+        # the same first step (same seed, crops, noise) with and without the term: the loss grows by it
+        losses = []
+        for w in ("0", "4"):
+            r = train("--data", str(self.dir), "--ckpt", str(self.dir / f"seam{w}"), "--init", str(RELEASE), "--crop", "128",
+                      "--seam-weight", w, "--max-steps", "1", "--p-sigma-max", "1")
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            losses.append(float(r.stdout.split(" loss ")[1].split()[0]))
+        self.assertGreater(losses[1], losses[0] * 1.05)
 
 
 class GridLossTest(unittest.TestCase):

@@ -15,6 +15,10 @@ The pattern is even/odd ≠ 1. Each condition changes one thing:
   independent   no neighbour attention (each block alone)
   content+1     the crop one block further into the photo: the content moves under the grid
 Whichever moves the pattern to the other class of lines is its cause.
+
+--profile instead takes the base condition's output apart: its error by offset in the block, and
+across block boundaries vs the other LR-grid lines the steps' error, the two sides' error
+correlation and the steps over the ground truth's (whose quotient is the seam ratio).
 """
 import argparse, json, sys
 from pathlib import Path
@@ -59,6 +63,17 @@ def line_sums(img, block, scale):
     return out, other
 
 
+def crop_and_lr(arr, crop, B, scale, shift=0):
+    """The centred crop (moved `shift` px down and right) and its clean LR as the server sees it (uint8)."""
+    cw, ch = crop
+    H, W = arr.shape[:2]
+    y0, x0 = (H - ch) // 2 // B * B + shift, (W - cw) // 2 // B * B + shift
+    gt = arr[y0:y0 + ch, x0:x0 + cw]
+    hr = torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    lr = torch.from_numpy(to_u8(degrade(hr, scale)).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return gt, lr
+
+
 def error_profile(out, gt, block, scale):
     """Where in a block the output is wrong, as sums to pool over crops: the squared luma error at each
     offset 0..block-1 from the block's left/top edge (columns and rows pooled) [sum, n]; across the
@@ -89,14 +104,9 @@ def error_profile(out, gt, block, scale):
 
 def profile(model, val, crop, B):
     """The fidelity output's error by offset in the block, pooled over the crops (--profile)."""
-    cw, ch = crop
     prof, steps, pairs, sharp = np.zeros((B, 2)), np.zeros(4), np.zeros((2, 6)), np.zeros(4)
     for k, (entry, arr) in enumerate(val):
-        H, W = arr.shape[:2]
-        y0, x0 = (H - ch) // 2 // B * B, (W - cw) // 2 // B * B
-        gt = arr[y0:y0 + ch, x0:x0 + cw]
-        hr = torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-        lr = torch.from_numpy(to_u8(degrade(hr, model.cfg.scale)).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        gt, lr = crop_and_lr(arr, crop, B, model.cfg.scale)
         out = to_u8(sample_image(model, lr, "euler", 1, 0.002, 4.0, 7.0, seed=k))
         p, s, c, h = error_profile(out, gt, B, model.cfg.scale)
         prof += p; steps += s; pairs += c; sharp += h
@@ -158,13 +168,8 @@ def main():
             Path(a.out).write_text(json.dumps({"checkpoint": a.ckpt, "n": len(val), "crop": a.crop, "profile": res}, indent=1))
         return
     for k, (entry, arr) in enumerate(val):
-        H, W = arr.shape[:2]
-        y0, x0 = (H - ch) // 2 // B * B, (W - cw) // 2 // B * B
         for name, c in conds.items():
-            s = c.get("shift", 0) * B
-            gt = arr[y0 + s:y0 + s + ch, x0 + s:x0 + s + cw]
-            hr = torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-            lr = torch.from_numpy(to_u8(degrade(hr, cfg.scale)).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+            gt, lr = crop_and_lr(arr, (cw, ch), B, cfg.scale, c.get("shift", 0) * B)
             pos0 = torch.full((1, 2), float(c.get("pos", 0) * g))
             den = lambda x, sg: model.forward_image(x, lr, torch.full((1,), sg), pos0=pos0, independent=c.get("independent", False))
             out = to_u8(sample_image(model, lr, "euler", 1, 0.002, 4.0, 7.0, seed=k + c.get("seed", 0), denoise=den))

@@ -220,10 +220,11 @@ def main():
         with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()):
             d = fwd(x, lr_img, sigma, pos0, jq=jq)
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
-        err = ((d.float() - hr) ** 2).flatten(1).mean(1)
+        d = d.float()
+        err = ((d - hr) ** 2).flatten(1).mean(1)
         if a.seam_weight:
             # the crop's blocks start at its corner, so its block boundaries are the lines every cfg.block px
-            err = err + a.seam_weight * grid_loss(d.float(), hr, cfg.block, per_sample=True)
+            err = err + a.seam_weight * grid_loss(d, hr, cfg.block, per_sample=True)
         loss = (weight * err).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

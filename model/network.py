@@ -546,6 +546,24 @@ def grid_loss(out, target, period, per_sample=False):
     return loss if per_sample else loss.mean()
 
 
+def seam_excess_loss(out, target, period, scale):
+    """(log of the seam ratio)²: the batch's mean |step| across the lines every `period` px over that
+    across the other lines of phase 0 mod `scale` (the LR pixel grid), output over target — evaluate.py's
+    seam ratio, pooled over the batch, both directions. Unlike grid_loss it can be met by sharpening the
+    other lines as well as by softening the boundaries."""
+    def sums(t):
+        on, other = 0.0, 0.0
+        for dim in (-1, -2):
+            n = t.shape[dim]
+            d = t.narrow(dim, 1, n - 1) - t.narrow(dim, 0, n - 1)     # d[i-1]: the step between pixel i-1 and i
+            idx = torch.arange(1, n, device=t.device)
+            sel_on, sel_other = idx[idx % period == 0] - 1, idx[(idx % scale == 0) & (idx % period != 0)] - 1
+            on = on + d.index_select(dim, sel_on).abs().mean()
+            other = other + d.index_select(dim, sel_other).abs().mean()
+        return on / other
+    return torch.log(sums(out) / sums(target)) ** 2
+
+
 def to_blocks(img, b):
     n, ch, hh, ww = img.shape
     R, C = hh // b, ww // b

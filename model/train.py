@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss
+from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss
 from data import load_split, CropSampler, degrade
 from degrade import RECIPE
 
@@ -113,6 +113,9 @@ def main():
     ap.add_argument("--seam-weight", type=float, default=0.0,
                     help="weight of the error of the steps across the model's block boundaries (grid_loss at the block "
                          "period) beside pixel MSE, under the same EDM weight: the fidelity output's seams")
+    ap.add_argument("--seam-loss", choices=["steps", "ratio"], default="steps",
+                    help="what --seam-weight weighs: steps = grid_loss (the steps' error; release 2), ratio = "
+                         "seam_excess_loss (the batch's seam ratio's log², beside the EDM-weighted MSE)")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds")
     ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")
@@ -222,10 +225,12 @@ def main():
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
         d = d.float()
         err = ((d - hr) ** 2).flatten(1).mean(1)
-        if a.seam_weight:
+        if a.seam_weight and a.seam_loss == "steps":
             # the crop's blocks start at its corner, so its block boundaries are the lines every cfg.block px
             err = err + a.seam_weight * grid_loss(d, hr, cfg.block, per_sample=True)
         loss = (weight * err).mean()
+        if a.seam_weight and a.seam_loss == "ratio":
+            loss = loss + a.seam_weight * seam_excess_loss(d, hr, cfg.block, cfg.scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         tp = mark("forward+backward", tp)

@@ -10,7 +10,7 @@ from PIL import Image
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
 from train import load_parts  # noqa: E402
-from network import grid_loss  # noqa: E402
+from network import grid_loss, seam_excess_loss  # noqa: E402
 
 RELEASE = MODEL / "release" / "infdit-s4.ckpt.pt"
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"   # torch 1.13 on CPU: 10× from page faults otherwise
@@ -121,6 +121,19 @@ class GridLossTest(unittest.TestCase):
         self.assertEqual(per.shape, (3,))
         self.assertEqual((per[0].item(), per[2].item()), (0.0, 0.0))   # untouched images
         self.assertAlmostEqual(per.mean().item(), grid_loss(on, target, 64).item(), places=7)
+
+    def test_seam_excess_counts_the_ratio_not_the_error(self):
+        g = torch.Generator().manual_seed(1)
+        target = torch.rand(2, 3, 128, 128, generator=g)
+        self.assertEqual(seam_excess_loss(target, target, 64, 4).item(), 0.0)
+        # every step twice as steep: the steps' error is large, the seam ratio unchanged
+        self.assertGreater(grid_loss(2 * target, target, 64).item(), 1e-2)
+        self.assertLess(seam_excess_loss(2 * target, target, 64, 4).item(), 1e-10)
+        on, off = target.clone(), target.clone()
+        on[:, :, :, 64:] += 0.5      # a step across the block boundary
+        off[:, :, :, 60:] += 0.5     # the same step across an LR-grid line inside the block
+        self.assertGreater(seam_excess_loss(on, target, 64, 4).item(), 1e-3)
+        self.assertLess(seam_excess_loss(off, target, 64, 4).item(), seam_excess_loss(on, target, 64, 4).item() / 10)
 
 
 if __name__ == "__main__":

@@ -532,17 +532,20 @@ def upsample(lr, scale):
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
+def line_steps(t, dim, lines):
+    """The steps between pixel i-1 and i along `dim` for each i in `lines` (a 1-D index tensor)."""
+    return t.index_select(dim, lines) - t.index_select(dim, lines - 1)
+
+
 def grid_loss(out, target, period, per_sample=False):
     """Squared error of the steps across the lines every `period` px from the crop's corner (both
     directions): where an encoder's blocks (JPEG, 8 px) or the model's own blocks meet. The error a
     visible grid is made of, and one that pixel MSE, averaged over the whole crop, weighs little.
     per_sample: one value per image (n,) instead of the batch mean."""
-    ix = torch.arange(period, out.shape[-1], period, device=out.device)
-    iy = torch.arange(period, out.shape[-2], period, device=out.device)
-    dx = lambda t: t[..., ix] - t[..., ix - 1]
-    dy = lambda t: t[..., iy, :] - t[..., iy - 1, :]
-    err = lambda a, b: ((a - b) ** 2).flatten(1).mean(1)
-    loss = err(dx(out), dx(target)) + err(dy(out), dy(target))
+    loss = 0
+    for dim in (-1, -2):
+        lines = torch.arange(period, out.shape[dim], period, device=out.device)
+        loss = loss + ((line_steps(out, dim, lines) - line_steps(target, dim, lines)) ** 2).flatten(1).mean(1)
     return loss if per_sample else loss.mean()
 
 
@@ -551,17 +554,14 @@ def seam_excess_loss(out, target, period, scale):
     across the other lines of phase 0 mod `scale` (the LR pixel grid), output over target — evaluate.py's
     seam ratio, pooled over the batch, both directions. Unlike grid_loss it can be met by sharpening the
     other lines as well as by softening the boundaries."""
-    def sums(t):
-        on, other = 0.0, 0.0
+    def ratio(t):
+        on, other = 0, 0
         for dim in (-1, -2):
-            n = t.shape[dim]
-            d = t.narrow(dim, 1, n - 1) - t.narrow(dim, 0, n - 1)     # d[i-1]: the step between pixel i-1 and i
-            idx = torch.arange(1, n, device=t.device)
-            sel_on, sel_other = idx[idx % period == 0] - 1, idx[(idx % scale == 0) & (idx % period != 0)] - 1
-            on = on + d.index_select(dim, sel_on).abs().mean()
-            other = other + d.index_select(dim, sel_other).abs().mean()
+            idx = torch.arange(1, t.shape[dim], device=t.device)
+            on = on + line_steps(t, dim, idx[idx % period == 0]).abs().mean()
+            other = other + line_steps(t, dim, idx[(idx % scale == 0) & (idx % period != 0)]).abs().mean()
         return on / other
-    return torch.log(sums(out) / sums(target)) ** 2
+    return torch.log(ratio(out) / ratio(target)) ** 2
 
 
 def to_blocks(img, b):

@@ -225,8 +225,8 @@ def main():
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
         d = d.float()
         err = ((d - hr) ** 2).flatten(1).mean(1)
+        # the crop's blocks start at its corner, so its block boundaries are the lines every cfg.block px
         if a.seam_weight and a.seam_loss == "steps":
-            # the crop's blocks start at its corner, so its block boundaries are the lines every cfg.block px
             err = err + a.seam_weight * grid_loss(d, hr, cfg.block, per_sample=True)
         loss = (weight * err).mean()
         if a.seam_weight and a.seam_loss == "ratio":

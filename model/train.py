@@ -115,7 +115,7 @@ def main():
                          "period) beside pixel MSE, under the same EDM weight: the fidelity output's seams")
     ap.add_argument("--seam-loss", choices=["steps", "ratio"], default="steps",
                     help="what --seam-weight weighs: steps = grid_loss (the steps' error; release 2), ratio = "
-                         "seam_excess_loss (the batch's seam ratio's log², beside the EDM-weighted MSE)")
+                         "seam_excess_loss (the batch's seam ratio's log², beside the EDM-weighted MSE; release 3)")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds")
     ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")

@@ -106,6 +106,17 @@ class TrainTest(unittest.TestCase):
             losses.append(float(r.stdout.split(" loss ")[1].split()[0]))
         self.assertGreater(losses[1], losses[0] * 1.05)
 
+    def test_seam_loss_ratio_adds_the_seam_ratio_term_to_the_loss(self):
+        # release 3's loss: the same first step with and without it; the batch's seam ratio is never
+        # exactly the ground truth's, so a large weight shows its log² in the logged loss
+        losses = []
+        for w in ("0", "10000"):
+            r = train("--data", str(self.dir), "--ckpt", str(self.dir / f"ratio{w}"), "--init", str(RELEASE), "--crop", "128",
+                      "--seam-weight", w, "--seam-loss", "ratio", "--max-steps", "1", "--p-sigma-max", "1")
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            losses.append(float(r.stdout.split(" loss ")[1].split()[0]))
+        self.assertGreater(losses[1], losses[0] * 1.05)
+
 
 class GridLossTest(unittest.TestCase):
     def test_counts_only_the_steps_across_the_period_lines(self):

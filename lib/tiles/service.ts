@@ -452,7 +452,8 @@ export class ImageService {
         }
         this.fillQueue.shift();
       } catch (err) {
-        if (!(err instanceof AbortError)) { console.error(`background fill of ${id} failed: ${(err as Error).message}`); this.fillQueue.shift(); }
+        // close() rejects the model's pending work: that ends the fill, it is not a failure to report
+        if (!(err instanceof AbortError) && !this.closed) { console.error(`background fill of ${id} failed: ${(err as Error).message}`); this.fillQueue.shift(); }
       } finally {
         this.fillRunning = false;
         if (this.fillQueue.length) setImmediate(() => this.kickFill());
@@ -461,7 +462,9 @@ export class ImageService {
   }
 
   /** Stop the model's thread (the service answers nothing after this). */
+  private closed = false;
   async close() {
+    this.closed = true;
     this.fillQueue.length = 0;
     await this.remote?.close();
     await this.model.close();

@@ -6,8 +6,9 @@
 # EMA) at batch 64 and 256 eager and 256 torch.compile'd; then the run itself with the fastest.
 # Defaults: clean bicubic LR (TASK=bicubic: JPEG uploads go through the restorer, and every fine-tune of
 # this model on real2's JPEG input cost it clean fidelity; TASK=real2 still works), continuing from the
-# released weights, with release 3's seam loss (SEAM=5 SEAM_LOSS=ratio: train.py --seam-weight --seam-loss; SEAM=0 turns it off;
-# SEAM_LOSS=steps is release 2's). The ratio is the batch's, so it is steadier at a GPU's batch sizes.
+# released weights, with release 3's seam loss (SEAM=5 SEAM_LOSS=ratio: train.py --seam-weight
+# --seam-loss; SEAM=0 turns it off; SEAM_LOSS=steps is release 2's). The ratio is the batch's, so it is
+# steadier at a GPU's batch sizes.
 # Last (~1 min): model/evaluate.py on the GPU, clean and JPEG q75 LR, into $OUT/eval — the figures
 # come back with the weights, so no device time is spent twice. Export and engine checks run on this side.
 set -x

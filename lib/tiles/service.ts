@@ -461,8 +461,8 @@ export class ImageService {
     })();
   }
 
-  /** Stop the model's thread (the service answers nothing after this). */
   private closed = false;
+  /** Stop the model's thread (the service answers nothing after this). */
   async close() {
     this.closed = true;
     this.fillQueue.length = 0;

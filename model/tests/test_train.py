@@ -96,25 +96,25 @@ class TrainTest(unittest.TestCase):
             self.assertIn(says, r.stderr)
             self.assertFalse((self.dir / "bad-seam" / "last.pt").exists())
 
-    def test_seam_weight_adds_the_block_boundary_term_to_the_loss(self):
-        # the same first step (same seed, crops, noise) with and without the term: the loss grows by it
+    def first_seam_losses(self, kind, weights):
+        """The logged loss of the same first step (same seed, crops, noise) at each --seam-weight."""
         losses = []
-        for w in ("0", "4"):
-            r = train("--data", str(self.dir), "--ckpt", str(self.dir / f"seam{w}"), "--init", str(RELEASE), "--crop", "128",
-                      "--seam-weight", w, "--max-steps", "1", "--p-sigma-max", "1")
+        for w in weights:
+            r = train("--data", str(self.dir), "--ckpt", str(self.dir / f"{kind}{w}"), "--init", str(RELEASE), "--crop", "128",
+                      "--seam-weight", w, "--seam-loss", kind, "--max-steps", "1", "--p-sigma-max", "1")
             self.assertEqual(r.returncode, 0, r.stderr[-2000:])
             losses.append(float(r.stdout.split(" loss ")[1].split()[0]))
+        return losses
+
+    def test_seam_weight_adds_the_block_boundary_term_to_the_loss(self):
+        # with and without the term: the loss grows by it
+        losses = self.first_seam_losses("steps", ("0", "4"))
         self.assertGreater(losses[1], losses[0] * 1.05)
 
     def test_seam_loss_ratio_adds_the_seam_ratio_term_to_the_loss(self):
-        # release 3's loss: the same first step with and without it; the batch's seam ratio is never
-        # exactly the ground truth's, so a large weight shows its log² in the logged loss
-        losses = []
-        for w in ("0", "10000"):
-            r = train("--data", str(self.dir), "--ckpt", str(self.dir / f"ratio{w}"), "--init", str(RELEASE), "--crop", "128",
-                      "--seam-weight", w, "--seam-loss", "ratio", "--max-steps", "1", "--p-sigma-max", "1")
-            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
-            losses.append(float(r.stdout.split(" loss ")[1].split()[0]))
+        # release 3's loss: the batch's seam ratio is never exactly the ground truth's, so a large
+        # weight shows its log² in the logged loss
+        losses = self.first_seam_losses("ratio", ("0", "10000"))
         self.assertGreater(losses[1], losses[0] * 1.05)
 
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One prepared training run on a lent GPU (see model/README.md). Carries .data (from
 # `model/data.py pack`); writes the checkpoint parts, the profiles and the log to $OUT.
-#   MINUTES=5 bash model/device_train.sh [extra train.py flags]
+#   MINUTES=5 bash model/device_train.sh [extra train.py flags, for the profiles and the run alike]
 # First ≤ 3 minutes: where a step's time goes (data, degradations, forward+backward, optimizer,
 # EMA) at batch 64 and 256 eager and 256 torch.compile'd; then the run itself with the fastest.
 # Defaults: clean bicubic LR (TASK=bicubic: JPEG uploads go through the restorer, and every fine-tune of
@@ -11,27 +11,36 @@
 # steadier at a GPU's batch sizes.
 # Last (~1 min): model/evaluate.py on the GPU, clean and JPEG q75 LR, into $OUT/eval — the figures
 # come back with the weights, so no device time is spent twice. Export and engine checks run on this side.
-set -x
-nvidia-smi --query-gpu=name,memory.total --format=csv
-python3 -c "import torch; print(torch.__version__)"
+# The rest is for a dry run anywhere (model/tests/test_device_train.py runs it on the CPU, small):
+# PYTHON (python3), DATA (.data), BATCHES (the profiled set, comma-separated), PROFILE_STEPS/PROFILE_SKIP
+# (15/8), PROFILE_S (60: a profile's time limit), EVAL_DEVICE (cuda), EVAL_ARGS (more evaluate.py flags).
+set -x -o pipefail
+: "${OUT:?set OUT to the folder that comes back: on the device machine, its \$OUT}"
+PY=${PYTHON:-python3}
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
+$PY -c "import torch; print(torch.__version__)" || exit 1
 export PYTHONUNBUFFERED=1
 TASK=${TASK:-bicubic}; INIT=${INIT:-model/release/infdit-s4.ckpt.pt}
+# what the profiles and the run share: a profile measures the run's own degradations and loss
+common=(--config "${CONFIG:-infdit-s/4}" --data "${DATA:-.data}" --task "$TASK" ${MIX:+--mix "$MIX"}
+        --seam-weight "${SEAM:-5}" --seam-loss "${SEAM_LOSS:-ratio}" --no-optimizer-in-ckpt "$@")
 best=""; bestrate=0
-for cfgb in "64" "256" "256 --compile"; do
+IFS=',' read -ra candidates <<< "${BATCHES:-64,256,256 --compile}"
+for cfgb in "${candidates[@]}"; do
   b=${cfgb%% *}; c=${cfgb#$b}
-  r=$(timeout 60 python3 model/train.py --config "${CONFIG:-infdit-s/4}" --data .data --ckpt "$OUT/profile" --task "$TASK" \
-      --minutes 0.9 --batch $b --profile-steps 15 --profile-skip 8 --max-steps 23 --save-every 1e9 --no-optimizer-in-ckpt $c 2>&1 \
-      | tee -a "$OUT/profile.log" | sed -n 's/.*; \([0-9.]*\) crops\/s$/\1/p' | tail -1)
+  # a profile that fails or runs out of time is reported and skipped, never the end of the script
+  r=$(timeout "${PROFILE_S:-60}" $PY model/train.py "${common[@]}" --ckpt "$OUT/profile" --minutes 0.9 --batch $b \
+      --profile-steps "${PROFILE_STEPS:-15}" --profile-skip "${PROFILE_SKIP:-8}" \
+      --max-steps $(( ${PROFILE_STEPS:-15} + ${PROFILE_SKIP:-8} )) --save-every 1e9 $c 2>&1 \
+      | tee -a "$OUT/profile.log" | sed -n 's/.*; \([0-9.]*\) crops\/s$/\1/p' | tail -1) || true
   echo "batch $b ${c:-eager}: ${r:-failed} crops/s" | tee -a "$OUT/profile.log"
   if [ -n "$r" ] && awk "BEGIN{exit !($r > $bestrate)}"; then bestrate=$r; best="--batch $b $c"; fi
 done
 rm -rf "$OUT/profile"
-python3 model/train.py --config "${CONFIG:-infdit-s/4}" --data .data --ckpt "$OUT/ckpt" --task "$TASK" --init "$INIT" \
-  --minutes "${MINUTES:-5}" --total-steps 0 ${best:---batch 64} --lr "${LR:-3e-4}" --warmup 100 \
-  --ema "${EMA:-0.998}" ${MIX:+--mix "$MIX"} --save-every 90 --no-optimizer-in-ckpt --log-every 25 \
-  --seam-weight "${SEAM:-5}" --seam-loss "${SEAM_LOSS:-ratio}" "$@" 2>&1 | tee "$OUT/train.log"
+$PY model/train.py "${common[@]}" --ckpt "$OUT/ckpt" --init "$INIT" --minutes "${MINUTES:-5}" --total-steps 0 \
+  ${best:---batch 64} --lr "${LR:-3e-4}" --warmup 100 --ema "${EMA:-0.998}" --save-every 90 --log-every 25 \
+  2>&1 | tee "$OUT/train.log" || { echo "training failed: no evaluation"; exit 1; }
 ls -la "$OUT" "$OUT/ckpt"
-timeout 240 python3 model/evaluate.py --device cuda --ckpt "$OUT/ckpt/last.pt" --data .data \
+timeout 240 $PY model/evaluate.py --device "${EVAL_DEVICE:-cuda}" --ckpt "$OUT/ckpt/last.pt" --data "${DATA:-.data}" \
   --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,detail \
-  --restorer model/release/infdit-s4.restore.ckpt.pt 2>&1 \
-  | tee "$OUT/eval.log"
+  --restorer model/release/infdit-s4.restore.ckpt.pt ${EVAL_ARGS} 2>&1 | tee "$OUT/eval.log"

@@ -1,0 +1,58 @@
+"""model/device_train.sh, the prepared GPU run, dry-run on the CPU: small crops, a batch of 2, one
+validation image. A GPU's minutes are the scarcest thing this project gets; this is what makes sure
+the script gets through profiles, training and evaluation before one is spent on it."""
+import json, os, subprocess, sys, tempfile, unittest
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MODEL = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(MODEL), str(MODEL / "tests")]
+from train import load_parts  # noqa: E402
+from test_train import make_split, TCMALLOC  # noqa: E402
+
+
+class DeviceTrainScriptTest(unittest.TestCase):
+    def test_profiles_trains_and_evaluates_end_to_end(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            data, out = Path(tmp) / "data", Path(tmp) / "out"
+            data.mkdir(); out.mkdir()
+            make_split(data)
+            y, x = np.mgrid[0:288, 0:320]
+            val = np.stack([(x * 2) % 256, (y * 5) % 256, ((x - y) * 3) % 256], -1).astype(np.uint8)
+            Image.fromarray(val).save(data / "val.png")
+            index = json.loads((data / "index.json").read_text())
+            (data / "index.json").write_text(json.dumps(index + [{"file": "val.png", "split": "val", "packed": "val.png"}]))
+            env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, DATA=str(data), BATCHES="2,2 --no-such-flag",
+                       PROFILE_STEPS="2", PROFILE_SKIP="1", MINUTES="0.02", EVAL_DEVICE="cpu",
+                       EVAL_ARGS="--limit 1 --crop 256x256 --presets fidelity --no-ablation",
+                       **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
+            r = subprocess.run(["bash", str(MODEL / "device_train.sh"), "--crop", "128", "--device", "cpu"], cwd=MODEL.parent,
+                               env=env, capture_output=True, text=True, timeout=900)
+            self.assertEqual(r.returncode, 0, (r.stdout + r.stderr)[-3000:])
+            prof = (out / "profile.log").read_text()
+            # the good profile gives a rate; the bad one is reported as failed and does not stop the script
+            self.assertRegex(prof, r"batch 2 eager: [0-9.]+ crops/s")
+            self.assertIn("batch 2  --no-such-flag: failed crops/s", prof)
+            self.assertFalse((out / "profile").exists())
+            st = load_parts(out / "ckpt" / "last.pt")
+            self.assertGreaterEqual(st["step"], 1)
+            self.assertEqual((st["args"]["batch"], st["args"]["crop"], st["args"]["seam_loss"], st["args"]["seam_weight"]),
+                             (2, 128, "ratio", 5.0))
+            self.assertTrue(st["args"]["init"].endswith("model/release/infdit-s4.ckpt.pt"))
+            self.assertNotIn("opt", st)
+            res = json.loads((out / "eval" / "eval.json").read_text())
+            self.assertEqual(set(res["summary"]), {"clean", "jpeg75"})
+            self.assertIn("fidelity", res["summary"]["jpeg75"])
+            self.assertEqual(res["n"], 1)
+
+    def test_without_out_it_says_what_to_set(self):
+        env = {k: v for k, v in os.environ.items() if k != "OUT"}
+        r = subprocess.run(["bash", str(MODEL / "device_train.sh")], cwd=MODEL.parent, env=env, capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("set OUT", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -11,11 +11,17 @@
 # steadier at a GPU's batch sizes.
 # Last (~1 min): model/evaluate.py on the GPU, clean and JPEG q75 LR, into $OUT/eval — the figures
 # come back with the weights, so no device time is spent twice. Export and engine checks run on this side.
+# What comes back must fit the device tool's limits (8 files of ≤ 16 MiB, 2 folders down): one log,
+# $OUT/run.log, the checkpoint in 15-MiB parts (3) and the evaluation's 3 files. The run's minutes are cut
+# to what the command's time leaves (BUDGET_S, 570 of the 600 s a command may run) after the profiles,
+# less EVAL_S (150) for the evaluation, so the figures come back too.
 # The rest is for a dry run anywhere (model/tests/test_device_train.py runs it on the CPU, small):
 # PYTHON (python3), DATA (.data), BATCHES (the profiled set, comma-separated), PROFILE_STEPS/PROFILE_SKIP
-# (15/8), PROFILE_S (60: a profile's time limit), EVAL_DEVICE (cuda), EVAL_ARGS (more evaluate.py flags).
+# (15/8), PROFILE_S (60: a profile's time limit), EVAL_DEVICE (cuda), EVAL_ARGS (more evaluate.py flags),
+# BUDGET_S and EVAL_S (above).
 set -x -o pipefail
 : "${OUT:?set OUT to the folder that comes back: on the device machine, its \$OUT}"
+LOG=$OUT/run.log
 PY=${PYTHON:-python3}
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
 $PY -c "import torch; print(torch.__version__)" || exit 1
@@ -32,15 +38,20 @@ for cfgb in "${candidates[@]}"; do
   r=$(timeout "${PROFILE_S:-60}" $PY model/train.py "${common[@]}" --ckpt "$OUT/profile" --minutes 0.9 --batch $b \
       --profile-steps "${PROFILE_STEPS:-15}" --profile-skip "${PROFILE_SKIP:-8}" \
       --max-steps $(( ${PROFILE_STEPS:-15} + ${PROFILE_SKIP:-8} )) --save-every 1e9 $c 2>&1 \
-      | tee -a "$OUT/profile.log" | sed -n 's/.*; \([0-9.]*\) crops\/s$/\1/p' | tail -1) || true
-  echo "batch $b ${c:-eager}: ${r:-failed} crops/s" | tee -a "$OUT/profile.log"
+      | tee -a "$LOG" | sed -n 's/.*; \([0-9.]*\) crops\/s$/\1/p' | tail -1) || true
+  echo "batch $b ${c:-eager}: ${r:-failed} crops/s" | tee -a "$LOG"
   if [ -n "$r" ] && awk "BEGIN{exit !($r > $bestrate)}"; then bestrate=$r; best="--batch $b $c"; fi
 done
 rm -rf "$OUT/profile"
-$PY model/train.py "${common[@]}" --ckpt "$OUT/ckpt" --init "$INIT" --minutes "${MINUTES:-5}" --total-steps 0 \
+left=$(( ${BUDGET_S:-570} - SECONDS - ${EVAL_S:-150} ))
+if [ $left -lt 30 ]; then echo "$left s left for training after the profiles (BUDGET_S, EVAL_S): stopping" | tee -a "$LOG"; exit 1; fi
+minutes=$(awk -v m="${MINUTES:-5}" -v left=$left 'BEGIN{t = left / 60; printf "%.2f", (t < m ? t : m)}')
+echo "training for $minutes min (MINUTES ${MINUTES:-5}, $SECONDS s spent)" | tee -a "$LOG"
+$PY model/train.py "${common[@]}" --ckpt "$OUT/ckpt" --init "$INIT" --minutes "$minutes" --total-steps 0 \
   ${best:---batch 64} --lr "${LR:-3e-4}" --warmup 100 --ema "${EMA:-0.998}" --save-every 90 --log-every 25 \
-  2>&1 | tee "$OUT/train.log" || { echo "training failed: no evaluation"; exit 1; }
+  2>&1 | tee -a "$LOG" || { echo "training failed: no evaluation" | tee -a "$LOG"; exit 1; }
 ls -la "$OUT" "$OUT/ckpt"
-timeout 240 $PY model/evaluate.py --device "${EVAL_DEVICE:-cuda}" --ckpt "$OUT/ckpt/last.pt" --data "${DATA:-.data}" \
+left=$(( ${BUDGET_S:-570} - SECONDS )); [ $left -lt 30 ] && left=30
+timeout $left $PY model/evaluate.py --device "${EVAL_DEVICE:-cuda}" --ckpt "$OUT/ckpt/last.pt" --data "${DATA:-.data}" \
   --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,detail \
-  --restorer model/release/infdit-s4.restore.ckpt.pt ${EVAL_ARGS} 2>&1 | tee "$OUT/eval.log"
+  --restorer model/release/infdit-s4.restore.ckpt.pt ${EVAL_ARGS} 2>&1 | tee -a "$LOG"

@@ -1,7 +1,7 @@
 """model/device_train.sh, the prepared GPU run, dry-run on the CPU: small crops, a batch of 2, one
 validation image. A GPU's minutes are the scarcest thing this project gets; this is what makes sure
 the script gets through profiles, training and evaluation before one is spent on it."""
-import json, os, subprocess, sys, tempfile, unittest
+import json, os, re, subprocess, sys, tempfile, unittest
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +13,46 @@ from train import load_parts  # noqa: E402
 from test_train import make_split, TCMALLOC  # noqa: E402
 
 
+def dry_run(tmp, **overrides):
+    """device_train.sh on a two-photo split and one 320×288 validation image, small and on the CPU."""
+    data, out = Path(tmp) / "data", Path(tmp) / "out"
+    data.mkdir(); out.mkdir()
+    make_split(data)
+    y, x = np.mgrid[0:288, 0:320]
+    val = np.stack([(x * 2) % 256, (y * 5) % 256, ((x - y) * 3) % 256], -1).astype(np.uint8)
+    Image.fromarray(val).save(data / "val.png")
+    index = json.loads((data / "index.json").read_text())
+    (data / "index.json").write_text(json.dumps(index + [{"file": "val.png", "split": "val", "packed": "val.png"}]))
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DATA": str(data), "BATCHES": "2,2 --no-such-flag",
+           "PROFILE_STEPS": "2", "PROFILE_SKIP": "1", "MINUTES": "0.02", "EVAL_DEVICE": "cpu",
+           "EVAL_ARGS": "--limit 1 --crop 256x256 --no-ablation",
+           **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}), **overrides}
+    r = subprocess.run(["bash", str(MODEL / "device_train.sh"), "--crop", "128", "--device", "cpu"], cwd=MODEL.parent,
+                       env=env, capture_output=True, text=True, timeout=900)
+    return r, out
+
+
 class DeviceTrainScriptTest(unittest.TestCase):
     def test_profiles_trains_and_evaluates_end_to_end(self):
         with tempfile.TemporaryDirectory() as tmp:
-            data, out = Path(tmp) / "data", Path(tmp) / "out"
-            data.mkdir(); out.mkdir()
-            make_split(data)
-            y, x = np.mgrid[0:288, 0:320]
-            val = np.stack([(x * 2) % 256, (y * 5) % 256, ((x - y) * 3) % 256], -1).astype(np.uint8)
-            Image.fromarray(val).save(data / "val.png")
-            index = json.loads((data / "index.json").read_text())
-            (data / "index.json").write_text(json.dumps(index + [{"file": "val.png", "split": "val", "packed": "val.png"}]))
-            env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, DATA=str(data), BATCHES="2,2 --no-such-flag",
-                       PROFILE_STEPS="2", PROFILE_SKIP="1", MINUTES="0.02", EVAL_DEVICE="cpu",
-                       EVAL_ARGS="--limit 1 --crop 256x256 --presets fidelity --no-ablation",
-                       **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
-            r = subprocess.run(["bash", str(MODEL / "device_train.sh"), "--crop", "128", "--device", "cpu"], cwd=MODEL.parent,
-                               env=env, capture_output=True, text=True, timeout=900)
+            r, out = dry_run(tmp)
             self.assertEqual(r.returncode, 0, (r.stdout + r.stderr)[-3000:])
-            prof = (out / "profile.log").read_text()
+            log = (out / "run.log").read_text()
             # the good profile gives a rate; the bad one is reported as failed and does not stop the script
-            self.assertRegex(prof, r"batch 2 eager: [0-9.]+ crops/s")
-            self.assertIn("batch 2  --no-such-flag: failed crops/s", prof)
+            self.assertRegex(log, r"batch 2 eager: [0-9.]+ crops/s")
+            self.assertIn("batch 2  --no-such-flag: failed crops/s", log)
+            self.assertIn("training for 0.02 min", log)
             self.assertFalse((out / "profile").exists())
+            # all of it must come back through the device tool: at most 8 files of ≤ 16 MiB, 64 MiB in all,
+            # 2 folders down, names of letters, digits, '.', '_' and '-' (the checkpoint is full size here)
+            files = [f for f in out.rglob("*") if f.is_file()]
+            self.assertLessEqual(len(files), 8, files)
+            self.assertLessEqual(max(f.stat().st_size for f in files), 16 << 20)
+            self.assertLessEqual(sum(f.stat().st_size for f in files), 64 << 20)
+            for f in files:
+                rel = f.relative_to(out)
+                self.assertLessEqual(len(rel.parts), 3, rel)
+                self.assertTrue(all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in rel.parts), rel)
             st = load_parts(out / "ckpt" / "last.pt")
             self.assertGreaterEqual(st["step"], 1)
             self.assertEqual((st["args"]["batch"], st["args"]["crop"], st["args"]["seam_loss"], st["args"]["seam_weight"]),
@@ -46,6 +63,14 @@ class DeviceTrainScriptTest(unittest.TestCase):
             self.assertEqual(set(res["summary"]), {"clean", "jpeg75"})
             self.assertIn("fidelity", res["summary"]["jpeg75"])
             self.assertEqual(res["n"], 1)
+
+    def test_no_training_when_the_budget_leaves_too_little(self):
+        # 100 s for the command less 150 s kept for the evaluation: nothing to train in, said, no checkpoint
+        with tempfile.TemporaryDirectory() as tmp:
+            r, out = dry_run(tmp, BATCHES="2", BUDGET_S="100")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertRegex((out / "run.log").read_text(), r"-[0-9]+ s left for training after the profiles")
+            self.assertFalse((out / "ckpt").exists())
 
     def test_without_out_it_says_what_to_set(self):
         env = {k: v for k, v in os.environ.items() if k != "OUT"}

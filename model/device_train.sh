@@ -11,6 +11,7 @@
 # steadier at a GPU's batch sizes.
 # Last (~1 min): model/evaluate.py on the GPU, clean and JPEG q75 LR, into $OUT/eval — the figures
 # come back with the weights, so no device time is spent twice. Export and engine checks run on this side.
+# Send it with model/device_tree.sh slim .data first (the tracked tree alone is over the tool's 64 MiB).
 # What comes back must fit the device tool's limits (8 files of ≤ 16 MiB, 2 folders down): one log,
 # $OUT/run.log, the checkpoint in 15-MiB parts (3) and the evaluation's 3 files. The run's minutes are cut
 # to what the command's time leaves (BUDGET_S, 570 of the 600 s a command may run) after the profiles,

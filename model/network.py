@@ -178,10 +178,13 @@ def apply_rope(x, cos, sin):
 _SDPA = getattr(F, "scaled_dot_product_attention", None)  # torch 2.x; 1.13 and ONNX export use the plain form
 
 
-def attend(q, k, v, bias, kt=None):
+def attend(q, k, v, bias, kt=None, fused=None):
     """Softmax attention with an additive key bias. q (n,h,T,dh), k/v (n,h,S,dh), bias (n,1,1,S);
-    or kt (n,h,dh,S): the keys already transposed (see UniBAttention.mix)."""
-    if _SDPA is not None and q.is_cuda:
+    or kt (n,h,dh,S): the keys already transposed (see UniBAttention.mix). fused: torch 2.x's
+    scaled_dot_product_attention (default: on CUDA, where training runs; the test compares the two on CPU)."""
+    if fused is None:
+        fused = _SDPA is not None and q.is_cuda
+    if fused:
         return _SDPA(q, k if k is not None else kt.transpose(-1, -2), v, attn_mask=bias.to(q.dtype))
     q = q * (q.shape[-1] ** -0.5)
     if kt is None:

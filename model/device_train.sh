@@ -22,7 +22,7 @@
 # BUDGET_S and EVAL_S (above).
 set -x -o pipefail
 : "${OUT:?set OUT to the folder that comes back: on the device machine, its \$OUT}"
-LOG=$OUT/run.log
+mkdir -p "$OUT"; LOG=$OUT/run.log
 PY=${PYTHON:-python3}
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
 $PY -c "import torch; print(torch.__version__)" || exit 1

@@ -27,9 +27,10 @@ PY=${PYTHON:-python3}
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
 $PY -c "import torch; print(torch.__version__)" || exit 1
 export PYTHONUNBUFFERED=1
-TASK=${TASK:-bicubic}; INIT=${INIT:-model/release/infdit-s4.ckpt.pt}
+TASK=${TASK:-bicubic}; INIT=${INIT:-model/release/infdit-s4.ckpt.pt}; DATA=${DATA:-.data}; BUDGET_S=${BUDGET_S:-570}
+PROFILE_STEPS=${PROFILE_STEPS:-15}; PROFILE_SKIP=${PROFILE_SKIP:-8}
 # what the profiles and the run share: a profile measures the run's own degradations and loss
-common=(--config "${CONFIG:-infdit-s/4}" --data "${DATA:-.data}" --task "$TASK" ${MIX:+--mix "$MIX"}
+common=(--config "${CONFIG:-infdit-s/4}" --data "$DATA" --task "$TASK" ${MIX:+--mix "$MIX"}
         --seam-weight "${SEAM:-5}" --seam-loss "${SEAM_LOSS:-ratio}" --no-optimizer-in-ckpt "$@")
 best=""; bestrate=0
 IFS=',' read -ra candidates <<< "${BATCHES:-64,256,256 --compile}"
@@ -37,14 +38,13 @@ for cfgb in "${candidates[@]}"; do
   b=${cfgb%% *}; c=${cfgb#$b}
   # a profile that fails or runs out of time is reported and skipped, never the end of the script
   r=$(timeout "${PROFILE_S:-60}" $PY model/train.py "${common[@]}" --ckpt "$OUT/profile" --minutes 0.9 --batch $b \
-      --profile-steps "${PROFILE_STEPS:-15}" --profile-skip "${PROFILE_SKIP:-8}" \
-      --max-steps $(( ${PROFILE_STEPS:-15} + ${PROFILE_SKIP:-8} )) --save-every 1e9 $c 2>&1 \
+      --profile-steps $PROFILE_STEPS --profile-skip $PROFILE_SKIP --max-steps $(( PROFILE_STEPS + PROFILE_SKIP )) --save-every 1e9 $c 2>&1 \
       | tee -a "$LOG" | sed -n 's/.*; \([0-9.]*\) crops\/s$/\1/p' | tail -1) || true
   echo "batch $b ${c:-eager}: ${r:-failed} crops/s" | tee -a "$LOG"
   if [ -n "$r" ] && awk "BEGIN{exit !($r > $bestrate)}"; then bestrate=$r; best="--batch $b $c"; fi
 done
 rm -rf "$OUT/profile"
-left=$(( ${BUDGET_S:-570} - SECONDS - ${EVAL_S:-150} ))
+left=$(( BUDGET_S - SECONDS - ${EVAL_S:-150} ))
 if [ $left -lt 30 ]; then echo "$left s left for training after the profiles (BUDGET_S, EVAL_S): stopping" | tee -a "$LOG"; exit 1; fi
 minutes=$(awk -v m="${MINUTES:-5}" -v left=$left 'BEGIN{t = left / 60; printf "%.2f", (t < m ? t : m)}')
 echo "training for $minutes min (MINUTES ${MINUTES:-5}, $SECONDS s spent)" | tee -a "$LOG"
@@ -52,7 +52,7 @@ $PY model/train.py "${common[@]}" --ckpt "$OUT/ckpt" --init "$INIT" --minutes "$
   ${best:---batch 64} --lr "${LR:-3e-4}" --warmup 100 --ema "${EMA:-0.998}" --save-every 90 --log-every 25 \
   2>&1 | tee -a "$LOG" || { echo "training failed: no evaluation" | tee -a "$LOG"; exit 1; }
 ls -la "$OUT" "$OUT/ckpt"
-left=$(( ${BUDGET_S:-570} - SECONDS )); [ $left -lt 30 ] && left=30
-timeout $left $PY model/evaluate.py --device "${EVAL_DEVICE:-cuda}" --ckpt "$OUT/ckpt/last.pt" --data "${DATA:-.data}" \
+left=$(( BUDGET_S - SECONDS )); [ $left -lt 30 ] && left=30
+timeout $left $PY model/evaluate.py --device "${EVAL_DEVICE:-cuda}" --ckpt "$OUT/ckpt/last.pt" --data "$DATA" \
   --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,detail \
   --restorer model/release/infdit-s4.restore.ckpt.pt ${EVAL_ARGS} 2>&1 | tee -a "$LOG"

@@ -28,12 +28,14 @@ report() {
   [ "$b" -le "$LIMIT" ]
 }
 
+carried_exist() { for c in "$@"; do [ -e "$c" ] || { echo "carry path $c: not found" >&2; exit 2; }; done; }
+
 case "${1:-}" in
   size)
-    shift; for c in "$@"; do [ -e "$c" ] || { echo "carry path $c: not found" >&2; exit 2; }; done
+    shift; carried_exist "$@"
     report "$@" ;;
   slim)
-    shift; for c in "$@"; do [ -e "$c" ] || { echo "carry path $c: not found" >&2; exit 2; }; done
+    shift; carried_exist "$@"
     [ -e "$LIST" ] && { echo "already slim (listed in $LIST); run: bash model/device_tree.sh restore" >&2; exit 1; }
     git ls-files -z -- '*.onnx' | tr '\0' '\n' > "$LIST"
     [ -s "$LIST" ] || { rm -f "$LIST"; echo "no tracked ONNX graphs to leave behind" >&2; exit 1; }

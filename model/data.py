@@ -3,7 +3,7 @@
     /usr/bin/python3 model/data.py pack [--cache DIR] [--out DIR] [--downscale 2]
 
 `pack` writes OUT/{train,val}/*.jpg (quality 95) of every photo downscaled by `--downscale`
-(antialiased): many photos are JPEG/WebP-compressed or soft at full size, and a 2× reduction
+(antialiased; the held-out cache packs into OUT/heldout/, each photo with its manifest's own reduction): many photos are JPEG/WebP-compressed or soft at full size, and a 2× reduction
 removes most of that, so the ground truth is sharp. OUT/index.json lists the files.
 
 `CropSampler` keeps every image as a uint8 tensor on the training device and draws random
@@ -30,12 +30,13 @@ def pack(cache, out, downscale=2):
     index = []
     for e in man:
         im = Image.open(Path(cache) / "photos" / e["file"]).convert("RGB")
-        if downscale > 1:
-            im = im.resize((im.width // downscale, im.height // downscale), Image.LANCZOS)
+        ds = e.get("downscale", downscale)   # the held-out set's manifest gives each photo its own (data_fetch.py)
+        if ds > 1:
+            im = im.resize((im.width // ds, im.height // ds), Image.LANCZOS)
         name = f"{e['split']}/{e['package']}--{Path(e['file']).stem}.jpg"
         (out / e["split"]).mkdir(parents=True, exist_ok=True)
         im.save(out / name, quality=95)
-        index.append({**e, "packed": name, "packed_size": [im.width, im.height], "downscale": downscale})
+        index.append({**e, "packed": name, "packed_size": [im.width, im.height], "downscale": ds})
     (out / "index.json").write_text(json.dumps(index, indent=1))
     return index
 

@@ -1,6 +1,7 @@
 """Fetch the training photos from Debian packages into a cache outside git.
 
     /usr/bin/python3 model/data_fetch.py [--cache DIR]
+    /usr/bin/python3 model/data_fetch.py --heldout [--cache DIR]     # the independent set, never trained on
 
 Downloads each package with `apt-get download`, unpacks it with `dpkg -x`, and collects the
 photos into DIR/photos/<package>/ with DIR/photos/manifest.json (file, size, package, license).
@@ -47,6 +48,26 @@ PLASMA_PHOTOS = {"Autumn", "BytheWater", "ColdRipple", "ColorfulCups", "DarkestH
 LXQT_PHOTOS = {"Butterfly-Kenneth-Wimer.jpg", "after-the-rain.jpg", "fog.jpg", "appleflower.png",
                "butterfly.png", "flowers.png", "drop.png", "this-is-not-windows.jpg",
                "beam.png", "cloud.png", "Valendas.png"}
+# The independent evaluation set: the packages the project keeps apart (never trained on, never
+# used to choose a run: evaluate.py --split heldout measures a release once it is chosen). Their
+# photographs only: the renders (Ubuntu's purple gradients, Fossa, umang, Painting-Colors,
+# Infinite-Sea, digikam's card frames) are left out. Packed with a 2x reduction like the rest, or
+# less where a 512x384 crop would not fit (palapeli's puzzles are ~1300 px already).
+HELDOUT = {
+    "lomiri-wallpapers-16.04": ("CC-BY-SA (Ubuntu wallpaper contest; see its copyright file)", "backgrounds", {
+        "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
+        "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "analogpattern_by_Peter_Nerlich.jpg", "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg",
+        "greentock_by_Peter_Nerlich.jpg", "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "seeding_by_Clements_Engelhardt.jpg", "sunset_by_Aitzol_Berasategi.jpg"}),
+    "lomiri-wallpapers-20.04": ("CC-BY-SA (Ubuntu wallpaper contest; see its copyright file)", "backgrounds",
+                                {"Kleiber_by_Lukas_Baubkus.jpg"}),
+    "palapeli-data": ("GPL-2+ / CC (KDE Palapeli puzzles; see its copyright file)", "palapeli/collection", {
+        "castle-maintenon.jpg", "cincinnati-bridge.jpg", "citrus-fruits.jpg", "european-honey-bee.jpg",
+        "panther-chameleon-female.jpg"}),
+    "digikam-data": ("GPL-2+ (digiKam; see its copyright file)", "digikam/about/images", {"body-background.jpg"}),
+}
+HELDOUT_CROP = (512, 384)   # evaluate.py's crop: the reduction leaves at least this
 MIN_SIDE = 700          # gcompris: skip sprites and icons; photos are ≥ 1280 wide
 VALIDATION_PACKAGE = "lxqt-themes"
 
@@ -174,11 +195,45 @@ def collect(cache):
     return manifest
 
 
+def collect_heldout(cache, downscale=2):
+    """The held-out photos into cache/photos, split "heldout", each with the reduction data.py pack
+    gives it (downscale, or less so that a HELDOUT_CROP still fits)."""
+    debs, root, photos = cache / "debs", cache / "unpacked", cache / "photos"
+    for d in (debs, root, photos):
+        d.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for pkg, (lic, sub, names) in HELDOUT.items():
+        share = unpack(pkg, debs, root)
+        found = sorted(f for f in (share / sub).glob("*") if f.name in names)
+        if len(found) != len(names):
+            raise SystemExit(f"{pkg}: expected {sorted(names)} under usr/share/{sub}, found {[f.name for f in found]}")
+        for f in found:
+            out = photos / pkg / f.name
+            out.parent.mkdir(exist_ok=True)
+            shutil.copyfile(f, out)
+            with Image.open(out) as im:
+                w, h = im.size
+            fit = max(1, min(downscale, w // HELDOUT_CROP[0], h // HELDOUT_CROP[1]))
+            manifest.append({"file": f"{pkg}/{f.name}", "width": w, "height": h, "package": pkg, "license": lic,
+                             "split": "heldout", "downscale": fit})
+    (photos / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default=os.environ.get("INFDIT_DATA", str(Path.home() / ".cache/infdit-data")))
+    ap.add_argument("--cache", help="default: ~/.cache/infdit-data ($INFDIT_DATA); with --heldout ~/.cache/infdit-heldout "
+                    "(its own cache, so no pack of the training cache can take in a held-out photo)")
+    ap.add_argument("--heldout", action="store_true", help="fetch the independent evaluation set instead (HELDOUT)")
     a = ap.parse_args()
-    m = collect(Path(a.cache))
+    if a.heldout:
+        cache = Path(a.cache or Path.home() / ".cache/infdit-heldout")
+        if (cache / "photos/manifest.json").exists() and any(
+                e["split"] != "heldout" for e in json.loads((cache / "photos/manifest.json").read_text())):
+            raise SystemExit(f"--cache {cache} holds training photos: give the held-out set a cache of its own")
+        m = collect_heldout(cache)
+    else:
+        m = collect(Path(a.cache or os.environ.get("INFDIT_DATA", str(Path.home() / ".cache/infdit-data"))))
     by = {}
     for e in m:
         by.setdefault(e["package"], []).append(e)

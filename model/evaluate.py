@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on the validation split: PSNR vs bicubic and Lanczos3, seam ratios at
+"""Evaluate a checkpoint on the validation split (or --split heldout, the independent set): PSNR vs bicubic and Lanczos3, seam ratios at
 boundary periods 32/64/128 px, the independent-block ablation, CPU cost; each for the clean LR
 (antialiased bicubic) and for the same LR saved as JPEG q75 (what people upload; Lanczos3 and
 bicubic then work from the same decoded JPEG). Writes JSON and side-by-side crops.
@@ -92,6 +92,8 @@ def main():
                          "jpeg_cond model is told 0: what a JPEG re-saved as PNG gets)")
     ap.add_argument("--restorer", metavar="CKPT", help="model/restore.py checkpoint: a told JPEG variant's LR goes through it "
                     "first, as the engine does for a model with a restorer (row restored-lanczos3: Lanczos3 of the restored LR)")
+    ap.add_argument("--split", default="val", help="the data folder's split to measure: val (lxqt-themes, the one runs are "
+                    "chosen on) or heldout (data_fetch.py --heldout: the independent set; measure a chosen release, never choose by it)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N validation images (a quick check)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (the figures are the same up to float rounding)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the independent-block ablation (a third of a CPU evaluation's time)")
@@ -118,7 +120,9 @@ def main():
     if a.presets:
         presets = {k: v for k, v in presets.items() if k in a.presets.split(",")}
     cw, ch = map(int, a.crop.split("x"))
-    val = load_split(a.data, "val")
+    val = load_split(a.data, a.split)
+    if not val:
+        ap.error(f"--split {a.split}: {a.data}/index.json lists no {a.split!r} images (splits: val; heldout from data_fetch.py --heldout)")
     if a.limit:
         val = val[:a.limit]
     variants = a.variants.split(",")
@@ -191,7 +195,8 @@ def main():
                                 "psnr_y": float(np.mean([r[n]["psnr_y"] for r in rows[variant]])),
                                 "seam_ratio": {str(p): float(ratio(sums[variant][n][i]) / gt_ratio[i]) for i, p in enumerate(PERIODS)},
                                 **({cost_key: float(np.mean(times[n]))} if n in times else {})} for n in names}
-    res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "restorer": a.restorer, "val_split": "lxqt-themes",
+    res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "restorer": a.restorer, "split": a.split,
+           "val_split": "+".join(sorted({e.get("package", "?") for e, _ in val})),
            "crop": a.crop, "n": len(rows[variants[0]]), "summary": summary, "per_image": rows,
            "seam_periods_px": list(PERIODS), "sampling": smp, "torch_threads": torch.get_num_threads()}
     res["targets"] = targets(summary)

@@ -3,8 +3,9 @@
     /usr/bin/python3 model/data.py pack [--cache DIR] [--out DIR] [--downscale 2]
 
 `pack` writes OUT/{train,val}/*.jpg (quality 95) of every photo downscaled by `--downscale`
-(antialiased; the held-out cache packs into OUT/heldout/, each photo with its manifest's own reduction): many photos are JPEG/WebP-compressed or soft at full size, and a 2× reduction
-removes most of that, so the ground truth is sharp. OUT/index.json lists the files.
+(antialiased): many photos are JPEG/WebP-compressed or soft at full size, and a 2× reduction
+removes most of that, so the ground truth is sharp. OUT/index.json lists the files. The held-out
+cache (data_fetch.py --heldout) packs into OUT/heldout/, each photo with its manifest's reduction.
 
 `CropSampler` keeps every image as a uint8 tensor on the training device and draws random
 crops (random offset, flip, transpose) so block borders fall everywhere in the photo; the LR is

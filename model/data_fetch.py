@@ -124,10 +124,16 @@ def unpack(pkg, debs, root):
     return dest / "usr/share"
 
 
-def collect(cache):
-    debs, root, photos = cache / "debs", cache / "unpacked", cache / "photos"
-    for d in (debs, root, photos):
+def cache_dirs(cache):
+    """cache/{debs,unpacked,photos}, made if missing."""
+    dirs = cache / "debs", cache / "unpacked", cache / "photos"
+    for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def collect(cache):
+    debs, root, photos = cache_dirs(cache)
     manifest = []
 
     def add(pkg, name, data=None, src=None):
@@ -198,9 +204,7 @@ def collect(cache):
 def collect_heldout(cache, downscale=2):
     """The held-out photos into cache/photos, split "heldout", each with the reduction data.py pack
     gives it (downscale, or less so that a HELDOUT_CROP still fits)."""
-    debs, root, photos = cache / "debs", cache / "unpacked", cache / "photos"
-    for d in (debs, root, photos):
-        d.mkdir(parents=True, exist_ok=True)
+    debs, root, photos = cache_dirs(cache)
     manifest = []
     for pkg, (lic, sub, names) in HELDOUT.items():
         share = unpack(pkg, debs, root)

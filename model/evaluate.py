@@ -1,7 +1,8 @@
-"""Evaluate a checkpoint on the validation split (or --split heldout, the independent set): PSNR vs bicubic and Lanczos3, seam ratios at
-boundary periods 32/64/128 px, the independent-block ablation, CPU cost; each for the clean LR
-(antialiased bicubic) and for the same LR saved as JPEG q75 (what people upload; Lanczos3 and
-bicubic then work from the same decoded JPEG). Writes JSON and side-by-side crops.
+"""Evaluate a checkpoint on the validation split (or --split heldout, the independent set): PSNR
+vs bicubic and Lanczos3, seam ratios at boundary periods 32/64/128 px, the independent-block
+ablation, CPU cost; each for the clean LR (antialiased bicubic) and for the same LR saved as JPEG
+q75 (what people upload; Lanczos3 and bicubic then work from the same decoded JPEG). Writes JSON
+and side-by-side crops.
 
     /usr/bin/python3 model/evaluate.py --ckpt model/release/infdit-s4.ckpt.pt --data .data \\
         --manifest model/release/infdit-s4.json --out model/release

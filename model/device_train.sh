@@ -2,8 +2,11 @@
 # One prepared training run on a lent GPU (see model/README.md). Carries .data (from
 # `model/data.py pack`); writes the checkpoint parts, the profiles and the log to $OUT.
 #   MINUTES=5 bash model/device_train.sh [extra train.py flags, for the profiles and the run alike]
-# First ≤ 3 minutes: where a step's time goes (data, degradations, forward+backward, optimizer,
-# EMA) at batch 64 and 256 eager and 256 torch.compile'd; then the run itself with the fastest.
+# The run trains at batch 256, torch.compile'd, the key bias folded into q/k (train.py --attn-bias fold):
+# 590.7 crops/s on an H200 against 190-212 eager at batch 64-256 (model/speed.py, results/speed-h200.log;
+# RUN overrides these flags). Its own profile (where a step's time goes) is printed after its 15th step.
+# BATCHES (e.g. "64,256 --compile") profiles those first, each in a process of its own, and trains with
+# the fastest; a compiled profile gets 3 × PROFILE_S (its first steps compile: over a minute).
 # Defaults: clean bicubic LR (TASK=bicubic: JPEG uploads go through the restorer, and every fine-tune of
 # this model on real2's JPEG input cost it clean fidelity; TASK=real2 still works), continuing from the
 # released weights, with release 3's seam loss (SEAM=5 SEAM_LOSS=ratio: train.py --seam-weight
@@ -18,7 +21,7 @@
 # less EVAL_S (150) for the evaluation, so the figures come back too.
 # The rest is for a dry run anywhere (model/tests/test_device_train.py runs it on the CPU, small):
 # PYTHON (python3), DATA (.data), BATCHES (the profiled set, comma-separated), PROFILE_STEPS/PROFILE_SKIP
-# (15/8), PROFILE_S (60: a profile's time limit), EVAL_DEVICE (cuda), EVAL_ARGS (more evaluate.py flags),
+# (10/5; the run's own too), PROFILE_S (60: an eager profile's time limit), EVAL_DEVICE (cuda), EVAL_ARGS (more evaluate.py flags),
 # BUDGET_S and EVAL_S (above).
 set -x -o pipefail
 : "${OUT:?set OUT to the folder that comes back: on the device machine, its \$OUT}"
@@ -28,16 +31,17 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 $PY -c "import torch; print(torch.__version__)" || exit 1
 export PYTHONUNBUFFERED=1
 TASK=${TASK:-bicubic}; INIT=${INIT:-model/release/infdit-s4.ckpt.pt}; DATA=${DATA:-.data}; BUDGET_S=${BUDGET_S:-570}
-PROFILE_STEPS=${PROFILE_STEPS:-15}; PROFILE_SKIP=${PROFILE_SKIP:-8}
+PROFILE_STEPS=${PROFILE_STEPS:-10}; PROFILE_SKIP=${PROFILE_SKIP:-5}
 # what the profiles and the run share: a profile measures the run's own degradations and loss
 common=(--config "${CONFIG:-infdit-s/4}" --data "$DATA" --task "$TASK" ${MIX:+--mix "$MIX"}
         --seam-weight "${SEAM:-5}" --seam-loss "${SEAM_LOSS:-ratio}" --no-optimizer-in-ckpt "$@")
 best=""; bestrate=0
-IFS=',' read -ra candidates <<< "${BATCHES:-64,256,256 --compile}"
+IFS=',' read -ra candidates <<< "${BATCHES:-}"
 for cfgb in "${candidates[@]}"; do
   b=${cfgb%% *}; c=${cfgb#$b}
+  ps=${PROFILE_S:-60}; [[ $c == *--compile* ]] && ps=$(( 3 * ps ))
   # a profile that fails or runs out of time is reported and skipped, never the end of the script
-  r=$(timeout "${PROFILE_S:-60}" $PY model/train.py "${common[@]}" --ckpt "$OUT/profile" --minutes 0.9 --batch $b \
+  r=$(timeout "$ps" $PY model/train.py "${common[@]}" --ckpt "$OUT/profile" --minutes "$(awk -v s=$ps 'BEGIN{printf "%.2f", (s - 6) / 60}')" --batch $b \
       --profile-steps $PROFILE_STEPS --profile-skip $PROFILE_SKIP --max-steps $(( PROFILE_STEPS + PROFILE_SKIP )) --save-every 1e9 $c 2>&1 \
       | tee -a "$LOG" | sed -n 's/.*; \([0-9.]*\) crops\/s$/\1/p' | tail -1) || true
   echo "batch $b ${c:-eager}: ${r:-failed} crops/s" | tee -a "$LOG"
@@ -49,7 +53,8 @@ if [ $left -lt 30 ]; then echo "$left s left for training after the profiles (BU
 minutes=$(awk -v m="${MINUTES:-5}" -v left=$left 'BEGIN{t = left / 60; printf "%.2f", (t < m ? t : m)}')
 echo "training for $minutes min (MINUTES ${MINUTES:-5}, $SECONDS s spent)" | tee -a "$LOG"
 $PY model/train.py "${common[@]}" --ckpt "$OUT/ckpt" --init "$INIT" --minutes "$minutes" --total-steps 0 \
-  ${best:---batch 64} --lr "${LR:-3e-4}" --warmup 100 --ema "${EMA:-0.998}" --save-every 90 --log-every 25 \
+  ${best:-${RUN:---batch 256 --compile --attn-bias fold}} --lr "${LR:-3e-4}" --warmup 100 --ema "${EMA:-0.998}" --save-every 90 --log-every 25 \
+  --profile-steps $PROFILE_STEPS --profile-skip $PROFILE_SKIP \
   2>&1 | tee -a "$LOG" || { echo "training failed: no evaluation" | tee -a "$LOG"; exit 1; }
 ls -la "$OUT" "$OUT/ckpt"
 left=$(( BUDGET_S - SECONDS )); [ $left -lt 30 ] && left=30

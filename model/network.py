@@ -177,18 +177,44 @@ def apply_rope(x, cos, sin):
 
 _SDPA = getattr(F, "scaled_dot_product_attention", None)  # torch 2.x; 1.13 and ONNX export use the plain form
 
+# How the fused path (CUDA training) applies the key bias. "mask": as SDPA's attn_mask, which rules out the
+# flash kernel and leaves the memory-efficient one (or the math fallback). "fold": as one more channel of the
+# queries and keys ([q, 1] · [k; bias], as the plain path does for onnxruntime), padded to a multiple of 8, so
+# no mask is passed and SDPA may pick flash. Same function either way (test_network); model/speed.py measures both.
+SDPA_BIAS = "mask"
+
+
+def _sdpa_folded(q, k, v, bias):
+    dh = q.shape[-1]
+    scale = dh ** -0.5
+    pad = (-(dh + 1)) % 8                       # flash wants the head dim a multiple of 8
+    q1 = torch.cat([q, torch.ones_like(q[..., :1]), q.new_zeros(*q.shape[:-1], pad)], dim=-1)
+    # SDPA scales q·k by `scale`: the bias channel is pre-divided so the logit gets exactly `bias`
+    kb = (bias[:, :, 0, :, None] / scale).to(k.dtype).expand(-1, k.shape[1], -1, -1)       # (n,h,S,1)
+    k1 = torch.cat([k, kb, k.new_zeros(*k.shape[:-1], pad)], dim=-1)
+    v1 = F.pad(v, (0, pad + 1))
+    return _SDPA(q1, k1, v1, scale=scale)[..., :dh]
+
 
 def attend(q, k, v, bias, kt=None, fused=None):
-    """Softmax attention with an additive key bias. q (n,h,T,dh), k/v (n,h,S,dh), bias (n,1,1,S);
-    or kt (n,h,dh,S): the keys already transposed (see UniBAttention.mix). fused: torch 2.x's
-    scaled_dot_product_attention (default: on CUDA, where training runs; the test compares the two on CPU)."""
+    """Softmax attention with an additive key bias. q (n,h,T,dh), k/v (n,h,S,dh), bias (n,1,1,S), or None
+    (no bias: every key open); or kt (n,h,dh,S): the keys already transposed (see UniBAttention.mix).
+    fused: torch 2.x's scaled_dot_product_attention (default: on CUDA, where training runs; the test
+    compares the two on CPU)."""
     if fused is None:
         fused = _SDPA is not None and q.is_cuda
     if fused:
-        return _SDPA(q, k if k is not None else kt.transpose(-1, -2), v, attn_mask=bias.to(q.dtype))
+        k = k if k is not None else kt.transpose(-1, -2)
+        if bias is None:
+            return _SDPA(q, k, v)
+        if SDPA_BIAS == "fold":
+            return _sdpa_folded(q, k, v, bias)
+        # attn_mask must be q's dtype and, for the memory-efficient kernel, contiguous in its last dimension
+        return _SDPA(q, k, v, attn_mask=bias.to(q.dtype))
     q = q * (q.shape[-1] ** -0.5)
     if kt is None:
-        return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + bias, dim=-1), v)
+        logits = torch.matmul(q, k.transpose(-1, -2))
+        return torch.matmul(torch.softmax(logits if bias is None else logits + bias, dim=-1), v)
     # The logits (T × S per head) are the largest tensor of a layer; on CPU every pass over them
     # costs memory bandwidth, not arithmetic (bench/graphs.ts --profile: the scale's Mul, then the
     # bias's Add, each a third of a layer graph's time). So q is scaled instead of the logits,
@@ -279,7 +305,7 @@ class NearbyLRCrossAttention(nn.Module):
         s = c.shape[1]
         q = self.q_norm(self.q(self.norm_x(x)).reshape(n, t, self.h, self.dh).transpose(1, 2))
         k, v = self.kv(c).reshape(n, s, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
-        o = attend(q, self.k_norm(k), v, torch.zeros(1, 1, 1, 1, device=x.device))
+        o = attend(q, self.k_norm(k), v, None)   # every LR token open (no mask: SDPA may use flash)
         return self.proj(o.transpose(1, 2).reshape(n, t, d))
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import network
 from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss
 from data import load_split, CropSampler, degrade
 from degrade import RECIPE
@@ -78,7 +79,9 @@ def load_ema(path, device="cpu"):
     return model.eval().to(device), st
 
 
-def main():
+def main(argv=None):
+    """argv: the flags (default sys.argv); model/speed.py calls it once per variant. Returns the
+    --profile-steps rate in crops/s (None without a profile)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="infdit-s/4")
     ap.add_argument("--data", default=".data")
@@ -126,17 +129,27 @@ def main():
     ap.add_argument("--threads", type=int, default=all_cores(),
                     help="CPU threads (default: every core this process may use; torch 1.13 here defaults to 1)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (torch 2.x)")
+    ap.add_argument("--attn-bias", choices=["mask", "fold"], default="mask",
+                    help="how CUDA's fused attention gets the key bias (network.SDPA_BIAS): mask = attn_mask, fold = one "
+                         "more query/key channel, no mask, so the flash kernel may run")
+    ap.add_argument("--sdpa-backend", choices=["auto", "flash", "efficient", "cudnn", "math"], default="auto",
+                    help="restrict torch 2.x's fused attention to one kernel (auto: torch chooses); for model/speed.py")
+    ap.add_argument("--torch-profile", action="store_true",
+                    help="with --profile-steps: also torch.profiler over those steps, the top kernels by device time")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="time N steps by phase (data, degrade, forward+backward, optimizer, EMA), synchronising the device")
     ap.add_argument("--profile-skip", type=int, default=5, help="steps before the profiled ones (warm-up, compilation)")
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     dev = torch.device(a.device)
     if a.seam_weight < 0:
         ap.error(f"--seam-weight {a.seam_weight}: give a weight of 0 (off) or more")
     if a.threads < 1:
         ap.error(f"--threads {a.threads}: give a count of 1 or more")
+    if a.sdpa_backend != "auto" and network._SDPA is None:
+        ap.error(f"--sdpa-backend {a.sdpa_backend}: this torch ({torch.__version__}) has no fused attention; leave it at auto")
+    network.SDPA_BIAS = a.attn_bias
     # Debian's torch 1.13 starts with 1 thread on this 2-core machine: every CPU run before this flag
     # used half of it (a batch-4 256² step: 15.0 s on 1 thread, 9.9 s on 2; with --cpu-bf16 8.5 / 4.4 s)
     torch.set_num_threads(a.threads)
@@ -195,7 +208,7 @@ def main():
     run_start_step, n_acc = step, 0
     loss_acc = torch.zeros((), device=dev)   # summed on the device: no host sync per step
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    phases = {}
+    phases, rate, prof = {}, None, None
     def mark(name, t):
         if a.profile_skip <= step - run_start_step < a.profile_skip + a.profile_steps:
             sync(); now = time.time(); phases[name] = phases.get(name, 0.0) + now - t; return now
@@ -205,6 +218,10 @@ def main():
         lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
         for g, k in zip(opt.param_groups, mults):
             g["lr"] = lr * k
+        if a.torch_profile and a.profile_steps and step - run_start_step == a.profile_skip:
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
+                                          + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else []))
+            prof.__enter__()
         tp = time.time()
         hr = sampler.sample(a.batch)
         tp = mark("data", tp)
@@ -220,7 +237,8 @@ def main():
         x = up + (hr - up) + sigma[:, None, None, None] * noise if cfg.target == "residual" else hr + sigma[:, None, None, None] * noise
         # random absolute position: the rotary embedding must work anywhere in a huge image
         pos0 = (torch.randint(0, 4096, (a.batch, 2), generator=gen) * cfg.grid).float().to(dev)
-        with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()):
+        with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()), \
+                sdpa_backend(a.sdpa_backend):   # the backward runs the kernel the forward chose
             d = fwd(x, lr_img, sigma, pos0, jq=jq)
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
         d = d.float()
@@ -246,8 +264,13 @@ def main():
         loss_acc += loss.detach(); n_acc += 1
         if a.profile_steps and step - run_start_step == a.profile_skip + a.profile_steps:
             tot = sum(phases.values())
+            rate = a.profile_steps * a.batch / tot
             print("profile over %d steps: " % a.profile_steps + ", ".join(f"{k} {v / a.profile_steps * 1000:.1f} ms ({100 * v / tot:.0f}%)" for k, v in phases.items())
-                  + f"; {a.profile_steps * a.batch / tot:.1f} crops/s", flush=True)
+                  + f"; {rate:.1f} crops/s", flush=True)
+            if prof is not None:
+                prof.__exit__(None, None, None)
+                print(kernel_table(prof, dev, a.profile_steps), flush=True)
+                prof = None
         if step % a.log_every == 0:
             el = time.time() - t0
             rate = (step - run_start_step) * a.batch / el
@@ -260,6 +283,27 @@ def main():
             last_save = time.time()
     save(ck, model, ema, opt, cfg, step, crops, history, a)
     print(f"saved {ck} at step {step} ({crops} crops)", flush=True)
+    return rate
+
+
+def sdpa_backend(name):
+    """A context that restricts torch 2.x's fused attention to one kernel (auto: no restriction)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                        "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name])
+
+
+def kernel_table(prof, dev, steps, rows=22):
+    """The profiled steps' operators by their own device time (CPU time without a GPU), per step."""
+    ev = prof.key_averages()
+    for key in (("self_device_time_total", "self_cuda_time_total") if dev.type == "cuda" else ("self_cpu_time_total",)):
+        try:
+            return f"torch.profiler, {steps} steps, by {key}:\n" + ev.table(sort_by=key, row_limit=rows, max_name_column_width=60)
+        except (AttributeError, KeyError):
+            continue
+    return "torch.profiler: no device-time column in this torch"
 
 
 def save(path, model, ema, opt, cfg, step, crops, history, a):

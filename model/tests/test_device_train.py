@@ -13,7 +13,7 @@ from train import load_parts  # noqa: E402
 from test_train import make_split, TCMALLOC  # noqa: E402
 
 
-def dry_run(tmp, **overrides):
+def dry_run(tmp, *extra, **overrides):
     """device_train.sh on a two-photo split and one 320×288 validation image, small and on the CPU."""
     data, out = Path(tmp) / "data", Path(tmp) / "out"
     data.mkdir(); out.mkdir()
@@ -27,7 +27,7 @@ def dry_run(tmp, **overrides):
            "PROFILE_STEPS": "2", "PROFILE_SKIP": "1", "MINUTES": "0.02", "EVAL_DEVICE": "cpu",
            "EVAL_ARGS": "--limit 1 --crop 256x256 --no-ablation",
            **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}), **overrides}
-    r = subprocess.run(["bash", str(MODEL / "device_train.sh"), "--crop", "128", "--device", "cpu"], cwd=MODEL.parent,
+    r = subprocess.run(["bash", str(MODEL / "device_train.sh"), "--crop", "128", "--device", "cpu", *extra], cwd=MODEL.parent,
                        env=env, capture_output=True, text=True, timeout=900)
     return r, out
 
@@ -63,6 +63,22 @@ class DeviceTrainScriptTest(unittest.TestCase):
             self.assertEqual(set(res["summary"]), {"clean", "jpeg75"})
             self.assertIn("fidelity", res["summary"]["jpeg75"])
             self.assertEqual(res["n"], 1)
+
+    def test_without_batches_it_trains_with_the_run_flags_and_profiles_the_run_itself(self):
+        # the default: no separate profiles (the measured flags, RUN); the run prints its own profile.
+        # RUN here is CPU-sized: the default's --compile and batch 256 are for torch 2 on a GPU.
+        with tempfile.TemporaryDirectory() as tmp:
+            # 3 steps, however slow this CPU: the profile's 1 + 2 (dry_run's PROFILE_SKIP, PROFILE_STEPS)
+            r, out = dry_run(tmp, "--max-steps", "3", BATCHES="", RUN="--batch 2 --attn-bias fold", MINUTES="5",
+                             EVAL_ARGS="--limit 1 --crop 256x256 --no-ablation --presets fidelity")
+            self.assertEqual(r.returncode, 0, (r.stdout + r.stderr)[-3000:])
+            log = (out / "run.log").read_text()
+            self.assertNotIn("eager:", log)
+            self.assertRegex(log, r"profile over 2 steps: .*; [0-9.]+ crops/s")
+            st = load_parts(out / "ckpt" / "last.pt")
+            self.assertEqual((st["args"]["batch"], st["args"]["attn_bias"]), (2, "fold"))
+        script = (MODEL / "device_train.sh").read_text()
+        self.assertIn("${RUN:---batch 256 --compile --attn-bias fold}", script)
 
     def test_no_training_when_the_budget_leaves_too_little(self):
         # 100 s for the command less 150 s kept for the evaluation: nothing to train in, said, no checkpoint

@@ -205,17 +205,24 @@ class TestPaths(unittest.TestCase):
     def test_fused_attention_is_the_plain_one(self):
         # on CUDA, training attends through torch 2.x's fused kernel, a path CI's torch 1.13 never runs:
         # it must be the same function as the plain one (both key layouts, a masked neighbour slot)
+        # (model/speed.py); either way of giving SDPA the bias ("mask", "fold") must be that same function
+        import network
         from network import attend, NEG
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(2, 3, 16, 8, generator=g) for _ in range(3))
         k4, v4 = torch.randn(2, 3, 64, 8, generator=g), torch.randn(2, 3, 64, 8, generator=g)
         bias = torch.zeros(2, 1, 1, 64); bias[0, ..., 16:32] = NEG
-        for args in ((q, k4, v4, bias), (q, None, v4, bias, k4.transpose(-1, -2)), (q, k, v, torch.zeros(1, 1, 1, 1))):
-            plain, fused = attend(*args, fused=False), attend(*args, fused=True)
-            self.assertLess((plain - fused).abs().max().item(), 1e-5)
-        # the masked slot gets no weight: values there do not change the output
         v5 = v4.clone(); v5[0, :, 16:32] += 100
-        self.assertLess((attend(q, k4, v5, bias, fused=True) - attend(q, k4, v4, bias, fused=True)).abs().max().item(), 1e-5)
+        try:
+            for mode in ("mask", "fold"):
+                network.SDPA_BIAS = mode
+                for args in ((q, k4, v4, bias), (q, None, v4, bias, k4.transpose(-1, -2)), (q, k, v, None)):
+                    plain, fused = attend(*args, fused=False), attend(*args, fused=True)
+                    self.assertLess((plain - fused).abs().max().item(), 1e-5, mode)
+                # the masked slot gets no weight: values there do not change the output
+                self.assertLess((attend(q, k4, v5, bias, fused=True) - attend(q, k4, v4, bias, fused=True)).abs().max().item(), 1e-5, mode)
+        finally:
+            network.SDPA_BIAS = "mask"
 
 
 class TestUnidirectional(unittest.TestCase):

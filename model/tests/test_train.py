@@ -96,6 +96,24 @@ class TrainTest(unittest.TestCase):
             self.assertIn(says, r.stderr)
             self.assertFalse((self.dir / "bad-seam" / "last.pt").exists())
 
+    def test_profile_says_where_the_time_goes_and_the_kernel_table(self):
+        # model/speed.py's figures are train.py's own profile line (and, with --torch-profile, torch.profiler's
+        # table); main() returns the rate, which speed.py ranks
+        r = train("--data", str(self.dir), "--ckpt", str(self.dir / "prof"), "--max-steps", "3", "--profile-skip", "1",
+                  "--profile-steps", "2", "--torch-profile", "--attn-bias", "fold")
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        self.assertRegex(r.stdout, r"profile over 2 steps: data [0-9.]+ ms .*forward\+backward [0-9.]+ ms .*; [0-9.]+ crops/s")
+        self.assertIn("torch.profiler, 2 steps, by self_cpu_time_total", r.stdout)
+        self.assertRegex(r.stdout, r"aten::(mm|bmm|addmm|matmul)")
+        self.assertEqual(load_parts(self.dir / "prof" / "last.pt")["args"]["attn_bias"], "fold")
+
+    @unittest.skipIf(hasattr(torch.nn.functional, "scaled_dot_product_attention"), "torch 1.13's refusal (CI's torch)")
+    def test_sdpa_backend_needs_torch_2(self):
+        r = train("--data", str(self.dir), "--ckpt", str(self.dir / "sdpa"), "--sdpa-backend", "flash", "--max-steps", "1")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--sdpa-backend flash: this torch", r.stderr)
+        self.assertIn("leave it at auto", r.stderr)
+
     def first_seam_losses(self, kind, weights):
         """The logged loss of the same first step (same seed, crops, noise) at each --seam-weight."""
         losses = []

@@ -19,7 +19,10 @@ import network
 import train
 from data import load_split
 
-DEFAULT = "64:mask:auto:trace,64:mask:efficient,64:mask:cudnn,64:mask:math,64:fold:auto:trace,64:fold:flash,256:fold:auto,256:fold:auto:compile"
+# What the H200 run of 2026-11-28 measured (results/speed-h200.log) was the eager kernels at batch 64 and
+# fold:auto:compile at 256 (eager 256 with fold ran out of its 139 GiB). Next: where the compiled step's
+# time goes, whether mask compiles as well, and how the rate scales with batch (256 peaked at 99.8 GiB).
+DEFAULT = "64:mask:auto,256:fold:auto:compile:trace,256:mask:auto:compile,128:fold:auto:compile"
 
 
 def parse_variant(text):
@@ -62,7 +65,9 @@ def main():
     ap.add_argument("--variants", default=DEFAULT)
     ap.add_argument("--seconds", type=float, default=240.0, help="all variants together; the last ones get what is left")
     ap.add_argument("--per-variant", type=float, default=30.0, help="seconds a variant may take (compile: 4×)")
-    ap.add_argument("--steps", type=int, default=10, help="profiled steps per variant, after 5 unprofiled")
+    ap.add_argument("--steps", type=int, default=10, help="profiled steps per variant, after --skip unprofiled")
+    ap.add_argument("--skip", type=int, default=5, help="unprofiled steps first (warm-up; a compiled variant compiles in them)")
+    ap.add_argument("--crop", type=int, default=256, help="train.py's --crop")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     variants = [parse_variant(v) for v in a.variants.split(",")]
@@ -77,10 +82,10 @@ def main():
         budget = min(left, a.per_variant * (4 if comp else 1))
         if budget < 10:
             print(f"{name}: skipped, {left:.0f} s left", flush=True); results.append((name, None)); continue
-        argv = ["--data", a.data, "--ckpt", a.ckpt, "--init", a.init, "--device", a.device, "--batch", str(batch),
+        argv = ["--data", a.data, "--ckpt", a.ckpt, "--init", a.init, "--device", a.device, "--batch", str(batch), "--crop", str(a.crop),
                 "--attn-bias", bias, "--sdpa-backend", backend, "--seam-weight", "5", "--seam-loss", "ratio",
-                "--no-optimizer-in-ckpt", "--minutes", f"{budget / 60:.3f}", "--profile-skip", "5",
-                "--profile-steps", str(a.steps), "--max-steps", str(5 + a.steps), "--save-every", "1e9"]
+                "--no-optimizer-in-ckpt", "--minutes", f"{budget / 60:.3f}", "--profile-skip", str(a.skip),
+                "--profile-steps", str(a.steps), "--max-steps", str(a.skip + a.steps), "--save-every", "1e9"]
         argv += ["--compile"] if comp else []
         argv += ["--torch-profile"] if trace else []
         print(f"--- {name}", flush=True)

@@ -208,7 +208,7 @@ def main(argv=None):
     run_start_step, n_acc = step, 0
     loss_acc = torch.zeros((), device=dev)   # summed on the device: no host sync per step
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    phases, rate, prof = {}, None, None
+    phases, profiled, prof = {}, None, None
     def mark(name, t):
         if a.profile_skip <= step - run_start_step < a.profile_skip + a.profile_steps:
             sync(); now = time.time(); phases[name] = phases.get(name, 0.0) + now - t; return now
@@ -264,9 +264,9 @@ def main(argv=None):
         loss_acc += loss.detach(); n_acc += 1
         if a.profile_steps and step - run_start_step == a.profile_skip + a.profile_steps:
             tot = sum(phases.values())
-            rate = a.profile_steps * a.batch / tot
+            profiled = a.profile_steps * a.batch / tot
             print("profile over %d steps: " % a.profile_steps + ", ".join(f"{k} {v / a.profile_steps * 1000:.1f} ms ({100 * v / tot:.0f}%)" for k, v in phases.items())
-                  + f"; {rate:.1f} crops/s", flush=True)
+                  + f"; {profiled:.1f} crops/s", flush=True)
             if prof is not None:
                 prof.__exit__(None, None, None)
                 print(kernel_table(prof, dev, a.profile_steps), flush=True)
@@ -283,7 +283,7 @@ def main(argv=None):
             last_save = time.time()
     save(ck, model, ema, opt, cfg, step, crops, history, a)
     print(f"saved {ck} at step {step} ({crops} crops)", flush=True)
-    return rate
+    return profiled
 
 
 def sdpa_backend(name):
@@ -296,7 +296,7 @@ def sdpa_backend(name):
 
 
 def kernel_table(prof, dev, steps, rows=22):
-    """The profiled steps' operators by their own device time (CPU time without a GPU), per step."""
+    """The profiled steps' operators by their own device time (CPU time without a GPU), summed over the steps."""
     ev = prof.key_averages()
     for key in (("self_device_time_total", "self_cuda_time_total") if dev.type == "cuda" else ("self_cpu_time_total",)):
         try:

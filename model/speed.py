@@ -39,7 +39,8 @@ def check_eval_path(ckpt, data, device):
     model, _ = train.load_ema(ckpt)
     cfg = model.cfg
     img = torch.from_numpy(load_split(data, "val")[0][1].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-    hr = img[..., :4 * cfg.block, :4 * cfg.block]
+    side = lambda n: min(n, 4 * cfg.block) // cfg.block * cfg.block   # whole blocks, at most 4 a side
+    hr = img[..., :side(img.shape[2]), :side(img.shape[3])]
     lr = torch.nn.functional.avg_pool2d(hr, cfg.scale)
     g = torch.Generator().manual_seed(0)
     x = hr + 0.5 * torch.randn(hr.shape, generator=g)

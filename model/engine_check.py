@@ -1,0 +1,59 @@
+"""The exported model through the real engine against PyTorch: the first N validation crops (evaluate.py's
+centred crops and LR), clean as PNG and saved as JPEG by Pillow, each through `infdit render --full
+--seed k`, PSNR against the ground truth beside the PyTorch figure in an evaluate.py eval.json.
+
+    /usr/bin/python3 model/engine_check.py [--eval model/release/eval.json] [--model model/release/infdit-s4.json]
+
+Exits 1 when any image differs by more than --tol dB (the engine keeps K/V in fp16: a few grey levels).
+"""
+import argparse, json, subprocess, sys, tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "model"))
+from data import load_split, degrade   # noqa: E402
+from evaluate import to_u8, psnr        # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--eval", default="model/release/eval.json", help="evaluate.py's eval.json (the PyTorch figures)")
+    ap.add_argument("--model", default="model/release/infdit-s4.json")
+    ap.add_argument("--data", default=".data")
+    ap.add_argument("--n", type=int, default=3, help="validation crops")
+    ap.add_argument("--quality", type=int, default=75, help="the JPEG variant's quality (eval.json must hold jpegNN)")
+    ap.add_argument("--tol", type=float, default=0.01, help="dB")
+    a = ap.parse_args()
+    ev = json.loads(Path(a.eval).read_text())
+    cw, ch = map(int, ev["crop"].split("x"))
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for k, (entry, arr) in enumerate(load_split(a.data, "val")[:a.n]):
+            H, W = arr.shape[:2]
+            y0, x0 = (H - ch) // 2 // 16 * 16, (W - cw) // 2 // 16 * 16   # evaluate.py's crop
+            gt = arr[y0:y0 + ch, x0:x0 + cw]
+            clean = to_u8(degrade(torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, ev.get("scale", 4)))
+            Image.fromarray(clean).save(tmp / f"lr{k}.png")
+            Image.fromarray(clean).save(tmp / f"lr{k}.jpg", quality=a.quality)
+            for ext, variant in (("png", "clean"), ("jpg", f"jpeg{a.quality}")):
+                full = tmp / f"x-{k}-{variant}.png"
+                r = subprocess.run(["node", str(ROOT / "bin/infdit.js"), "render", str(tmp / f"lr{k}.{ext}"), "--out", str(tmp / f"dzi{k}{ext}"),
+                                    "--full", str(full), "--seed", str(k), "--model", a.model, "--data-dir", str(tmp / "data")],
+                                   capture_output=True, text=True)
+                if r.returncode:
+                    raise SystemExit(f"infdit render lr{k}.{ext} failed: {r.stderr[-1000:]}")
+                got = psnr(np.asarray(Image.open(full).convert("RGB")), gt)
+                want = ev["per_image"][variant][k]["fidelity"]["psnr"]
+                worst = max(worst, abs(got - want))
+                print(f"{k} {variant:7s} {entry['file']}: engine {got:.3f} dB, torch {want:.3f} dB", flush=True)
+    print(f"largest difference {worst:.3f} dB (tolerance {a.tol})")
+    sys.exit(0 if worst <= a.tol else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -204,8 +204,8 @@ class TestPaths(unittest.TestCase):
                          "torch 2.x only (the GPU's; Debian's 1.13 has no fused attention)")
     def test_fused_attention_is_the_plain_one(self):
         # on CUDA, training attends through torch 2.x's fused kernel, a path CI's torch 1.13 never runs:
-        # it must be the same function as the plain one (both key layouts, a masked neighbour slot)
-        # (model/speed.py); either way of giving SDPA the bias ("mask", "fold") must be that same function
+        # it must be the same function as the plain one (both key layouts, a masked neighbour slot, no bias),
+        # whichever way SDPA gets the bias ("mask": attn_mask; "fold": a q/k channel; model/speed.py times both)
         import network
         from network import attend, NEG
         g = torch.Generator().manual_seed(0)

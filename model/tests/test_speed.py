@@ -23,7 +23,7 @@ class SpeedProbeTest(unittest.TestCase):
     def test_checks_the_evaluation_path_and_ranks_the_variants(self):
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data"; data.mkdir()
-            make_split(data)   # two 192² photos: the check's crop (4 blocks) and train.py's 64² crops fit
+            make_split(data)   # two 192² photos, one made the validation image (the check crops 3 blocks a side)
             index = (data / "index.json").read_text().replace('"split": "train", "packed": "train/synthetic-1.png"',
                                                               '"split": "val", "packed": "train/synthetic-1.png"')
             (data / "index.json").write_text(index)

@@ -68,6 +68,14 @@ def degrade(hr, scale, task="bicubic", gen=None, with_quality=False):
     return (lr, torch.zeros(hr.shape[0], device=hr.device)) if with_quality else lr
 
 
+def centre_crop(arr, cw, ch):
+    """The evaluation crop (evaluate.py, restore.py, engine_check.py): cw×ch px from the middle of an HWC
+    photo, its corner on a multiple of 16 px so it starts on whole LR pixels at every scale used."""
+    H, W = arr.shape[:2]
+    y0, x0 = (H - ch) // 2 // 16 * 16, (W - cw) // 2 // 16 * 16
+    return arr[y0:y0 + ch, x0:x0 + cw]
+
+
 class CropSampler:
     def __init__(self, images, crop, device, seed=0):
         self.imgs = [torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous().to(device) for _, a in images

@@ -10,13 +10,13 @@ import argparse, json, subprocess, sys, tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "model"))
-from data import load_split, degrade   # noqa: E402
-from evaluate import to_u8, psnr        # noqa: E402
+from data import load_split, centre_crop   # noqa: E402
+from evaluate import psnr                   # noqa: E402
+from restore import clean_lr                # noqa: E402
 
 
 def main():
@@ -34,10 +34,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for k, (entry, arr) in enumerate(load_split(a.data, "val")[:a.n]):
-            H, W = arr.shape[:2]
-            y0, x0 = (H - ch) // 2 // 16 * 16, (W - cw) // 2 // 16 * 16   # evaluate.py's crop
-            gt = arr[y0:y0 + ch, x0:x0 + cw]
-            clean = to_u8(degrade(torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, ev.get("scale", 4)))
+            gt = centre_crop(arr, cw, ch)                  # evaluate.py's crop and clean LR
+            clean = clean_lr(gt, ev.get("scale", 4))
             Image.fromarray(clean).save(tmp / f"lr{k}.png")
             Image.fromarray(clean).save(tmp / f"lr{k}.jpg", quality=a.quality)
             for ext, variant in (("png", "clean"), ("jpg", f"jpeg{a.quality}")):

@@ -16,7 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from network import upsample, jpeg_level
-from data import load_split, degrade
+from data import load_split, degrade, centre_crop
 from sample import sample_image
 
 
@@ -132,9 +132,7 @@ def main():
     for k, (entry, arr) in enumerate(val):
         if a.panels_only is not None and k not in a.panels_only:
             continue
-        H, W = arr.shape[:2]
-        y0, x0 = (H - ch) // 2 // 16 * 16, (W - cw) // 2 // 16 * 16
-        gt = arr[y0:y0 + ch, x0:x0 + cw]
+        gt = centre_crop(arr, cw, ch)
         hr = torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
         clean_u8 = to_u8(degrade(hr, cfg.scale))
         for variant in variants:

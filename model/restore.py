@@ -115,14 +115,8 @@ def psnr(a, b):
 
 def val_crops(data, crop=(512, 384), scale=4):
     """The clean LR of evaluate.py's centred validation crops."""
-    from data import load_split
-    out = []
-    for e, arr in load_split(data, "val"):
-        H, W = arr.shape[:2]
-        cw, ch = crop
-        y0, x0 = (H - ch) // 2 // 16 * 16, (W - cw) // 2 // 16 * 16
-        out.append((e["packed"], clean_lr(arr[y0:y0 + ch, x0:x0 + cw], scale)))
-    return out
+    from data import load_split, centre_crop
+    return [(e["packed"], clean_lr(centre_crop(arr, *crop), scale)) for e, arr in load_split(data, "val")]
 
 
 def grid_ratio(img, ref, period=8):

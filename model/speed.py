@@ -28,9 +28,9 @@ DEFAULT = "64:mask:auto,256:fold:auto:compile:trace,256:mask:auto:compile,128:fo
 def parse_variant(text):
     parts = text.split(":")
     flags = set(parts[3:])
-    if len(parts) < 3 or not parts[0].isdigit() or parts[1] not in ("mask", "fold") \
-            or parts[2] not in ("auto", "flash", "efficient", "cudnn", "math") or flags - {"compile", "trace"}:
-        raise SystemExit(f"--variants: {text!r} is not BATCH:mask|fold:auto|flash|efficient|cudnn|math[:compile][:trace]")
+    if len(parts) < 3 or not parts[0].isdigit() or parts[1] not in train.ATTN_BIASES \
+            or parts[2] not in train.SDPA_BACKENDS or flags - {"compile", "trace"}:
+        raise SystemExit(f"--variants: {text!r} is not BATCH:{'|'.join(train.ATTN_BIASES)}:{'|'.join(train.SDPA_BACKENDS)}[:compile][:trace]")
     return int(parts[0]), parts[1], parts[2], "compile" in flags, "trace" in flags
 
 

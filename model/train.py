@@ -65,6 +65,10 @@ def load_parts(path, map_location="cpu"):
     return torch.load(io.BytesIO(b"".join(p.read_bytes() for p in parts)), map_location=map_location)
 
 
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")   # --sdpa-backend; auto: torch chooses
+ATTN_BIASES = ("mask", "fold")                                     # --attn-bias: network.SDPA_BIAS
+
+
 def all_cores():
     """Every core this process may use. Debian's torch 1.13 starts with 1 thread on this 2-core machine,
     so every script sets this itself."""
@@ -129,10 +133,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=all_cores(),
                     help="CPU threads (default: every core this process may use; torch 1.13 here defaults to 1)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (torch 2.x)")
-    ap.add_argument("--attn-bias", choices=["mask", "fold"], default="mask",
+    ap.add_argument("--attn-bias", choices=ATTN_BIASES, default="mask",
                     help="how CUDA's fused attention gets the key bias (network.SDPA_BIAS): mask = attn_mask, fold = one "
                          "more query/key channel, no mask, so the flash kernel may run")
-    ap.add_argument("--sdpa-backend", choices=["auto", "flash", "efficient", "cudnn", "math"], default="auto",
+    ap.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
                     help="restrict torch 2.x's fused attention to one kernel (auto: torch chooses); for model/speed.py")
     ap.add_argument("--torch-profile", action="store_true",
                     help="with --profile-steps: also torch.profiler over those steps, the top kernels by device time")

@@ -36,6 +36,7 @@ export const schema = z.object({
   uploadMaxPixels: int(1, 2 ** 31).describe('largest upload in pixels (width × height)'),
   backgroundFill: bool.describe('generate the rest of an image when idle'),
   tileWaitMs: int(0, 600000).describe('how long a tile request waits for generation before it is answered with the preview'),
+  viewLeaseMs: int(1000, 600000).describe("how long a viewer's view (POST /api/images/<id>/view) keeps its tiles first in line without being stated again"),
   demo: bool.describe('list the bundled demo photo'),
   http2: bool.describe('serve HTTP/2 over TLS (and HTTP/1.1) with --tls-cert/--tls-key, or a self-signed localhost certificate'),
   tlsCert: z.string().optional().describe('TLS certificate (PEM) for --http2'),
@@ -58,7 +59,7 @@ export const defaults: Config = {
   kvCacheMb: 768, diskBudgetMb: 10240, batch: 8, threads: 0, modelNice: 10, ortSpinning: false,
   port: 8080, host: '127.0.0.1',
   uploadMaxBytes: 256 * 1024 * 1024, uploadMaxPixels: 67_108_864,
-  backgroundFill: true, tileWaitMs: 20000, demo: true, http2: false,
+  backgroundFill: true, tileWaitMs: 20000, viewLeaseMs: 30000, demo: true, http2: false,
   regionBlocks: 32, queueWindow: 256, queueLockMs: 30000,
 };
 

@@ -15,10 +15,14 @@ import { AbortError } from '../lib/engine/engine.js';
 import { DiskFullError } from '../lib/engine/atomic.js';
 import { FORMATS } from '../lib/tiles/pyramid.js';
 import { writeTar } from '../lib/tiles/tar.js';
+import { z } from 'zod';
 import { iiifRoutes } from './iiif.js';
+import type { View } from '../lib/tiles/views.js';
 import { HttpError, baseUrl, clientGone, sendImmutable } from './respond.js';
 
 const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..');
+/** A viewer names itself (a random id per page) so that its next view replaces this one. */
+const VIEWER_ID = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'must be 8–64 letters, digits, - or _');
 
 
 export function createApp(service: ImageService) {
@@ -107,13 +111,34 @@ export function createApp(service: ImageService) {
     req.on('close', () => { clearInterval(ping); ev.off('block', onBlock); ev.off('tile', onTile); });
   });
 
+  // A viewer's view: its tiles are made first, nearest the centre first; what left it is
+  // withdrawn (lib/tiles/views.ts says why this is a statement and not tile requests).
+  const lookAway = z.object({ viewer: VIEWER_ID }).strict();
+  const lookAt = z.object({ viewer: VIEWER_ID, level: z.number().int().min(0).max(64), x: z.number().finite(), y: z.number().finite(),
+    width: z.number().finite().positive(), height: z.number().finite().positive() }).strict();
+  app.post('/api/images/:id/view', express.json({ limit: '2kb', type: () => true }), async (req, res) => {
+    const id = String(req.params.id);
+    if (!service.has(id)) throw new HttpError(404, `no image with id "${id.slice(0, 40)}"`);
+    // {viewer} alone looks away; anything more must be a whole view
+    const whole = !!req.body && typeof req.body === 'object' && Object.keys(req.body).length > 1;
+    const b = whole ? lookAt.safeParse(req.body) : lookAway.safeParse(req.body);
+    if (!b.success) throw new HttpError(400, `bad view: ${b.error.issues[0].path.join('.') || 'body'}: ${b.error.issues[0].message}; send JSON {viewer, level, x, y, width, height} (the rectangle in the full image's pixels), or {viewer} to look away`);
+    const { viewer, ...view } = b.data as z.infer<typeof lookAway> & Partial<View>;
+    try {
+      res.set('Cache-Control', 'no-store').json(await service.view(id, viewer, whole ? view as View : null));
+    } catch (e) { if (e instanceof RangeError) throw new HttpError(400, e.message); throw e; }
+  });
+
+  // Streamed: tar entries leave as their tiles are made, so the download starts at once and shows
+  // its progress; a client that goes away stops the generation.
   app.get('/api/images/:id/pyramid.tar', async (req, res) => {
     const id = String(req.params.id);
     if (!service.has(id)) throw new HttpError(404, `no image with id "${id.slice(0, 40)}"`);
-    const files = await service.pyramidFiles(id, { signal: clientGone(res), priority: 5 });
-    res.set({ 'Content-Type': 'application/x-tar', 'Content-Disposition': `attachment; filename="${id}.tar"` });
-    await writeTar(res, files);
-    res.end();
+    const files = service.pyramidFiles(id, { signal: clientGone(res), priority: 5 });
+    res.set({ 'Content-Type': 'application/x-tar', 'Content-Disposition': `attachment; filename="${id}.tar"`, 'Cache-Control': 'no-store' });
+    res.flushHeaders();
+    try { await writeTar(res, files); res.end(); }
+    catch (e) { res.destroy(e as Error); }   // cut short: the client must not take a truncated tar for a whole one
   });
 
   // ---------------------------------------------------------------- IIIF Image API 3.0, level 0

@@ -8,7 +8,7 @@ import sharp from 'sharp';
 import request from 'supertest';
 import { createApp } from '../server/app.js';
 import { ImageService } from '../lib/tiles/service.js';
-import { encodeRuns, decodeRuns, coarseMap, MAP_SIDE } from '../lib/tiles/progress.js';
+import { encodeRuns, decodeRuns, coarseMap, MAP_SIDE, EtaMeter } from '../lib/tiles/progress.js';
 import { loadConfig } from '../config/index.js';
 import { FIXTURE } from './helpers.js';
 
@@ -56,4 +56,39 @@ test('status answers stay under a fixed size at 62,500 blocks; /blocks gives the
     assert.equal(done[6 * 250 + 120], 1);
     await request(app).get('/api/images/0123456789abcdef/blocks').expect(404);
   } finally { await service.close(); }
+});
+
+test('the time-left estimate is steady while blocks finish in bursts and pauses, and tracks the real time left', () => {
+  // a tile's cone at a time: 16 blocks within 0.2 s every 3 s, a 12-s pause (a viewer's tiles
+  // overtaking the fill) after a minute; the viewer asks every 3 s
+  const total = 4000, times: number[] = [];
+  for (let t = 0, k = 0; times.length < total; k++) {
+    t += k === 20 ? 15000 : 3000;
+    for (let i = 0; i < 16 && times.length < total; i++) times.push(t + i * 12);
+  }
+  const meter = new EtaMeter();
+  const last50 = (done: number, now: number) => {   // what the server did before: the rate of the last 50 blocks
+    const t = times.slice(Math.max(0, done - 50), done);
+    return t.length >= 2 ? (total - done) / ((t.length - 1) / ((t[t.length - 1] - t[0]) / 1000)) : null;
+  };
+  let done = 0, prev: number | null = null, prevOld: number | null = null, worst = 1, worstOld = 1;
+  const errs: number[] = [];
+  for (let now = 1000; now < 400_000; now += 3000) {
+    while (done < total && times[done] <= now) meter.tick(times[done++]);
+    const eta = meter.estimate(total - done, now), old = last50(done, now);
+    if (now > 30_000 && done < total - 200) {
+      assert.ok(eta !== null);
+      if (prev) worst = Math.max(worst, eta! / prev, prev / eta!);
+      if (prevOld && old) worstOld = Math.max(worstOld, old / prevOld, prevOld / old);
+      const real = (times[total - 1] - now) / 1000;
+      errs.push(Math.abs(eta! - real) / real);
+    }
+    prev = eta; prevOld = old;
+  }
+  assert.ok(worstOld > 2, `the old estimate was steady here (${worstOld.toFixed(2)}×): the test shows nothing`);
+  assert.ok(worst < 1.25, `the estimate moved ${worst.toFixed(2)}× between two polls 3 s apart`);
+  errs.sort((a, b) => a - b);
+  assert.ok(errs[Math.floor(errs.length / 2)] < 0.15, `median error ${(100 * errs[Math.floor(errs.length / 2)]).toFixed(0)}% of the real time left`);
+  assert.equal(new EtaMeter().estimate(10), null, 'no rate yet: no figure');
+  assert.equal(meter.estimate(0), 0);
 });

@@ -1,5 +1,10 @@
 /* infdit viewer: OpenSeadragon over the server's DZI tiles, with preview → final swapping.
  *
+ * What is in view is generated first: on every change of view the page states it to the server
+ * (POST /api/images/<id>/view: the level OpenSeadragon draws and the rectangle it shows, where the
+ * animation is heading), renewed while tiles in view are still coming, withdrawn when the page
+ * goes; the server makes those tiles first, nearest the centre first, and drops what left the view.
+ *
  * Tiles of generated levels are asked as a preview (the Lanczos upscale, answered at once,
  * never cached) until the server's events say every block under them is done; then the tile's
  * final URL is used. OpenSeadragon keeps a loaded tile and never reloads it, so the swap adds
@@ -12,6 +17,9 @@
   const state = window.infdit = {
     id: null, st: null, done: new Uint8Array(0), doneCount: 0, gen: 0, layers: [], compareLayer: null, swapping: false,
     failed: 0, loaded: 0, finalLoaded: 0, previewLoaded: 0, es: null, pollTimer: null, events: 0,
+    // this page's name towards the server, so that its next view replaces the last one
+    viewerId: Array.from(crypto.getRandomValues(new Uint8Array(12)), b => b.toString(16).padStart(2, '0')).join(''),
+    view: null, viewKey: '', viewAt: 0, views: 0, finalTiles: new Set(), split: 0.5, clipX: -1, eta: null,
   };
 
   const viewer = OpenSeadragon({
@@ -94,7 +102,7 @@
     const key = `${t.level}/${t.x}/${t.y}`;
     if (ti === state.compareLayer) return;
     if (/[?&]preview=1/.test(url)) { state.previewLoaded++; ti.previews && ti.previews.add(key); scheduleRefresh(); }
-    else state.finalLoaded++;
+    else if (t.level > state.st.sourceMaxLevel) { state.finalLoaded++; state.finalTiles.add(key); }
   });
   viewer.addHandler('tile-load-failed', (ev) => {
     state.failed++;
@@ -104,25 +112,102 @@
 
   // ----------------------------------------------------------------- compare
 
+  /* The Lanczos layer lies over the generated one, clipped to the left of a divider that stays
+   * where it is on the screen (the clip is recomputed in image coordinates as the view moves),
+   * so the two can be compared wherever one is zoomed in. */
   function setCompare(on) {
     $('compare').setAttribute('aria-pressed', String(on));
-    $('swipe').disabled = !on;
+    $('divider').hidden = !on;
     if (!on && state.compareLayer) { viewer.world.removeItem(state.compareLayer); state.compareLayer = null; }
     if (on && !state.compareLayer && state.st) {
       viewer.addTiledImage({
         tileSource: tileSource(state.st, 0, 'lanczos'),
-        success(ev) { state.compareLayer = ev.item; applySwipe(); },
+        success(ev) { state.compareLayer = ev.item; state.clipX = -1; applySwipe(); },
       });
     }
   }
   function applySwipe() {
+    const d = $('divider'), w = viewer.container.clientWidth;
+    d.style.left = `${(100 * state.split).toFixed(2)}%`;
+    $('divider-handle').setAttribute('aria-valuenow', String(Math.round(100 * state.split)));
     if (!state.compareLayer || !state.st) return;
-    const p = Number($('swipe').value) / 100;
-    state.compareLayer.setClip(new OpenSeadragon.Rect(0, 0, state.st.width * p, state.st.height));
+    const p = state.compareLayer.viewerElementToImageCoordinates(new OpenSeadragon.Point(state.split * w, 0));
+    const x = Math.max(0, Math.min(state.st.width, p.x));
+    if (Math.abs(x - state.clipX) < 0.01) return;      // unchanged: no redraw (this runs every frame)
+    state.clipX = x;
+    state.compareLayer.setClip(new OpenSeadragon.Rect(0, 0, x, state.st.height));
   }
+  function moveSplit(f) { state.split = Math.max(0, Math.min(1, f)); applySwipe(); }
+  state.moveSplit = moveSplit;   // for tests
+  viewer.addHandler('update-viewport', applySwipe);
   $('compare').addEventListener('click', () => setCompare($('compare').getAttribute('aria-pressed') !== 'true'));
-  $('swipe').addEventListener('input', applySwipe);
+  {
+    const handle = $('divider-handle');
+    const at = (e) => { const r = viewer.container.getBoundingClientRect(); moveSplit((e.clientX - r.left) / r.width); };
+    handle.addEventListener('pointerdown', (e) => { handle.setPointerCapture(e.pointerId); at(e); e.preventDefault(); });
+    handle.addEventListener('pointermove', (e) => { if (handle.hasPointerCapture(e.pointerId)) at(e); });
+    handle.addEventListener('keydown', (e) => {
+      const step = e.shiftKey ? 0.1 : 0.02;
+      if (e.key === 'ArrowLeft') moveSplit(state.split - step);
+      else if (e.key === 'ArrowRight') moveSplit(state.split + step);
+      else return;
+      e.preventDefault();
+    });
+  }
   $('show-pending').addEventListener('change', () => state.st && drawOverlay());
+
+  // ----------------------------------------------------------------- the view drives generation
+
+  /** The level OpenSeadragon draws at the zoom the view is heading to (its finest level whose
+   *  pixel covers at least minPixelRatio screen pixels), and the rectangle it will show. */
+  function currentView() {
+    const st = state.st, ti = state.layers[0];
+    if (!st || !ti) return null;
+    const vp = viewer.viewport, z = ti.viewportToImageZoom(vp.getZoom(false));
+    const level = Math.max(0, Math.min(st.maxLevel, Math.floor(st.maxLevel + Math.log2(z / viewer.minPixelRatio) + 1e-9)));
+    const b = ti.viewportToImageRectangle(vp.getBounds(false));
+    const x0 = Math.max(0, Math.floor(b.x)), y0 = Math.max(0, Math.floor(b.y));
+    const x1 = Math.min(st.width, Math.ceil(b.x + b.width)), y1 = Math.min(st.height, Math.ceil(b.y + b.height));
+    if (x1 <= x0 || y1 <= y0) return { level, x: 0, y: 0, width: 0, height: 0 };
+    return { level, x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+  }
+
+  /** Tiles of the view (the level's tile range): a change of range is a new view to state. */
+  function viewKey(st, v) {
+    if (!v.width || v.level <= st.sourceMaxLevel) return 'photo';
+    const k = Math.pow(2, st.maxLevel - v.level), T = st.tileSize, f = (a) => Math.floor(a / k / T);
+    return `${v.level}:${f(v.x)}-${f(v.x + v.width - 1)}:${f(v.y)}-${f(v.y + v.height - 1)}`;
+  }
+
+  function viewPending() { return state.view ? state.view.tiles.filter(([L, x, y]) => !tileFinal(state.st, L, x, y)).length : 0; }
+
+  /** State the view when its tiles change, and again before the lease lapses while some are
+   *  still coming (the server forgets a view not stated for its lease). */
+  async function stateView(force) {
+    const st = state.st, v = currentView();
+    if (!st || !v) return;
+    const key = viewKey(st, v), id = state.id;
+    const lease = state.view ? state.view.leaseMs : 30000;
+    if (!force && key === state.viewKey && (Date.now() - state.viewAt < lease / 3 || !viewPending())) return;
+    state.viewKey = key; state.viewAt = Date.now();
+    const body = key === 'photo' ? { viewer: state.viewerId } : { viewer: state.viewerId, ...v };
+    try {
+      const r = await fetch(`/api/images/${id}/view`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      if (!r.ok || state.id !== id || state.viewKey !== key) return;
+      state.view = await r.json();
+      state.views++;
+      renderProgress();
+    } catch { state.viewKey = ''; /* stated again on the next change or renewal */ }
+  }
+  state.stateView = stateView;
+  let viewTimer = null;
+  function viewChanged() { clearTimeout(viewTimer); viewTimer = setTimeout(stateView, 120); }
+  for (const ev of ['zoom', 'pan', 'resize', 'animation-finish']) viewer.addHandler(ev, viewChanged);
+  setInterval(() => stateView(false), 5000);
+  // the page goes: its view is withdrawn now rather than when the lease lapses
+  window.addEventListener('pagehide', () => {
+    if (state.id) navigator.sendBeacon(`/api/images/${state.id}/view`, new Blob([JSON.stringify({ viewer: state.viewerId })], { type: 'application/json' }));
+  });
 
   // ----------------------------------------------------------------- progress
 
@@ -133,13 +218,19 @@
     if (!st) return;
     const total = st.blocks.total, done = state.doneCount;
     const pct = total ? Math.floor((1000 * done) / total) / 10 : 100;
-    const eta = st.etaSeconds != null && done < total ? ` · about ${formatSecs(st.etaSeconds)} left` : '';
+    const eta = !st.backgroundFill ? ' · background fill off: detail is made where you look' :
+      st.etaSeconds != null && done < total ? ` · about ${formatSecs(st.etaSeconds)} left for the whole image` : '';
     showProgress(done >= total ? `Detail complete: 100% (${total} blocks)` : `Generating detail: ${pct}% (${done}/${total} blocks)${eta}`);
     $('progress').dataset.percent = String(pct);
+    const v = state.view, n = v ? v.tiles.length : 0, left = viewPending();
+    $('view-state').textContent = done >= total ? '' : !v ? '' : n === 0 ? 'In view: the photo itself (zoom in for generated detail)'
+      : left ? `Generating what you look at: ${n - left} of ${n} tiles done` : `In view: all ${n} tiles done`;
+    $('view-state').dataset.pending = String(left);
     drawBlocks();
   }
   state.renderProgress = renderProgress;   // for tests: one redraw of the progress, timed from outside
-  function formatSecs(s) { return s < 90 ? `${s} s` : `${Math.round(s / 60)} min`; }
+  // coarse steps: a figure that changes every second by a little reads as noise
+  function formatSecs(s) { return s < 90 ? `${Math.max(5, Math.round(s / 5) * 5)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`; }
 
   /** Pending blocks shaded on the image itself (an OpenSeadragon overlay), so a viewer sees where
    *  detail is still coming; it empties as blocks finish and goes away at 100%. */
@@ -186,6 +277,7 @@
     }
     ctx.putImageData(img, 0, 0);
     cv.setAttribute('aria-label', `Generated blocks: ${state.doneCount} of ${st.blocks.total}`);
+    $('blocks-caption').textContent = `Block map: ${state.doneCount} of ${st.blocks.total} blocks generated (${st.blocks.size} px each; green done, grey to come)`;
   }
 
   /** Exact per-block progress, run-length coded by the server (lib/tiles/progress.ts). */
@@ -219,7 +311,7 @@
       if (r.ok) {
         const st = await r.json();
         if (st.id === state.id) {
-          state.st.etaSeconds = st.etaSeconds;
+          state.st.etaSeconds = st.etaSeconds; state.st.backgroundFill = st.backgroundFill;
           if (st.blocks.done > state.doneCount) {   // events were missed: catch up from the exact map
             const b = await fetchBlocks(state.id, state.st.blocks.total);
             if (b && state.id === st.id) { for (let i = 0; i < b.done.length; i++) if (b.done[i] && !state.done[i]) { state.done[i] = 1; state.doneCount++; } }
@@ -241,7 +333,7 @@
     if (state.es) state.es.close();
     clearTimeout(state.pollTimer);
     const b = await fetchBlocks(id, st.blocks.total);
-    Object.assign(state, { id, st, done: b ? b.done : new Uint8Array(st.blocks.total), doneCount: b ? b.count : 0, layers: [], compareLayer: null, swapping: false });
+    Object.assign(state, { id, st, done: b ? b.done : new Uint8Array(st.blocks.total), doneCount: b ? b.count : 0, layers: [], compareLayer: null, swapping: false, view: null, viewKey: '', finalTiles: new Set() });
     viewer.world.removeAll();
     if (state.overlay) { viewer.removeOverlay(state.overlay); state.overlay = null; }
     setCompare(false);
@@ -252,7 +344,7 @@
     $('download').setAttribute('download', `${st.id}.tar`);
     for (const b of document.querySelectorAll('#gallery button')) b.setAttribute('aria-current', String(b.dataset.id === id));
     if (location.hash !== '#' + id) history.replaceState(null, '', '#' + id);
-    addLayer();
+    addLayer(() => stateView(true));
     renderProgress();
     const es = state.es = new EventSource(`/api/images/${id}/events`);
     es.addEventListener('block', (e) => {

@@ -15,7 +15,9 @@
  * otherwise; an evicted one is recomputed from the block's start, deterministically.
  *
  * Order: among ready nodes, higher request priority first, then the smallest r+c+level (the
- * wavefront: live state stays a band along it); a batch is nodes of one graph.
+ * wavefront: live state stays a band along it); a batch is nodes of one graph. A priority's whole
+ * part is its class (a batch never mixes classes); its fraction orders requests inside the class
+ * (the viewer's tiles nearest the view's centre first) without splitting their batches.
  */
 import type { Model, Feeds, Arr } from './model.js';
 import { KVStore, copyKV } from './kvstore.js';
@@ -46,8 +48,12 @@ export interface StageOptions {
 }
 
 /** nodes and calls run; modelMs: the model thread's time in them; jsMs: this thread's time
- *  assembling and unpacking batches; reruns: blocks run again for evicted state. */
-export interface EngineStats { nodes: number; calls: number; modelMs: number; jsMs: number; reruns: number }
+ *  assembling and unpacking batches; reruns: blocks run again for evicted state; byClass: nodes
+ *  run per priority class (the whole part of the priority they ran for). */
+export interface EngineStats { nodes: number; calls: number; modelMs: number; jsMs: number; reruns: number; byClass: Record<number, number> }
+
+/** A priority's class: requests of one class share batches (Stage.choose). */
+export const priorityClass = (p: number) => Math.floor(p);
 
 interface Block {
   r: number; c: number;
@@ -81,7 +87,7 @@ export class Stage {
   readonly B: number; readonly lb: number;
   /** Levels per evaluation (input stage + one per layer), and the last level. */
   readonly S: number; readonly TOP: number;
-  readonly stats: EngineStats = { nodes: 0, calls: 0, modelMs: 0, jsMs: 0, reruns: 0 };
+  readonly stats: EngineStats = { nodes: 0, calls: 0, modelMs: 0, jsMs: 0, reruns: 0, byClass: {} };
   /** Every node run, as "r,c,level", in order (tests count and compare them). */
   nodeLog: string[] | null = null;
   private blocks = new Map<number, Block>();
@@ -196,6 +202,19 @@ export class Stage {
       this.applyRequest(req);
       this.pump();
     });
+  }
+
+  /** The open requests at or above a priority, and the distinct unfinished blocks they still
+   *  name: the work still wanted at that priority (what a withdrawn view must bring to zero). */
+  demand(minPriority: number) {
+    let requests = 0;
+    const blocks = new Set<number>();
+    for (const req of this.requests) {
+      if (req.priority < minPriority) continue;
+      requests++;
+      for (const [r, c] of req.blocks) if (!this.isFinal(r, c)) blocks.add(r * this.C + c);
+    }
+    return { requests, blocks: blocks.size };
   }
 
   /** Final pixels of a block (HWC uint8, B×B). */
@@ -478,26 +497,29 @@ export class Stage {
   }
 
   /**
-   * One graph's batch from the ready nodes (best first). Among the top priority's nodes, grouped
-   * by graph: the group that fills a whole batch nearest the wavefront (the smallest r+c+level of
-   * its batch-th node); if none can, the group of the very first node. Within a tile's cone this
+   * One graph's batch from the ready nodes (best first). Among the top priority class's nodes, grouped
+   * by graph: of the groups that fill a whole batch, the one whose first node has the highest
+   * priority, then the one nearest the wavefront (the smallest r+c+level of its batch-th node); if
+   * none can, the group of the very first node. Within a tile's cone this
    * runs layer by layer in full batches; in a raster render each layer keeps only as far ahead of
    * the next as a full batch needs, so live state stays a band.
    */
   private choose(ready: Block[]): { batch: Block[]; k: number } {
-    const top = ready[0].prio, n = this.o.batch, groups = new Map<number, Block[]>();
+    const top = priorityClass(ready[0].prio), n = this.o.batch, groups = new Map<number, Block[]>();
     for (const b of ready) {
-      if (b.prio !== top) break;
+      if (priorityClass(b.prio) !== top) break;
       const k = (b.lvl + 1) % this.S;
       let g = groups.get(k);
       if (!g) groups.set(k, g = []);
       if (g.length < n) g.push(b);
     }
-    let k = (ready[0].lvl + 1) % this.S, best = Infinity;
+    // among full groups: the one led by the most wanted node (a fraction of the class: the view's
+    // centre first), then the one nearest the wavefront
+    let k = (ready[0].lvl + 1) % this.S, bestP = -Infinity, best = Infinity;
     for (const [gk, g] of groups) {
       if (g.length < n) continue;
-      const t = g[n - 1].r + g[n - 1].c + g[n - 1].lvl;
-      if (t < best) { best = t; k = gk; }
+      const p = g[0].prio, t = g[n - 1].r + g[n - 1].c + g[n - 1].lvl;
+      if (p > bestP || (p === bestP && t < best)) { bestP = p; best = t; k = gk; }
     }
     return { batch: groups.get(k)!, k };
   }
@@ -662,6 +684,7 @@ export class Stage {
     this.giveBack(gi, '', res.feeds);
     const t2 = performance.now();
     this.stats.calls++; this.stats.nodes += nb; this.stats.modelMs += res.ms;
+    for (const b of batch) { const c = priorityClass(b.prio); this.stats.byClass[c] = (this.stats.byClass[c] ?? 0) + 1; }
     const { out, feeds: back } = res!;
     let failed: Error | undefined;
     batch.forEach((b, i) => {

@@ -24,7 +24,8 @@ import { encode, ImageError, type RGBImage } from './image.js';
 import { prepareLR, openLR, DecodeError, type LRFolder, type RawPixels } from './lrfile.js';
 import { jpegQuality } from './jpeg-quality.js';
 import { SharedCancellable, SharedPromiseCache } from './shared-promise.js';
-import { coarseMap, encodeRuns } from './progress.js';
+import { coarseMap, encodeRuns, EtaMeter } from './progress.js';
+import { Views, viewTiles, VIEW_PRIORITY, type View } from './views.js';
 import { atomicWrite, DiskFullError } from '../engine/atomic.js';
 import { DiskBudget } from './diskbudget.js';
 import { RemoteGenerator, type RemoteRender } from '../queue/remote.js';
@@ -72,7 +73,7 @@ class Entry {
   jpegQuality = 0;
   readonly events = new EventEmitter();
   readonly dir: string; readonly pyramidDir: string;
-  times: number[] = [];
+  readonly eta = new EtaMeter();
   constructor(readonly meta: ImageMeta, root: string, key: string, readonly geometry: Geometry) {
     this.dir = join(root, meta.id);
     this.pyramidDir = join(this.dir, `r-${key}`);
@@ -98,10 +99,15 @@ export class ImageService {
   /** With --queue: the workers that generate, instead of this process's model. */
   remote?: RemoteGenerator;
 
+  /** What the viewers look at: generated first, withdrawn when it leaves their view. */
+  readonly views: Views;
+
   private constructor(readonly cfg: Config, readonly model: Model) {
     this.imagesDir = join(cfg.dataDir, 'images');
     this.spoolDir = join(cfg.dataDir, 'spool');
     this.budget = new DiskBudget(cfg.diskBudgetMb * 2 ** 20);
+    this.views = new Views((id, t, o) => this.tile(id, t.L, t.c, t.r, o), { leaseMs: cfg.viewLeaseMs, maxViewers: 256,
+      onError: e => console.error(`a tile in view failed: ${e.message}`) });
     const m = model.manifest;
     const preset = cfg.preset ?? m.sampling.default_preset;
     this.renderKey = createHash('sha256').update(JSON.stringify([model.id, cfg.scale, cfg.seed, preset, cfg.steps ?? null,
@@ -219,7 +225,7 @@ export class ImageService {
       e.sources = new Map(e.lr.levels.map((px, k) => [srcTop - k, px] as const).filter(([L]) => L >= 0));
       const last = render.last;
       last.onBlockDone((r, c) => {
-        e.times.push(Date.now());
+        e.eta.tick();
         const p = render.progress();
         e.events.emit('block', { r, c, done: p.done, total: p.total });
       });
@@ -239,8 +245,6 @@ export class ImageService {
   async status(id: string) {
     const e = await this.ready(id);
     const p = e.render!.progress();
-    const t = e.times.slice(-50);
-    const rate = t.length >= 2 ? (t.length - 1) / ((t[t.length - 1] - t[0]) / 1000) : null;
     const M = maxLevel(e.geometry.width, e.geometry.height);
     return {
       ...e.meta, width: e.geometry.width, height: e.geometry.height, scale: this.cfg.scale, jpegQuality: e.jpegQuality,
@@ -250,11 +254,44 @@ export class ImageService {
       blocks: { done: p.done, total: p.total, rows: e.render!.last.R, cols: e.render!.last.C,
         size: e.render!.last.B / (e.render!.halveOutput ? 2 : 1), map: coarseMap(this.doneFlags(e), e.render!.last.R, e.render!.last.C) },
       percent: p.total ? Math.round((1000 * p.done) / p.total) / 10 : 100,
-      etaSeconds: rate && p.done < p.total ? Math.round((p.total - p.done) / rate) : (p.done >= p.total ? 0 : null),
+      // the whole image's: smoothed from the recent rate (lib/tiles/progress.ts); none without a fill
+      etaSeconds: p.done >= p.total ? 0 : this.cfg.backgroundFill ? e.eta.estimate(p.total - p.done) : null,
+      backgroundFill: this.cfg.backgroundFill,
+      view: this.viewState(e),
       model: { name: this.model.manifest.name, id: this.model.id },
       // the engine's work so far (nodes: block layer-steps run, all stages)
-      engine: e.render!.stages.reduce((a, st) => ({ nodes: a.nodes + st.stats.nodes, calls: a.calls + st.stats.calls, reruns: a.reruns + st.stats.reruns }), { nodes: 0, calls: 0, reruns: 0 }),
+      engine: { ...e.render!.stages.reduce((a, st) => ({ nodes: a.nodes + st.stats.nodes, calls: a.calls + st.stats.calls, reruns: a.reruns + st.stats.reruns,
+        byClass: mergeCounts(a.byClass, st.stats.byClass) }), { nodes: 0, calls: 0, reruns: 0, byClass: {} as Record<number, number> }),
+        wanted: this.demand(e, 0) },
     };
+  }
+
+  /**
+   * Viewer `viewer` now looks at `view` of image `id` (null: it looks away). The level's tiles
+   * under it are made first, nearest the centre first; what left the viewer's view is withdrawn
+   * (lib/tiles/views.ts). Levels that come from the photo itself need no work.
+   */
+  async view(id: string, viewer: string, view: View | null) {
+    const e = await this.ready(id);
+    const M = maxLevel(e.geometry.width, e.geometry.height);
+    if (view && !(Number.isInteger(view.level) && view.level >= 0 && view.level <= M))
+      throw new RangeError(`level ${view.level} is not a level of this pyramid (0 … ${M})`);
+    const tiles = view && !e.sources!.has(view.level) ? viewTiles(e.geometry, view) : [];
+    if (!view) this.views.withdraw(viewer);
+    else this.views.set(viewer, id, tiles);
+    return { tiles: tiles.map(t => [t.L, t.c, t.r]), leaseMs: this.cfg.viewLeaseMs };
+  }
+
+  /** The viewers' demand on an image: views, tiles being made for them, and the engine's work
+   *  still wanted at their priority (zero once every view is made or withdrawn). */
+  private viewState(e: Entry) {
+    const { viewers, making } = this.views.state(e.meta.id);
+    return { viewers, making, engine: this.demand(e, VIEW_PRIORITY) };
+  }
+
+  /** Open engine requests at or above a priority, and the unfinished blocks they name, all stages. */
+  private demand(e: Entry, minPriority: number) {
+    return e.render!.stages.reduce((a, st) => { const d = st.demand(minPriority); return { requests: a.requests + d.requests, blocks: a.blocks + d.blocks }; }, { requests: 0, blocks: 0 });
   }
 
   private doneFlags(e: Entry): Uint8Array {
@@ -407,16 +444,18 @@ export class ImageService {
     return { dzi: join(e.pyramidDir, `${id}.dzi`), dir: e.pyramidDir };
   }
 
-  /** Every file of the pyramid (made first where missing), for a tar download. */
-  async pyramidFiles(id: string, opt: { signal?: AbortSignal; priority?: number } = {}) {
+  /**
+   * Every file of the pyramid, each made as it is reached, for a streamed tar download: the
+   * first bytes leave at once and the download shows its progress, however large the image; a
+   * client that goes away (`signal`) stops the generation.
+   */
+  async *pyramidFiles(id: string, opt: { signal?: AbortSignal; priority?: number } = {}): AsyncGenerator<{ name: string; data?: Buffer }> {
     const e = await this.ready(id);
-    await this.renderAll(id, undefined, opt);
-    const files: { name: string; data?: Buffer }[] = [
-      { name: `${id}.dzi`, data: Buffer.from(dziXml(e.geometry, this.cfg.tileFormat)) }, { name: `${id}_files` }];
-    for (let L = 0; L <= maxLevel(e.geometry.width, e.geometry.height); L++) files.push({ name: `${id}_files/${L}` });
-    for (const { L, c, r } of allTiles(e.geometry))   // through tile(): one evicted since renderAll is made again
-      files.push({ name: `${id}_files/${L}/${c}_${r}.${this.cfg.tileFormat}`, data: (await this.tile(id, L, c, r, opt)).bytes });
-    return files;
+    yield { name: `${id}.dzi`, data: Buffer.from(dziXml(e.geometry, this.cfg.tileFormat)) };
+    yield { name: `${id}_files` };
+    for (let L = 0; L <= maxLevel(e.geometry.width, e.geometry.height); L++) yield { name: `${id}_files/${L}` };
+    for (const { L, c, r } of allTiles(e.geometry))
+      yield { name: `${id}_files/${L}/${c}_${r}.${this.cfg.tileFormat}`, data: (await this.tile(id, L, c, r, opt)).bytes };
   }
 
   /** The whole output image (for `infdit render --full`). */
@@ -466,6 +505,7 @@ export class ImageService {
   async close() {
     this.closed = true;
     this.fillQueue.length = 0;
+    this.views.close();
     await this.remote?.close();
     await this.model.close();
     for (const e of this.entries.values()) for (const l of e.lr?.levels ?? []) l.close();
@@ -473,6 +513,11 @@ export class ImageService {
 
   /** Queue every known image that is not finished for background fill. */
   fillAll() { for (const id of this.entries.keys()) this.scheduleFill(id); }
+}
+
+function mergeCounts(a: Record<number, number>, b: Record<number, number>) {
+  for (const [k, v] of Object.entries(b)) a[Number(k)] = (a[Number(k)] ?? 0) + v;
+  return a;
 }
 
 function readHead(path: string, n: number) {

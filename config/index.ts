@@ -44,7 +44,12 @@ export const schema = z.object({
   queue: z.string().regex(/^rediss?:\/\/\S+$/, 'must be redis://HOST:PORT (or rediss:// for TLS)').optional().describe('generate on `infdit worker`s through Redis (BullMQ) at this URL instead of here'),
   regionBlocks: int(1, 256).describe('(--queue) blocks per side of a region job for renders and background fill: larger means less halo work (59% at 16, 27% at 32), fewer jobs to spread; a viewer tile asks for its own blocks only'),
   queueWindow: int(1, 100000).describe('(--queue) region jobs this process keeps on the queue at once'),
-  queueLockMs: int(1000, 3600000).describe("(worker) a job's lock: a worker silent this long is taken for dead and its job goes to another"),
+  queueLockMs: int(1000, 3600000).describe("a job's lock: a worker silent this long is taken for dead and its job goes to another"),
+  uploads: bool.describe('accept uploads and deletes (--no-uploads: serve only the images already in the data folder)'),
+  uploadToken: z.string().regex(/^[\x21-\x7e]{16,256}$/, 'must be 16–256 printable characters without spaces').optional()
+    .describe('when set, uploads and deletes need the header "Authorization: Bearer <token>"; reading stays public'),
+  uploadBudgetMb: z.coerce.number().positive().max(2 ** 30).describe("disk all uploads may take, in MiB: each upload's file, decoded photo and halvings; a full budget refuses uploads (507) until images are deleted"),
+  uploadRateLimit: int(0, 1000000).describe('uploads one client (IP address) may make per 10 minutes; over it: 429 (0: no limit)'),
 }).strict();
 
 export type Config = z.infer<typeof schema>;
@@ -61,19 +66,34 @@ export const defaults: Config = {
   uploadMaxBytes: 256 * 1024 * 1024, uploadMaxPixels: 67_108_864,
   backgroundFill: true, tileWaitMs: 20000, viewLeaseMs: 30000, demo: true, http2: false,
   regionBlocks: 32, queueWindow: 256, queueLockMs: 30000,
+  uploads: true, uploadBudgetMb: 4096, uploadRateLimit: 30,
 };
 
 export const KEYS = Object.keys(schema.shape) as (keyof Config)[];
+
+type Key = keyof Config;
+const MODEL_KEYS: Key[] = ['model', 'batch', 'threads', 'kvCacheMb', 'ortSpinning', 'queue'];
+const RENDER_KEYS: Key[] = [...MODEL_KEYS, 'scale', 'preset', 'steps', 'sigmaMax', 'seed', 'tileSize', 'tileOverlap', 'tileFormat', 'tileQuality',
+  'dataDir', 'diskBudgetMb', 'modelNice', 'uploadMaxBytes', 'uploadMaxPixels', 'regionBlocks', 'queueWindow'];
+/** The settings each command takes: `--help` lists them, and a flag of another command is refused. */
+export const COMMAND_KEYS: Record<'serve' | 'render' | 'worker', Key[]> = {
+  serve: [...RENDER_KEYS, 'port', 'host', 'http2', 'tlsCert', 'tlsKey', 'backgroundFill', 'tileWaitMs', 'viewLeaseMs', 'demo',
+    'uploads', 'uploadToken', 'uploadBudgetMb', 'uploadRateLimit'],
+  render: RENDER_KEYS,
+  worker: [...MODEL_KEYS, 'queueLockMs'],
+};
+export type Command = keyof typeof COMMAND_KEYS;
 export const kebab = (k: string) => k.replace(/[A-Z]/g, m => '-' + m.toLowerCase());
 export const envName = (k: string) => 'INFDIT_' + kebab(k).replace(/-/g, '_').toUpperCase();
 
 export class ConfigError extends Error {}
 
-/** Merge defaults ← env ← overrides and validate. */
-export function loadConfig(overrides: Record<string, unknown> = {}, env: NodeJS.ProcessEnv = process.env): Config {
+/** Merge defaults ← env ← overrides and validate. `keys`: the settings the environment may set
+ *  (a command's; the others keep their defaults). */
+export function loadConfig(overrides: Record<string, unknown> = {}, env: NodeJS.ProcessEnv = process.env, keys: readonly Key[] = KEYS): Config {
   const merged: Record<string, unknown> = { ...defaults };
   const source: Record<string, string> = {};       // where each value came from, for the error message
-  for (const k of KEYS) if (env[envName(k)] !== undefined) { merged[k] = env[envName(k)]; source[k] = `env ${envName(k)}`; }
+  for (const k of keys) if (env[envName(k)] !== undefined) { merged[k] = env[envName(k)]; source[k] = `env ${envName(k)}`; }
   for (const [k, v] of Object.entries(overrides)) {
     if (!(KEYS as string[]).includes(k)) throw new ConfigError(`unknown setting "${k}"; known: ${KEYS.map(kebab).join(', ')}`);
     if (v !== undefined) { merged[k] = v; source[k] = `--${kebab(k)}`; }
@@ -90,11 +110,13 @@ export function loadConfig(overrides: Record<string, unknown> = {}, env: NodeJS.
 
 const BOOL_WORD = /^(true|false|1|0|yes|no)$/i;
 
-/** Parse `--kebab-key value` / `--flag` / `--flag false` / `--no-flag` arguments into config overrides + positionals. */
-export function parseArgs(argv: string[], extra: string[] = []) {
+/** Parse `--kebab-key value` / `--flag` / `--flag false` / `--no-flag` arguments into config
+ *  overrides + positionals; `keys`: the settings this command takes. */
+export function parseArgs(argv: string[], extra: string[] = [], keys: readonly Key[] = KEYS) {
   const out: Record<string, unknown> = {}, pos: string[] = [], other: Record<string, string | boolean> = {};
-  const byFlag = new Map(KEYS.map(k => [kebab(k), k]));
-  const boolKeys = new Set(['backgroundFill', 'demo', 'http2', 'ortSpinning']);
+  const byFlag = new Map(keys.map(k => [kebab(k), k]));
+  const boolKeys = new Set(['backgroundFill', 'demo', 'http2', 'ortSpinning', 'uploads']);
+  const owners = (flag: string) => (Object.keys(COMMAND_KEYS) as Command[]).filter(c => COMMAND_KEYS[c].some(k => kebab(k) === flag));
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith('--')) { pos.push(a); continue; }
@@ -104,7 +126,11 @@ export function parseArgs(argv: string[], extra: string[] = []) {
     if (neg) flag = flag.slice(3);
     if (extra.includes(flag)) { other[flag] = val ?? argv[++i]; continue; }
     const key = byFlag.get(flag);
-    if (!key) throw new ConfigError(`unknown option --${flag}; known: ${[...byFlag.keys(), ...extra].map(f => '--' + f).join(' ')}`);
+    if (!key) {
+      const of = owners(flag.startsWith('no-') ? flag.slice(3) : flag);
+      if (of.length) throw new ConfigError(`--${flag} is an option of ${of.join(' and ')}, not of this command; this one takes: ${[...byFlag.keys(), ...extra].map(f => '--' + f).join(' ')}`);
+      throw new ConfigError(`unknown option --${flag}; known: ${[...byFlag.keys(), ...extra].map(f => '--' + f).join(' ')}`);
+    }
     if (boolKeys.has(key)) {
       // the forms people type: --x, --no-x, --x=false, --x false
       if (val === undefined && !neg && BOOL_WORD.test(argv[i + 1] ?? '')) val = argv[++i];
@@ -120,6 +146,6 @@ export function parseArgs(argv: string[], extra: string[] = []) {
   return { overrides: out, positionals: pos, other };
 }
 
-export function helpTable() {
-  return KEYS.map(k => `  --${kebab(k).padEnd(18)} ${schema.shape[k].description ?? ''} [default: ${JSON.stringify((defaults as any)[k]) ?? 'none'}; env ${envName(k)}]`).join('\n');
+export function helpTable(keys: readonly Key[] = KEYS) {
+  return keys.map(k => `  --${kebab(k).padEnd(18)} ${schema.shape[k].description ?? ''} [default: ${JSON.stringify((defaults as any)[k]) ?? 'none'}; env ${envName(k)}]`).join('\n');
 }

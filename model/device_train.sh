@@ -52,8 +52,13 @@ left=$(( BUDGET_S - SECONDS - ${EVAL_S:-150} ))
 if [ $left -lt 30 ]; then echo "$left s left for training after the profiles (BUDGET_S, EVAL_S): stopping" | tee -a "$LOG"; exit 1; fi
 minutes=$(awk -v m="${MINUTES:-5}" -v left=$left 'BEGIN{t = left / 60; printf "%.2f", (t < m ? t : m)}')
 echo "training for $minutes min (MINUTES ${MINUTES:-5}, $SECONDS s spent)" | tee -a "$LOG"
+run=${best:-${RUN:---batch 256 --compile --attn-bias fold}}
+# a torch without torch.compile (Debian's 1.13) trains eager rather than failing on the flag
+if [[ " $run " == *" --compile "* ]] && ! $PY -c "import sys, torch; sys.exit(0 if hasattr(torch, 'compile') else 1)"; then
+  run=$(echo " $run " | sed 's/ --compile / /'); echo "torch $($PY -c 'import torch; print(torch.__version__)') has no torch.compile: training eager ($run)" | tee -a "$LOG"
+fi
 $PY model/train.py "${common[@]}" --ckpt "$OUT/ckpt" --init "$INIT" --minutes "$minutes" --total-steps 0 \
-  ${best:-${RUN:---batch 256 --compile --attn-bias fold}} --lr "${LR:-3e-4}" --warmup 100 --ema "${EMA:-0.998}" --save-every 90 --log-every 25 \
+  $run --lr "${LR:-3e-4}" --warmup 100 --ema "${EMA:-0.998}" --save-every 90 --log-every 25 \
   --profile-steps $PROFILE_STEPS --profile-skip $PROFILE_SKIP \
   2>&1 | tee -a "$LOG" || { echo "training failed: no evaluation" | tee -a "$LOG"; exit 1; }
 ls -la "$OUT" "$OUT/ckpt"

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { ImageService, NotFound } from '../lib/tiles/service.js';
+import { ImageService, NotFound, UploadBudgetError } from '../lib/tiles/service.js';
 import { ImageError } from '../lib/tiles/image.js';
 import { AbortError } from '../lib/engine/engine.js';
 import { DiskFullError } from '../lib/engine/atomic.js';
@@ -17,6 +17,7 @@ import { FORMATS } from '../lib/tiles/pyramid.js';
 import { writeTar } from '../lib/tiles/tar.js';
 import { z } from 'zod';
 import { iiifRoutes } from './iiif.js';
+import { accessControl, uploadMode } from './access.js';
 import type { View } from '../lib/tiles/views.js';
 import { HttpError, baseUrl, clientGone, sendImmutable } from './respond.js';
 
@@ -31,12 +32,8 @@ export function createApp(service: ImageService) {
   app.disable('x-powered-by');
   app.set('etag', false);   // tiles carry their own strong ETags; JSON is never cached
 
-  app.use((req, res, next) => {
-    res.set('Access-Control-Allow-Origin', '*');
-    res.set('Access-Control-Expose-Headers', 'ETag, X-Infdit-Tile');
-    if (req.method === 'OPTIONS') { res.set('Access-Control-Allow-Methods', 'GET, POST, OPTIONS').set('Access-Control-Allow-Headers', 'Content-Type').status(204).end(); return; }
-    next();
-  });
+  const access = accessControl(cfg);
+  app.use(access.cors, access.sameOrigin);
 
   // ---------------------------------------------------------------- viewer
   app.use('/', express.static(join(ROOT, 'viewer'), { index: 'index.html' }));
@@ -66,11 +63,17 @@ export function createApp(service: ImageService) {
   });
 
   app.get('/api/images', (req, res) => {
-    res.set('Cache-Control', 'no-store').json({ images: service.list().map(m => ({ ...m, width: m.lrWidth * cfg.scale, height: m.lrHeight * cfg.scale,
+    res.set('Cache-Control', 'no-store').json({ uploads: uploadMode(cfg), images: service.list().map(m => ({ ...m, width: m.lrWidth * cfg.scale, height: m.lrHeight * cfg.scale,
       scale: cfg.scale, tileSize: cfg.tileSize, format: cfg.tileFormat, urls: urls(req, m.id) })) });
   });
 
-  app.post('/api/images', (req, res, next) => {
+  app.post('/api/images', access.writer('uploads'), access.uploadRate, (req, _res, next) => {
+    // refused before a byte is spooled when the request alone would not fit the upload budget
+    const len = Number(req.get('content-length') ?? 0), u = service.uploads();
+    if (len > u.budgetBytes - u.usedBytes)
+      return next(new UploadBudgetError(`the upload budget is full: this upload is ${(len / 2 ** 20).toFixed(1)} MiB, ${(Math.max(0, u.budgetBytes - u.usedBytes) / 2 ** 20).toFixed(1)} MiB of ${(u.budgetBytes / 2 ** 20).toFixed(1)} MiB are free (upload-budget-mb); delete images (DELETE /api/images/<id>) or raise --upload-budget-mb`));
+    next();
+  }, (req, res, next) => {
     upload.single('image')(req, res, (err: unknown) => {
       if (err) {
         const e = err as { code?: string; message: string };
@@ -85,6 +88,12 @@ export function createApp(service: ImageService) {
     let meta;
     try { meta = await service.add({ path: file.path }, file.originalname || 'upload'); } finally { rmSync(file.path, { force: true }); }
     res.status(201).json({ ...meta, width: meta.lrWidth * cfg.scale, height: meta.lrHeight * cfg.scale, urls: urls(req, meta.id) });
+  });
+
+  app.delete('/api/images/:id', access.writer('deletes'), async (req, res) => {
+    const id = String(req.params.id);
+    if (!service.has(id)) throw new HttpError(404, `no image with id "${id.slice(0, 40)}"`);
+    res.json({ ...(await service.remove(id)), uploads: service.uploads() });
   });
 
   app.get('/api/images/:id', async (req, res) => {
@@ -189,7 +198,7 @@ export function createApp(service: ImageService) {
     else if (err instanceof ImageError) { status = err.status; message = err.message; }
     else if (err instanceof NotFound) { status = 404; message = err.message; }
     else if (err instanceof AbortError) { if (!res.headersSent) res.status(499).end(); return; }
-    else if (err instanceof DiskFullError) { status = 507; message = err.message; }
+    else if (err instanceof DiskFullError || err instanceof UploadBudgetError) { status = 507; message = err.message; }
     else if ((err as { type?: string }).type === 'entity.too.large') { status = 413; message = 'request too large'; }
     else if ((err as { status?: number }).status && (err as { status: number }).status < 500) { status = (err as { status: number }).status; message = (err as Error).message; }
     else console.error(`error on ${req.method} ${req.path}:`, err);

@@ -6,7 +6,7 @@ import { readFileSync, cpSync, mkdirSync, rmSync, existsSync, renameSync } from 
 import { basename, extname, join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
-import { loadConfig, parseArgs, helpTable, ConfigError, type Config } from '../config/index.js';
+import { loadConfig, parseArgs, helpTable, ConfigError, COMMAND_KEYS, type Config, type Command } from '../config/index.js';
 import { ImageService } from '../lib/tiles/service.js';
 import { encode } from '../lib/tiles/image.js';
 import { atomicWrite } from '../lib/engine/atomic.js';
@@ -26,17 +26,32 @@ const USAGE = `infdit — a deep-zoom server that super-resolves photos lazily w
 
 usage:
   infdit serve  [options]                       serve the viewer and the DZI/IIIF tiles
-  infdit worker --queue redis://HOST:PORT [--threads N] [--model M]
-                                                generate region jobs for renders and servers that
-                                                run with the same --queue (any number of machines)
   infdit render INPUT [--out DIR] [--full FILE] [options]
                                                 write the whole pyramid (DIR/<name>.dzi, DIR/<name>_files/),
                                                 byte-identical to what the server serves; --full also
                                                 writes the whole output image (.png, .tif, .jpg, .webp)
+  infdit worker --queue redis://HOST:PORT [options]
+                                                generate region jobs for renders and servers that
+                                                run with the same --queue (any number of machines)
+
+  infdit COMMAND --help                         that command's options`;
+
+const EXTRA: Record<Command, string> = {
+  serve: '',
+  render: `
+  --out DIR            where the pyramid goes [default: .]
+  --full FILE          also write the whole output image`,
+  worker: '',
+};
+const ABOUT: Record<Command, string> = {
+  serve: 'infdit serve [options] — serve the viewer and the DZI/IIIF tiles, generating what is looked at first',
+  render: 'infdit render INPUT [--out DIR] [--full FILE] [options] — write the whole pyramid, byte for byte what the server would serve',
+  worker: 'infdit worker --queue redis://HOST:PORT [options] — generate region jobs for renders and servers that use the same --queue',
+};
+const commandHelp = (cmd: Command) => `${ABOUT[cmd]}
+
 options (flag, or environment variable):
-${helpTable()}
-  --out DIR            (render) output folder [default: .]
-  --full FILE          (render) also write the whole output image
+${helpTable(COMMAND_KEYS[cmd])}${EXTRA[cmd]}
   --help               this text`;
 
 async function serve(cfg: Config) {
@@ -122,15 +137,17 @@ async function render(cfg: Config, input: string | undefined, out: string, full?
 async function main(argv: string[]) {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === '--help' || cmd === 'help') { console.log(USAGE); return; }
-  if (!['serve', 'render', 'worker'].includes(cmd)) throw new ConfigError(`unknown command "${cmd}"; use "serve", "render" or "worker" (infdit --help)`);
-  const { overrides, positionals, other } = parseArgs(rest, ['out', 'full']);
-  if (other.help) { console.log(USAGE); return; }
+  if (!(cmd in COMMAND_KEYS)) throw new ConfigError(`unknown command "${cmd}"; use "serve", "render" or "worker" (infdit --help)`);
+  const command = cmd as Command, keys = COMMAND_KEYS[command];
+  const { overrides, positionals, other } = parseArgs(rest, command === 'render' ? ['out', 'full'] : [], keys);
+  if (other.help) { console.log(commandHelp(command)); return; }
   if ((cmd === 'serve' || cmd === 'worker') && positionals.length) throw new ConfigError(`${cmd} takes no positional arguments, got ${positionals.join(' ')}`);
   if (cmd === 'render' && positionals.length > 1) throw new ConfigError(`render takes one INPUT, got ${positionals.join(' ')}`);
-  const cfg = loadConfig(overrides);
+  const cfg = loadConfig(overrides, process.env, keys);
   if (cmd === 'serve') await serve(cfg);
   else if (cmd === 'worker') await worker(cfg);
-  else await render({ ...cfg, dataDir: overrides.dataDir ? cfg.dataDir : resolve(String(other.out ?? '.'), '.infdit-cache') }, positionals[0], String(other.out ?? '.'), other.full as string | undefined);
+  // a render's input is the user's own file: no upload budget
+  else await render({ ...cfg, uploadBudgetMb: 2 ** 30, dataDir: overrides.dataDir ? cfg.dataDir : resolve(String(other.out ?? '.'), '.infdit-cache') }, positionals[0], String(other.out ?? '.'), other.full as string | undefined);
 }
 
 main(process.argv.slice(2)).catch(e => {

@@ -359,9 +359,43 @@
 
   // ----------------------------------------------------------------- gallery and upload
 
+  /** The upload token, asked once where the server wants one and kept in this browser. */
+  const TOKEN_KEY = 'infdit-upload-token';
+  function authHeaders() {
+    const t = state.uploads === 'token' ? $('token').value.trim() : '';
+    if (t) localStorage.setItem(TOKEN_KEY, t);
+    return t ? { Authorization: `Bearer ${t}` } : {};
+  }
+  function showUploads(mode) {
+    state.uploads = mode;
+    $('upload').hidden = mode === 'off';
+    $('read-only').hidden = mode !== 'off';
+    $('token-row').hidden = mode !== 'token';
+    if (mode === 'token' && !$('token').value) $('token').value = localStorage.getItem(TOKEN_KEY) || '';
+  }
+  /** A refusal for want of the token: say so next to the token field. */
+  function tokenRefused(status, msg, text) {
+    if (status !== 401 && status !== 403) return false;
+    msg.className = 'error'; msg.textContent = text;
+    if (state.uploads === 'token') $('token').focus();
+    return true;
+  }
+
+  async function remove(im) {
+    if (!confirm(`Delete ${im.name} and everything generated from it?`)) return;
+    const msg = $('upload-msg');
+    const r = await fetch(`/api/images/${im.id}`, { method: 'DELETE', headers: authHeaders() });
+    const body = await r.json().catch(() => ({ error: `server answered ${r.status}` }));
+    if (!r.ok) { if (!tokenRefused(r.status, msg, `Not deleted: ${body.error}`)) { msg.className = 'error'; msg.textContent = `Not deleted: ${body.error}`; } return; }
+    msg.className = ''; msg.textContent = `Deleted ${im.name} (${(body.freedBytes / 2 ** 20).toFixed(1)} MB freed)`;
+    if (state.id === im.id) { state.id = null; state.st = null; if (state.es) state.es.close(); viewer.world.removeAll(); location.hash = ''; }
+    await loadGallery();
+  }
+
   async function loadGallery(openId) {
     const r = await fetch('/api/images');
-    const { images } = await r.json();
+    const { images, uploads } = await r.json();
+    showUploads(uploads);
     const ul = $('gallery');
     ul.replaceChildren();
     for (const im of images) {
@@ -373,7 +407,15 @@
       span.textContent = `${im.demo ? 'Demo: ' : ''}${im.name} (${im.lrWidth}×${im.lrHeight} → ${im.width}×${im.height})`;
       b.append(img, span);
       b.addEventListener('click', () => open(im.id));
-      li.append(b); ul.append(li);
+      li.append(b);
+      if (uploads !== 'off' && !im.demo) {
+        const del = document.createElement('button');
+        del.type = 'button'; del.className = 'delete'; del.textContent = '×';
+        del.setAttribute('aria-label', `Delete ${im.name}`); del.title = 'Delete this image and what was generated from it';
+        del.addEventListener('click', () => remove(im));
+        li.append(del);
+      }
+      ul.append(li);
     }
     const target = openId || location.hash.slice(1) || (images[0] && images[0].id);
     if (target && images.some(i => i.id === target)) open(target);
@@ -384,9 +426,9 @@
     msg.className = ''; msg.textContent = `Uploading ${file.name}…`;
     const fd = new FormData(); fd.append('image', file, file.name);
     try {
-      const r = await fetch('/api/images', { method: 'POST', body: fd });
+      const r = await fetch('/api/images', { method: 'POST', body: fd, headers: authHeaders() });
       const body = await r.json().catch(() => ({ error: `server answered ${r.status}` }));
-      if (!r.ok) { msg.className = 'error'; msg.textContent = `Not uploaded: ${body.error}`; return; }
+      if (!r.ok) { if (!tokenRefused(r.status, msg, `Not uploaded: ${body.error}`)) { msg.className = 'error'; msg.textContent = `Not uploaded: ${body.error}`; } return; }
       msg.textContent = `Uploaded ${file.name}`;
       await loadGallery(body.id);
     } catch (e) { msg.className = 'error'; msg.textContent = `Upload failed: ${e.message}`; }

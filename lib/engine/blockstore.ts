@@ -38,7 +38,11 @@ export class MemoryBlockStore implements BlockStore {
  *  budget, every block written or read is reported to it, and its evictions to the engine. */
 export class DiskBlockStore implements BlockStore {
   private evicted = new Set<(stage: number, r: number, c: number) => void>();
+  private closed = false;
   constructor(readonly dir: string, private readonly budget?: FileBudget) { mkdirSync(dir, { recursive: true }); }
+  /** The folder is going away (its image was deleted): blocks that batches in flight still finish
+   *  are not written (they would make the folder again). */
+  close() { this.closed = true; }
   private path(s: number, r: number, c: number) { return join(this.dir, `s${s}`, `${r}_${c}.rgb`); }
   private gone(s: number, r: number, c: number) { return () => { for (const f of this.evicted) f(s, r, c); }; }
   has(s: number, r: number, c: number) { return existsSync(this.path(s, r, c)); }
@@ -50,6 +54,7 @@ export class DiskBlockStore implements BlockStore {
     } catch { return undefined; }
   }
   put(s: number, r: number, c: number, px: Uint8Array) {
+    if (this.closed) return;
     mkdirSync(join(this.dir, `s${s}`), { recursive: true });
     if (this.budget) this.budget.write(this.path(s, r, c), px, this.gone(s, r, c));
     else atomicWrite(this.path(s, r, c), px);

@@ -571,6 +571,9 @@ export class Stage {
     })();
   }
 
+  /** Every open request is cancelled (the image is going away): what waits for it gets an AbortError. */
+  cancelAll() { this.fail(new AbortError()); }
+
   /** A failed model call fails the requests waiting now; later requests try again. */
   private fail(e: Error) {
     for (const req of [...this.requests]) { this.drop(req, true); req.reject(e); }

@@ -48,6 +48,11 @@ export class DiskBudget {
 
   get bytes() { return this.lru.calculatedSize; }
 
+  /** Stop counting the files under `dir` (it is being deleted whole): nothing is evicted or removed. */
+  forgetUnder(dir: string) {
+    for (const p of [...this.lru.keys()]) if (p.startsWith(dir + '/')) { const v = this.lru.peek(p); if (v) v.onEvict = undefined; this.lru.delete(p); }
+  }
+
   /** Make room for `bytes` more (a write failed for lack of space): evict the least recently used. */
   free(bytes: number) {
     let freed = 0;

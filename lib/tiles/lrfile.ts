@@ -103,14 +103,15 @@ function readVHeader(path: string) {
 /**
  * Decode `source` (a file) into `dir` as above with bounded memory, the same pixels as decoding it
  * whole: EXIF-rotated, alpha flattened onto white, 8-bit sRGB. A photo rotated by EXIF 90° is the
- * exception libvips cannot stream (it holds the decoded image while turning it).
+ * exception libvips cannot stream (it holds the decoded image while turning it). `failOn`: what the
+ * decoder may report before the file is refused ('warning' also refuses data that ends early).
  */
-export async function prepareLR(source: string, dir: string, maxPixels: number): Promise<LRFolder> {
+export async function prepareLR(source: string, dir: string, maxPixels: number, failOn: 'truncated' | 'warning' = 'truncated'): Promise<LRFolder> {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   try {
     try {
-      await sharp(source, { limitInputPixels: maxPixels, failOn: 'truncated', sequentialRead: true })
+      await sharp(source, { limitInputPixels: maxPixels, failOn, sequentialRead: true })
         .rotate().flatten({ background: '#ffffff' }).toColourspace('srgb').removeAlpha()
         .toFile(join(dir, '0.v'));
     } catch (e) {

@@ -11,7 +11,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync, existsSync, readdirSync, rmSync, statSync, accessSync, constants, copyFileSync, renameSync, openSync, readSync, closeSync, createReadStream } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, existsSync, readdirSync, rmSync, statSync, accessSync, constants, copyFileSync, renameSync, createReadStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cpus } from 'node:os';
 import sharp from 'sharp';
@@ -21,7 +22,7 @@ import { Render } from '../engine/render.js';
 import { DiskBlockStore } from '../engine/blockstore.js';
 import { AbortError } from '../engine/engine.js';
 import { encode, ImageError, type RGBImage } from './image.js';
-import { prepareLR, openLR, DecodeError, type LRFolder, type RawPixels } from './lrfile.js';
+import { prepareLR, openLR, halvings, DecodeError, type LRFolder, type RawPixels } from './lrfile.js';
 import { jpegQuality } from './jpeg-quality.js';
 import { SharedCancellable, SharedPromiseCache } from './shared-promise.js';
 import { coarseMap, encodeRuns, EtaMeter } from './progress.js';
@@ -57,6 +58,13 @@ async function imageOp<T>(f: () => Promise<T>): Promise<T> {
 }
 
 const ID_RE = /^[0-9a-f]{16}$/;
+/** Raster formats accepted, as libvips names what it read (sharp's metadata().format): never by the
+ *  first bytes, so an SVG behind a comment or a byte-order mark is still an SVG. */
+const ACCEPTED: Record<string, string> = { jpeg: 'JPEG', png: 'PNG', webp: 'WebP', tiff: 'TIFF', gif: 'GIF', heif: 'AVIF/HEIF' };
+const ACCEPTED_LIST = Object.values(ACCEPTED).join(', ');
+
+/** The upload budget is full: nothing was written. */
+export class UploadBudgetError extends Error {}
 /** Generated files, evictable: blocks and tiles under a render's folder (not source or meta.json). */
 const GENERATED = /[\/]r-[0-9a-f]+[\/](blocks[\/]s\d+[\/]\d+_\d+\.rgb|[0-9a-f]{16}_files[\/]\d+[\/]\d+_\d+\.(jpeg|png|webp))$/;
 /** Block rows per background-fill request. */
@@ -74,6 +82,9 @@ class Entry {
   readonly events = new EventEmitter();
   readonly dir: string; readonly pyramidDir: string;
   readonly eta = new EtaMeter();
+  /** What the upload takes on disk (its file, decoded photo and halvings), against the upload budget. */
+  uploadBytes = 0;
+  removed = false;
   constructor(readonly meta: ImageMeta, root: string, key: string, readonly geometry: Geometry) {
     this.dir = join(root, meta.id);
     this.pyramidDir = join(this.dir, `r-${key}`);
@@ -95,6 +106,8 @@ export class ImageService {
 
   /** The data folder's generated files (blocks, tiles) under --disk-budget-mb. */
   readonly budget: DiskBudget;
+  /** Bytes the uploads take on disk (--upload-budget-mb), including those being written now. */
+  private uploadBytes = 0;
 
   /** With --queue: the workers that generate, instead of this process's model. */
   remote?: RemoteGenerator;
@@ -129,9 +142,22 @@ export class ImageService {
     s.cleanTemps(s.imagesDir);
     // what earlier runs generated counts against the budget, oldest first out
     s.budget.scan(s.imagesDir, p => GENERATED.test(p));
-    for (const id of readdirSync(s.imagesDir)) {
-      if (!ID_RE.test(id)) continue;
-      try { s.register(JSON.parse(readFileSync(join(s.imagesDir, id, 'meta.json'), 'utf8'))); } catch { /* half-made upload: ignored */ }
+    for (const name of readdirSync(s.imagesDir)) {
+      const dir = join(s.imagesDir, name);
+      // a deletion or an upload that a crash cut short (no meta.json yet): nothing of it was listed
+      if (name.startsWith('.deleted-') || (ID_RE.test(name) && !existsSync(join(dir, 'meta.json')))) {
+        const mb = (duBytes(dir) / 2 ** 20).toFixed(1);
+        rmSync(dir, { recursive: true, force: true });
+        console.log(`infdit: removed ${name.startsWith('.') ? 'an interrupted deletion' : 'a half-made upload'}, images/${name} (${mb} MiB)`);
+        continue;
+      }
+      if (!ID_RE.test(name)) continue;
+      let meta: ImageMeta;
+      try { meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')); }
+      catch (e) { console.error(`infdit: images/${name}/meta.json is unreadable (${(e as Error).message}); the image is not listed`); continue; }
+      const e = s.register(meta);
+      e.uploadBytes = uploadBytesOf(dir);
+      s.uploadBytes += e.uploadBytes;
     }
     return s;
   }
@@ -162,22 +188,26 @@ export class ImageService {
     const size = isFile ? statSync(input.path).size : input.length;
     if (size === 0) throw new ImageError('empty file; accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF');
     if (size > this.cfg.uploadMaxBytes) throw new ImageError(`file is ${size} bytes, over the limit of ${this.cfg.uploadMaxBytes} bytes (upload-max-bytes)`, 413);
-    const head = isFile ? readHead(input.path, 256) : input.subarray(0, 256);
-    if (/^\s*(<\?xml|<svg)/i.test(head.toString('latin1')))
-      throw new ImageError('SVG and other vector formats are not accepted (they can reference external files); upload a raster image: JPEG, PNG, WebP, TIFF, GIF, AVIF');
-    await checkHeader(isFile ? input.path : input, this.cfg.uploadMaxPixels);
+    const head = await checkHeader(isFile ? input.path : input, this.cfg.uploadMaxPixels);
     const id = (isFile ? await hashFile(input.path) : createHash('sha256').update(input).digest('hex')).slice(0, 16);
     const existing = this.entries.get(id);
     if (existing) return existing.meta;
     return this.adding.run(id, async () => {
+      // what it will take on disk, from its header, before a byte is written: its file, the decoded
+      // photo and its halvings (lib/tiles/lrfile.ts)
+      const need = size + 64 + halvings(head.width, head.height).reduce((a, l) => a + 3 * l.width * l.height, 0);
+      this.reserveUpload(need);
       const dir = join(this.imagesDir, id);
       mkdirSync(dir, { recursive: true });
       let lr: LRFolder;
       try {
         if (isFile) { const tmp = join(dir, `source.${process.pid}.tmp`); copyFileSync(input.path, tmp); renameSync(tmp, join(dir, 'source')); }
         else atomicWrite(join(dir, 'source'), input);
-        lr = await prepareLR(join(dir, 'source'), join(dir, 'lr'), this.cfg.uploadMaxPixels);
+        // a JPEG whose data ends before its pixels do is corrupt, whatever its header claims (libjpeg
+        // only warns, and fills the rest grey: 2.4 KB claiming 8000×8000 became a 245 MB upload)
+        lr = await prepareLR(join(dir, 'source'), join(dir, 'lr'), this.cfg.uploadMaxPixels, head.format === 'jpeg' ? 'warning' : 'truncated');
       } catch (e) {
+        this.uploadBytes -= need;
         rmSync(dir, { recursive: true, force: true });   // no meta.json yet: nothing of it was ever listed
         if (e instanceof DecodeError) throw new ImageError(e.message);
         if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new DiskFullError(join(dir, 'source'));
@@ -188,9 +218,48 @@ export class ImageService {
       atomicWrite(join(dir, 'meta.json'), JSON.stringify(meta, null, 1));   // written last: marks the upload complete
       const e = this.register(meta);
       e.lr = lr;
+      e.uploadBytes = uploadBytesOf(dir);
+      this.uploadBytes += e.uploadBytes - need;      // the estimate, now the real size
       this.scheduleFill(id);
       return meta;
     });
+  }
+
+  /** Count `bytes` against the upload budget, or refuse before anything is written. */
+  private reserveUpload(bytes: number) {
+    const max = this.cfg.uploadBudgetMb * 2 ** 20, mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+    if (this.uploadBytes + bytes > max)
+      throw new UploadBudgetError(`the upload budget is full: this photo needs ${mib(bytes)} on disk (its file, the decoded photo and its halvings), ` +
+        `${mib(Math.max(0, max - this.uploadBytes))} of ${mib(max)} are free (upload-budget-mb); delete images (DELETE /api/images/<id>) or raise --upload-budget-mb`);
+    this.uploadBytes += bytes;
+  }
+
+  /** The upload budget: bytes used and allowed. */
+  uploads() { return { usedBytes: this.uploadBytes, budgetBytes: this.cfg.uploadBudgetMb * 2 ** 20 }; }
+
+  /**
+   * Delete an image: its upload and everything made from it. Its work is withdrawn first (views,
+   * background fill, open requests); what the two batches in flight finish is not written. The
+   * folder is renamed before it is removed, so a crash in between leaves nothing listed (swept at
+   * the next start). Returns the bytes freed.
+   */
+  async remove(id: string) {
+    const e = this.entry(id);
+    this.entries.delete(id);
+    this.views.forget(id);
+    const q = this.fillQueue.indexOf(id);
+    if (q >= 0) { this.fillQueue.splice(q, 1); if (q === 0) this.fillAbort?.abort(); }
+    e.removed = true;
+    e.store?.close();
+    for (const st of e.render?.stages ?? []) st.cancelAll();
+    for (const l of e.lr?.levels ?? []) l.close();
+    const bytes = duBytes(e.dir), trash = join(this.imagesDir, `.deleted-${id}-${Date.now()}`);
+    renameSync(e.dir, trash);
+    this.budget.forgetUnder(e.dir);
+    for (const k of [...this.hot.keys()]) if (k.startsWith(e.dir)) this.hot.delete(k);
+    this.uploadBytes -= e.uploadBytes;
+    await rm(trash, { recursive: true, force: true });
+    return { id, freedBytes: bytes };
   }
 
   list(): ImageMeta[] {
@@ -340,6 +409,7 @@ export class ImageService {
         const rect = tileRect(e.geometry, L, c, r);
         const img = await this.levelRegion(e, L, rect.x, rect.y, rect.w, rect.h, { signal, priority: opt.priority ?? 10 });
         const bytes = await imageOp(() => encode(img, this.cfg.tileFormat, this.cfg.tileQuality));
+        if (e.removed) throw new NotFound(`image "${id}" was deleted`);
         mkdirSync(join(e.pyramidDir, `${id}_files`, String(L)), { recursive: true });
         this.budget.write(path, bytes, () => this.hot.delete(path));
         e.events.emit('tile', { level: L, col: c, row: r });
@@ -376,9 +446,9 @@ export class ImageService {
   }
 
   /** Blocks of the last stage made, here or (--queue) by the workers. */
-  private ensureBlocks(e: Entry, blocks: [number, number][], priority: { local: number; queue: number }) {
-    if (this.remote) return this.remote.ensure(this.remoteOf(e), e.render!.stages.length - 1, blocks, priority.queue);
-    return e.render!.last.ensure(blocks, { priority: priority.local });
+  private ensureBlocks(e: Entry, blocks: [number, number][], priority: { local: number; queue: number }, signal?: AbortSignal) {
+    if (this.remote) return this.remote.ensure(this.remoteOf(e), e.render!.stages.length - 1, blocks, priority.queue, undefined, signal);
+    return e.render!.last.ensure(blocks, { priority: priority.local, signal });
   }
 
   /** Whether a tile is final on disk, without making it. */
@@ -473,10 +543,12 @@ export class ImageService {
   }
 
   private fillRunning = false;
+  /** Stops the running fill (its image was deleted). */
+  private fillAbort?: AbortController;
   private kickFill() {
     if (!this.cfg.backgroundFill || this.fillRunning || !this.fillQueue.length) return;
     this.fillRunning = true;
-    const id = this.fillQueue[0];
+    const id = this.fillQueue[0], abort = this.fillAbort = new AbortController();
     (async () => {
       try {
         const e = await this.ready(id);
@@ -487,7 +559,7 @@ export class ImageService {
         for (let r0 = 0; r0 < s.R; r0 += FILL_ROWS) {
           const band: [number, number][] = [];
           for (let r = r0; r < Math.min(s.R, r0 + FILL_ROWS); r++) for (let c = 0; c < s.C; c++) band.push([r, c]);
-          await this.ensureBlocks(e, band, { local: 0, queue: PRIORITY.fill });
+          await this.ensureBlocks(e, band, { local: 0, queue: PRIORITY.fill }, abort.signal);
         }
         this.fillQueue.shift();
       } catch (err) {
@@ -520,9 +592,20 @@ function mergeCounts(a: Record<number, number>, b: Record<number, number>) {
   return a;
 }
 
-function readHead(path: string, n: number) {
-  const fd = openSync(path, 'r'), b = Buffer.alloc(n);
-  try { return b.subarray(0, readSync(fd, b, 0, n, 0)); } finally { closeSync(fd); }
+/** Bytes under a folder (what a deletion frees, what an upload takes). */
+function duBytes(dir: string): number {
+  let n = 0;
+  try {
+    for (const e of readdirSync(dir, { withFileTypes: true })) n += e.isDirectory() ? duBytes(join(dir, e.name)) : statSync(join(dir, e.name)).size;
+  } catch { /* gone meanwhile */ }
+  return n;
+}
+
+/** An upload's own files: the file as received, meta.json and the decoded photo with its halvings. */
+function uploadBytesOf(dir: string) {
+  let n = duBytes(join(dir, 'lr'));
+  for (const f of ['source', 'meta.json']) try { n += statSync(join(dir, f)).size; } catch { /* not there */ }
+  return n;
 }
 
 async function hashFile(path: string) {
@@ -531,16 +614,23 @@ async function hashFile(path: string) {
   return h.digest('hex');
 }
 
-/** What a header says, before any pixel is decoded: dimensions within the limit, one frame. */
+/** What a header says, before any pixel is decoded: an accepted raster format (as libvips reads
+ *  it, not by its first bytes), dimensions within the limit, one frame. */
 async function checkHeader(input: string | Buffer, maxPixels: number) {
+  const vector = (f: string) => new ImageError(`${f.toUpperCase()} and other vector or document formats are not accepted (they can reference other files, and have no pixels of their own); upload a raster image: ${ACCEPTED_LIST}`);
   let meta;
   try { meta = await sharp(input, { limitInputPixels: false }).metadata(); } catch (e) {
-    throw new ImageError(`not a readable image (${(e as Error).message}); accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF`);
+    const loader = /\b(svg|pdf)load\b/.exec((e as Error).message);   // libvips knew what it was, and could not size it
+    throw loader ? vector(loader[1]) : new ImageError(`not a readable image (${(e as Error).message}); accepted: ${ACCEPTED_LIST}`);
   }
-  if (!meta.width || !meta.height) throw new ImageError('image has no dimensions; accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF');
+  const format = String(meta.format);
+  if (!ACCEPTED[format])
+    throw ['svg', 'pdf'].includes(format) ? vector(format) : new ImageError(`images in the "${format}" format are not accepted; accepted: ${ACCEPTED_LIST}`);
+  if (!meta.width || !meta.height) throw new ImageError(`image has no dimensions; accepted: ${ACCEPTED_LIST}`);
   if ((meta.pages ?? 1) > 1) throw new ImageError(`animated/multi-page images are not accepted (${meta.pages} pages); upload a single frame`);
   if (meta.width * meta.height > maxPixels)
     throw new ImageError(`image is ${meta.width}×${meta.height} = ${meta.width * meta.height} pixels, over the limit of ${maxPixels} pixels (upload-max-pixels)`, 413);
+  return { format, width: meta.width, height: meta.height };
 }
 
 function checkDataDir(dir: string) {

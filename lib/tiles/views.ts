@@ -104,6 +104,9 @@ export class Views {
     this.leases.delete(viewer);
   }
 
+  /** Every view of an image ends (the image was deleted). */
+  forget(id: string) { for (const [v, l] of [...this.leases]) if (l.id === id) this.withdraw(v); }
+
   /** Viewers of an image and the tiles being made for them now (distinct keys "L/c/r"). */
   state(id: string) {
     let viewers = 0;

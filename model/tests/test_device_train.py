@@ -23,8 +23,9 @@ def dry_run(tmp, *extra, **overrides):
     Image.fromarray(val).save(data / "val.png")
     index = json.loads((data / "index.json").read_text())
     (data / "index.json").write_text(json.dumps(index + [{"file": "val.png", "split": "val", "packed": "val.png"}]))
+    # PROFILE_S: a profile's time limit is for a GPU's minutes; here no test may depend on how fast this CPU is
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DATA": str(data), "BATCHES": "2,2 --no-such-flag",
-           "PROFILE_STEPS": "2", "PROFILE_SKIP": "1", "MINUTES": "0.02", "EVAL_DEVICE": "cpu",
+           "PROFILE_STEPS": "2", "PROFILE_SKIP": "1", "PROFILE_S": "900", "BUDGET_S": "100000", "MINUTES": "0.02", "EVAL_DEVICE": "cpu",
            "EVAL_ARGS": "--limit 1 --crop 256x256 --no-ablation",
            **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}), **overrides}
     r = subprocess.run(["bash", str(MODEL / "device_train.sh"), "--crop", "128", "--device", "cpu", *extra], cwd=MODEL.parent,
@@ -79,6 +80,19 @@ class DeviceTrainScriptTest(unittest.TestCase):
             self.assertEqual((st["args"]["batch"], st["args"]["attn_bias"]), (2, "fold"))
         script = (MODEL / "device_train.sh").read_text()
         self.assertIn("${RUN:---batch 256 --compile --attn-bias fold}", script)
+
+    def test_a_torch_without_compile_trains_eager_and_says_so(self):
+        # no profile gives a rate (the only candidate fails), so the run's flags ask for --compile
+        with tempfile.TemporaryDirectory() as tmp:
+            r, out = dry_run(tmp, "--max-steps", "2", BATCHES="2 --no-such-flag", RUN="--batch 2 --compile",
+                             EVAL_ARGS="--limit 1 --crop 256x256 --no-ablation --presets fidelity")
+            log = (out / "run.log").read_text()
+            import torch
+            if hasattr(torch, "compile"):
+                self.skipTest(f"torch {torch.__version__} has torch.compile: nothing to fall back from")
+            self.assertEqual(r.returncode, 0, (r.stdout + r.stderr)[-3000:])
+            self.assertIn("has no torch.compile: training eager", log)
+            self.assertEqual(load_parts(out / "ckpt" / "last.pt")["args"]["compile"], False)
 
     def test_no_training_when_the_budget_leaves_too_little(self):
         # 100 s for the command less 150 s kept for the evaluation: nothing to train in, said, no checkpoint

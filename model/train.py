@@ -204,9 +204,8 @@ def main(argv=None):
 
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
-    if a.compile and not hasattr(torch, "compile"):   # torch 1.x: the same training, uncompiled
-        print(f"torch {torch.__version__} has no torch.compile (2.x has): training eager", flush=True)
-        a.compile = False
+    if a.compile and not hasattr(torch, "compile"):   # refused, not run eager: a profile must measure what it names
+        raise RuntimeError(f"--compile needs torch 2.x; this is torch {torch.__version__} (leave --compile out to train eager)")
     fwd = torch.compile(model.forward_image) if a.compile else model.forward_image
     sampler = CropSampler(load_split(a.data, "train"), a.crop, dev, seed=a.seed + step)
     gen = torch.Generator().manual_seed(a.seed * 7919 + step)

@@ -246,6 +246,33 @@ test('serve --queue: a viewer that goes away before any worker takes its tile wi
   } finally { proc.kill('SIGKILL'); w?.proc.kill('SIGKILL'); await q.close(); }
 });
 
+test('serve --queue: a viewer\'s view becomes jobs at the viewer\'s priority; looking away withdraws them; stated again, workers make it', { timeout: 120_000 }, async () => {
+  const png = await wavePng(60, 44);
+  const q = new Queue(QUEUE_NAME, { connection: redisConnection(url) });
+  const { proc, base } = await spawnServe(['--data-dir', tmp('infdit-qview-'), '--no-demo', '--no-background-fill', '--queue', url, ...MODEL]);
+  let w: Awaited<ReturnType<typeof startWorker>> | undefined;
+  try {
+    assert.equal(await untilPending(q, () => true, () => ''), 0);
+    const fd = new FormData();
+    fd.append('image', new Blob([png]), 'v.png');
+    const { id, width, height } = await (await fetch(`${base}/api/images`, { method: 'POST', body: fd })).json() as any;
+    const view = { viewer: 'queue-view-1', level: maxLevel(width, height), x: width - 130, y: height - 100, width: 130, height: 100 };
+    const state = (body: object) => fetch(`${base}/api/images/${id}/view`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) }).then(r => r.json()) as Promise<any>;
+    const { tiles } = await state(view);
+    assert.ok(tiles.length >= 2);
+    const queued = await untilPending(q, n => n > 0, () => 'the view\'s jobs never reached the queue');
+    await state({ viewer: view.viewer });
+    await untilPending(q, n => n === 0, () => `${queued} job(s) queued for a view no one has any more, not withdrawn`);
+    w = await startWorker();
+    await state(view);
+    const final = async () => (await Promise.all(tiles.map(([L, c, r]: number[]) => fetch(`${base}/images/${id}_files/${L}/${c}_${r}.jpeg?preview=1`)
+      .then(res => res.headers.get('x-infdit-tile'))))).every(t => t === 'final');
+    for (const t0 = Date.now(); !(await final()); await new Promise(r => setTimeout(r, 100)))
+      assert.ok(Date.now() - t0 < 60_000, 'the view\'s tiles were not made by the worker');
+    assert.ok(jobsDone(w) > 0);
+  } finally { proc.kill('SIGKILL'); w?.proc.kill('SIGKILL'); await q.close(); }
+});
+
 test('a job for another model, a malformed job, an unreachable Redis: clear errors', { timeout: 60_000 }, async () => {
   const local = await localRender();
   const w = await startWorker(['--model', FIXTURE + '-global.json']);

@@ -186,7 +186,7 @@ export class ImageService {
   async add(input: Buffer | { path: string }, name: string, opts: { demo?: boolean } = {}): Promise<ImageMeta> {
     const isFile = !Buffer.isBuffer(input);
     const size = isFile ? statSync(input.path).size : input.length;
-    if (size === 0) throw new ImageError('empty file; accepted: JPEG, PNG, WebP, TIFF, GIF, AVIF');
+    if (size === 0) throw new ImageError(`empty file; accepted: ${ACCEPTED_LIST}`);
     if (size > this.cfg.uploadMaxBytes) throw new ImageError(`file is ${size} bytes, over the limit of ${this.cfg.uploadMaxBytes} bytes (upload-max-bytes)`, 413);
     const head = await checkHeader(isFile ? input.path : input, this.cfg.uploadMaxPixels);
     const id = (isFile ? await hashFile(input.path) : createHash('sha256').update(input).digest('hex')).slice(0, 16);

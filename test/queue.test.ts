@@ -18,6 +18,8 @@ const run = promisify(execFile);
 const CLI = join(ROOT, 'bin/infdit.js');
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
 const MODEL = ['--model', FIXTURE + '.json', '--tile-size', '64'];
+/** A worker takes only the model's settings (the tile size is the server's or the render's). */
+const WORKER_MODEL = ['--model', FIXTURE + '.json'];
 
 let redis: Awaited<ReturnType<typeof startRedis>>, url = '';
 before(async () => { redis = await startRedis(); url = redis.url; });
@@ -25,7 +27,7 @@ after(() => redis.stop());
 
 /** Start `infdit worker`; resolves once it waits for jobs. Its log (jobs done) in `log`. */
 function startWorker(extra: string[] = []) {
-  const proc = spawn(process.execPath, [CLI, 'worker', '--queue', url, '--threads', '1', '--queue-lock-ms', '2000', ...MODEL, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [CLI, 'worker', '--queue', url, '--threads', '1', '--queue-lock-ms', '2000', ...WORKER_MODEL, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   const w = { proc, log: '' };
   return new Promise<typeof w>((resolve, reject) => {
     proc.stdout!.on('data', d => { w.log += d; if (/waiting for region jobs/.test(w.log)) resolve(w); });
@@ -165,7 +167,7 @@ test('the released model\'s JPEG restorer through the queue: workers restore the
   // 150×100 LR: two restorer tiles across, and 4-block cells whose crops straddle the tiles' seam
   writeFileSync(jpg, await sharp(join(ROOT, 'viewer/demo.jpg')).resize(150, 100).jpeg({ quality: 50 }).toBuffer());
   await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'local'), '--threads', '2', ...RELEASE]);
-  const w = await startWorker(RELEASE);
+  const w = await startWorker(RELEASE.slice(0, 2));   // a worker takes the model, not the tile size
   try {
     await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', '4', ...RELEASE]);
     assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
@@ -190,7 +192,7 @@ test('Redis restarted empty mid-render: the render waits, submits its lost jobs 
     own.stop();
     await new Promise(r => setTimeout(r, 1500));
     again = await startRedis(own.port);
-    const p = spawn(process.execPath, [CLI, 'worker', '--queue', ownUrl, '--threads', '1', ...MODEL], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [CLI, 'worker', '--queue', ownUrl, '--threads', '1', ...WORKER_MODEL], { stdio: ['ignore', 'pipe', 'pipe'] });
     w = { proc: p, log: '' };
     p.stdout!.on('data', d => { w!.log += d; });
     assert.equal(await exited, 0, stderr);
@@ -290,8 +292,8 @@ test('a job for another model, a malformed job, an unreachable Redis: clear erro
   const port = await freePort();
   await assert.rejects(run(process.execPath, [CLI, 'render', input, '--out', tmp('infdit-qnone-'), '--queue', `redis://127.0.0.1:${port}`, ...MODEL]),
     (e: any) => /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+ .*start redis-server/.test(e.stderr));
-  await assert.rejects(run(process.execPath, [CLI, 'worker', '--queue', 'http://x', ...MODEL]), (e: any) => /must be redis:\/\/HOST:PORT/.test(e.stderr));
+  await assert.rejects(run(process.execPath, [CLI, 'worker', '--queue', 'http://x', ...WORKER_MODEL]), (e: any) => /must be redis:\/\/HOST:PORT/.test(e.stderr));
   // a password in the URL is never printed
-  await assert.rejects(run(process.execPath, [CLI, 'worker', '--queue', `redis://:hunter2@127.0.0.1:${port}`, ...MODEL]),
+  await assert.rejects(run(process.execPath, [CLI, 'worker', '--queue', `redis://:hunter2@127.0.0.1:${port}`, ...WORKER_MODEL]),
     (e: any) => /cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1/.test(e.stderr) && !e.stderr.includes('hunter2'));
 });

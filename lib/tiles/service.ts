@@ -328,9 +328,9 @@ export class ImageService {
       backgroundFill: this.cfg.backgroundFill,
       view: this.viewState(e),
       model: { name: this.model.manifest.name, id: this.model.id },
-      // the engine's work so far (nodes: block layer-steps run, all stages)
+      // the engine's work so far (nodes: block layer-steps run, all stages; modelMs: the model thread's time in them)
       engine: { ...e.render!.stages.reduce((a, st) => ({ nodes: a.nodes + st.stats.nodes, calls: a.calls + st.stats.calls, reruns: a.reruns + st.stats.reruns,
-        byClass: mergeCounts(a.byClass, st.stats.byClass) }), { nodes: 0, calls: 0, reruns: 0, byClass: {} as Record<number, number> }),
+        modelMs: a.modelMs + Math.round(st.stats.modelMs), byClass: mergeCounts(a.byClass, st.stats.byClass) }), { nodes: 0, calls: 0, reruns: 0, modelMs: 0, byClass: {} as Record<number, number> }),
         wanted: this.demand(e, 0) },
     };
   }

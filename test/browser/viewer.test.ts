@@ -144,26 +144,37 @@ test('the page opens at once while the released model generates the demo', async
   const srv = createApp(demo).listen(0, '127.0.0.1');
   await new Promise(r => srv.once('listening', r));
   const url = `http://127.0.0.1:${(srv.address() as AddressInfo).port}/`;
-  try {
-    const meta = await demo.add(readFileSync(join(ROOT, 'viewer/demo.jpg')), 'demo.jpg', { demo: true });
-    demo.fillAll();
-    while ((await demo.status(meta.id)).engine.nodes === 0) await new Promise(r => setTimeout(r, 50));
-    const p = await browser.newPage();
-    // what the server controls: how long each of the page's requests took to be answered (the
-    // browser's own start-up on this 2-core machine is ~2 s even with an idle server)
-    const answered: [string, number][] = [];
+  // what the server controls: how long each of the page's requests took to be answered, and the
+  // page load, measured against the same page from this server while idle (no absolute limit:
+  // a slower machine is slower at both)
+  const load = async () => {
+    const p = await browser.newPage(), answered: [string, number][] = [];
     p.on('requestfinished', r => answered.push([r.url().replace(url, '/'), r.timing().responseEnd]));
     const t0 = performance.now();
     await p.goto(url, { waitUntil: 'load' });
-    const loadMs = performance.now() - t0;
-    await p.waitForFunction(() => document.querySelectorAll('#gallery li').length > 0, null, { timeout: 10000 });
+    return { p, answered, loadMs: performance.now() - t0 };
+  };
+  try {
+    const idle = await load();
+    await idle.p.close();
+    const idleMax = Math.max(...idle.answered.map(([, ms]) => ms));
+    const meta = await demo.add(readFileSync(join(ROOT, 'viewer/demo.jpg')), 'demo.jpg', { demo: true });
+    demo.fillAll();
+    while ((await demo.status(meta.id)).engine.calls < 2) await new Promise(r => setTimeout(r, 50));
+    const { p, answered, loadMs } = await load();
+    await p.waitForFunction(() => document.querySelectorAll('#gallery li').length > 0, null, { timeout: 30000 });
     const st = await demo.status(meta.id);
     assert.ok(st.percent < 100, 'the demo finished before the page was checked: the test proves nothing');
     for (const want of ['/', '/style.css', '/app.js', '/vendor/openseadragon/openseadragon.min.js', '/api/images'])
       assert.ok(answered.some(([u]) => u === want), `the page did not load ${want}`);
-    const slow = answered.filter(([, ms]) => ms > 1000);
-    assert.deepEqual(slow, [], 'requests answered after more than 1 s while the demo generated');
-    assert.ok(loadMs < 15000, `page load took ${loadMs.toFixed(0)} ms while the demo generated (release 1: 18 s and more)`);
+    // a request that waited for the model (release 1) waited for whole calls, one after another:
+    // seconds. Allowed: 6× the idle answer plus two model calls (the OS shares two cores between the
+    // model's threads, the server and the browser; measured here: 532 ms against 147 idle, 133-ms calls)
+    const callMs = st.engine.modelMs / st.engine.calls, limit = 6 * idleMax + 2 * callMs;
+    console.log(`# page while generating: slowest answer ${Math.max(...answered.map(([, ms]) => ms)).toFixed(0)} ms (limit ${limit.toFixed(0)}), load ${loadMs.toFixed(0)} ms; idle: ${idleMax.toFixed(0)} ms, ${idle.loadMs.toFixed(0)} ms; model call ${callMs.toFixed(0)} ms`);
+    const slow = answered.filter(([, ms]) => ms > limit);
+    assert.deepEqual(slow, [], `requests answered after more than ${limit.toFixed(0)} ms (idle: ${idleMax.toFixed(0)} ms, a model call ${callMs.toFixed(0)} ms) while the demo generated`);
+    assert.ok(loadMs < 3 * idle.loadMs + 4 * callMs, `page load took ${loadMs.toFixed(0)} ms while the demo generated, ${idle.loadMs.toFixed(0)} ms idle (release 1: 18 s and more)`);
     await p.close();
   } finally {
     srv.close();

@@ -30,8 +30,16 @@ test('a view is the level\'s tiles under it, nearest its centre first, clamped t
   // beyond the image: clamped; outside it: nothing
   assert.deepEqual(viewTiles(g, { level: 10, x: 950, y: 550, width: 500, height: 500 }), [{ L: 10, c: 9, r: 5 }]);
   assert.deepEqual(viewTiles(g, { level: 10, x: 2000, y: 0, width: 100, height: 100 }), []);
+  // a whole 10-Gpx level in one view: the 400 nearest its centre, listed without the other 2.4 M
   const huge = { width: 100000, height: 100000, tileSize: 64, overlap: 0 };
-  assert.equal(viewTiles(huge, { level: 17, x: 0, y: 0, width: 100000, height: 100000 }).length, MAX_VIEW_TILES);
+  const many = viewTiles(huge, { level: 17, x: 0, y: 0, width: 100000, height: 100000 });
+  assert.equal(many.length, MAX_VIEW_TILES);
+  const far = Math.max(...many.map(t => Math.hypot(t.c + 0.5 - 781.25, t.r + 0.5 - 781.25)));
+  assert.ok(far < 13, `the view's tiles reach ${far.toFixed(1)} tiles from its centre: not the nearest 400`);
+  // a thin view keeps its nearest tiles along its length
+  const row = viewTiles(huge, { level: 17, x: 0, y: 50000, width: 100000, height: 10 });
+  assert.equal(row.length, MAX_VIEW_TILES);
+  assert.ok(row.every(t => t.r === 781 && Math.abs(t.c - 781) <= 200), 'a one-row view');
 });
 
 test('POST /view: its tiles are made without a tile request; two viewers share them; looking away withdraws', async () => {

@@ -38,8 +38,17 @@ export function viewTiles(g: Geometry, v: View, max = MAX_VIEW_TILES): TileAt[] 
   const x1 = Math.min(g.width, v.x + v.width) / k, y1 = Math.min(g.height, v.y + v.height) / k;
   if (!(x1 > x0 && y1 > y0)) return [];
   const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2, out: (TileAt & { d: number })[] = [];
-  for (let r = Math.floor(y0 / T); r <= Math.min(rows - 1, Math.ceil(y1 / T) - 1); r++)
-    for (let c = Math.floor(x0 / T); c <= Math.min(cols - 1, Math.ceil(x1 / T) - 1); c++)
+  const r0 = Math.floor(y0 / T), r1 = Math.min(rows - 1, Math.ceil(y1 / T) - 1);
+  const c0 = Math.floor(x0 / T), c1 = Math.min(cols - 1, Math.ceil(x1 / T) - 1);
+  // only a window around the centre is listed (a rectangle over a whole gigapixel level would be
+  // 100,000s of tiles on the HTTP thread): the smallest square window holding `max` of the view's
+  // tiles, doubled so that the nearest ones by distance are all inside it
+  const rc = Math.floor(cy / T), cc = Math.floor(cx / T), inside = (h: number) =>
+    (Math.min(r1, rc + h) - Math.max(r0, rc - h) + 1) * (Math.min(c1, cc + h) - Math.max(c0, cc - h) + 1);
+  let h = 1;
+  while (inside(h) < max && (rc - h > r0 || rc + h < r1 || cc - h > c0 || cc + h < c1)) h *= 2;
+  for (let r = Math.max(r0, rc - 2 * h); r <= Math.min(r1, rc + 2 * h); r++)
+    for (let c = Math.max(c0, cc - 2 * h); c <= Math.min(c1, cc + 2 * h); c++)
       out.push({ L, c, r, d: Math.hypot((c + 0.5) * T - cx, (r + 0.5) * T - cy) });
   out.sort((a, b) => a.d - b.d || a.r - b.r || a.c - b.c);
   return out.slice(0, max).map(({ L, c, r }) => ({ L, c, r }));

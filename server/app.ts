@@ -69,9 +69,7 @@ export function createApp(service: ImageService) {
 
   app.post('/api/images', access.writer('uploads'), access.uploadRate, (req, _res, next) => {
     // refused before a byte is spooled when the request alone would not fit the upload budget
-    const len = Number(req.get('content-length') ?? 0), u = service.uploads();
-    if (len > u.budgetBytes - u.usedBytes)
-      return next(new UploadBudgetError(`the upload budget is full: this upload is ${(len / 2 ** 20).toFixed(1)} MiB, ${(Math.max(0, u.budgetBytes - u.usedBytes) / 2 ** 20).toFixed(1)} MiB of ${(u.budgetBytes / 2 ** 20).toFixed(1)} MiB are free (upload-budget-mb); delete images (DELETE /api/images/<id>) or raise --upload-budget-mb`));
+    try { service.checkUploadRoom(Number(req.get('content-length') ?? 0) || 0, size => `this upload is ${size}`); } catch (e) { return next(e); }
     next();
   }, (req, res, next) => {
     upload.single('image')(req, res, (err: unknown) => {

@@ -225,12 +225,18 @@ export class ImageService {
     });
   }
 
-  /** Count `bytes` against the upload budget, or refuse before anything is written. */
-  private reserveUpload(bytes: number) {
+  /** Refuse, before anything is written, `bytes` more of uploads that would not fit the upload
+   *  budget; `what` says what they are ("this upload is", "this photo needs … on disk"). */
+  checkUploadRoom(bytes: number, what: (size: string) => string) {
     const max = this.cfg.uploadBudgetMb * 2 ** 20, mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
     if (this.uploadBytes + bytes > max)
-      throw new UploadBudgetError(`the upload budget is full: this photo needs ${mib(bytes)} on disk (its file, the decoded photo and its halvings), ` +
-        `${mib(Math.max(0, max - this.uploadBytes))} of ${mib(max)} are free (upload-budget-mb); delete images (DELETE /api/images/<id>) or raise --upload-budget-mb`);
+      throw new UploadBudgetError(`the upload budget is full: ${what(mib(bytes))}, ${mib(Math.max(0, max - this.uploadBytes))} of ${mib(max)} are free ` +
+        '(upload-budget-mb); delete images (DELETE /api/images/<id>) or raise --upload-budget-mb');
+  }
+
+  /** Count `bytes` against the upload budget, or refuse before anything is written. */
+  private reserveUpload(bytes: number) {
+    this.checkUploadRoom(bytes, size => `this photo needs ${size} on disk (its file, the decoded photo and its halvings)`);
     this.uploadBytes += bytes;
   }
 

@@ -19,7 +19,7 @@
     failed: 0, loaded: 0, finalLoaded: 0, previewLoaded: 0, es: null, pollTimer: null, events: 0,
     // this page's name towards the server, so that its next view replaces the last one
     viewerId: Array.from(crypto.getRandomValues(new Uint8Array(12)), b => b.toString(16).padStart(2, '0')).join(''),
-    view: null, viewKey: '', viewAt: 0, views: 0, finalTiles: new Set(), split: 0.5, clipX: -1, eta: null,
+    view: null, viewKey: '', viewAt: 0, views: 0, finalTiles: new Set(), split: 0.5, clipX: -1,
   };
 
   const viewer = OpenSeadragon({
@@ -138,7 +138,6 @@
     state.compareLayer.setClip(new OpenSeadragon.Rect(0, 0, x, state.st.height));
   }
   function moveSplit(f) { state.split = Math.max(0, Math.min(1, f)); applySwipe(); }
-  state.moveSplit = moveSplit;   // for tests
   viewer.addHandler('update-viewport', applySwipe);
   $('compare').addEventListener('click', () => setCompare($('compare').getAttribute('aria-pressed') !== 'true'));
   {
@@ -199,7 +198,6 @@
       renderProgress();
     } catch { state.viewKey = ''; /* stated again on the next change or renewal */ }
   }
-  state.stateView = stateView;
   let viewTimer = null;
   function viewChanged() { clearTimeout(viewTimer); viewTimer = setTimeout(stateView, 120); }
   for (const ev of ['zoom', 'pan', 'resize', 'animation-finish']) viewer.addHandler(ev, viewChanged);

@@ -73,9 +73,9 @@ export class Views {
   /**
    * Viewer `viewer` now looks at `tiles` of image `id` (most wanted first). Tiles new to its view
    * start at VIEW_PRIORITY plus a fraction by rank (the engine orders by it inside the class);
-   * tiles no longer in view are withdrawn. Returns how many of the view's tiles are being made.
+   * tiles no longer in view are withdrawn.
    */
-  set(viewer: string, id: string, tiles: TileAt[]): number {
+  set(viewer: string, id: string, tiles: TileAt[]) {
     let lease = this.leases.get(viewer);
     if (lease && lease.id !== id) { this.withdraw(viewer); lease = undefined; }
     if (!lease) {
@@ -101,7 +101,6 @@ export class Views {
           if (!(e instanceof AbortError)) this.o.onError?.(e);
         });
     });
-    return [...lease.tiles.values()].filter(Boolean).length;
   }
 
   /** The viewer's view ends (it said so, or its lease lapsed): its tiles' generation is withdrawn. */

@@ -178,6 +178,9 @@
     return `${v.level}:${f(v.x)}-${f(v.x + v.width - 1)}:${f(v.y)}-${f(v.y + v.height - 1)}`;
   }
 
+  /** The key of the view on the screen now (what the next statement will say). */
+  state.viewKeyNow = () => { const v = currentView(); return state.st && v ? viewKey(state.st, v) : ''; };
+
   function viewPending() { return state.view ? state.view.tiles.filter(([L, x, y]) => !tileFinal(state.st, L, x, y)).length : 0; }
 
   /** State the view when its tiles change, and again before the lease lapses while some are
@@ -193,7 +196,7 @@
     try {
       const r = await fetch(`/api/images/${id}/view`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
       if (!r.ok || state.id !== id || state.viewKey !== key) return;
-      state.view = await r.json();
+      state.view = { ...await r.json(), key };
       state.views++;
       renderProgress();
     } catch { state.viewKey = ''; /* stated again on the next change or renewal */ }

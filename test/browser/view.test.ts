@@ -63,9 +63,10 @@ async function lookAt(page: Page, fx: number, fy: number) {
   }, [fx, fy]);
 }
 
-/** The view the server has for the page once it has stated this one. */
+/** The view the server has for the page once it has stated the one on the screen now (an answer to
+ *  an earlier statement, e.g. the page's first, can arrive after the move and does not count). */
 async function statedView(page: Page, views: number) {
-  await page.waitForFunction((n) => (window as any).infdit.views > n && (window as any).infdit.view, views, { timeout: 30000 });
+  await page.waitForFunction((n) => { const s = (window as any).infdit; return s.views > n && s.view && s.view.key === s.viewKeyNow(); }, views, { timeout: 30000 });
   return page.evaluate(() => ({ ...(window as any).infdit.view, views: (window as any).infdit.views }));
 }
 

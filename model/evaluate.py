@@ -60,11 +60,64 @@ def ratio(s):
     return (s[0] / s[1]) / (s[2] / s[3])
 
 
-def targets(summary):
-    """Round 2's bar for replacing the release model (issue 15), for whichever variants were run."""
+def phase_sums(img, period):
+    """(period, 2): for each phase p, the sum of |luma step| across the lines between pixel i-1 and i
+    with i ≡ p (mod period), both directions, and how many steps that is. Summed over images first
+    (pooled), then `grid_ratio`."""
+    y = luma(img)
+    out = np.zeros((period, 2))
+    for axis in (1, 0):
+        g = np.abs(np.diff(y, axis=axis))
+        per_line = g.sum(axis=1 - axis)                  # per_line[j]: the line between j and j+1
+        phase = np.arange(1, g.shape[axis] + 1) % period
+        for p in range(period):
+            out[p] += [per_line[phase == p].sum(), (phase == p).sum() * g.shape[1 - axis]]
+    return out
+
+
+def grid_ratio(sums):
+    """The LR-pixel grid ratio of phase_sums: the largest phase's mean |step| over the mean of all
+    phases (1.0: no phase stands out). A staircase of period-px squares puts its steps on one phase."""
+    m = sums[:, 0] / sums[:, 1]
+    return float(m.max() / m.mean())
+
+
+def profile(sums):
+    m = sums[:, 0] / sums[:, 1]
+    return m / m.mean()
+
+
+def fine_power(img, scale):
+    """Luma power above the LR's Nyquist frequency (1/(2·scale) cycles per px along either axis),
+    Hann-windowed so the crop's own edges add none: the detail an upscaler made up (or kept)."""
+    y = luma(img)
+    y = (y - y.mean()) * np.outer(np.hanning(y.shape[0]), np.hanning(y.shape[1]))
+    p = np.abs(np.fft.fft2(y)) ** 2
+    fy, fx = np.abs(np.fft.fftfreq(y.shape[0]))[:, None], np.abs(np.fft.fftfreq(y.shape[1]))[None, :]
+    return float(p[(fy > 0.5 / scale) | (fx > 0.5 / scale)].sum())
+
+
+def targets(summary, scale=4):
+    """The bar for replacing the release model (issues 15 and 31), for whichever variants were run."""
     out = []
     fid = lambda v: summary[v]["fidelity"]["psnr"] - summary[v]["lanczos3"]["psnr"]
     seams = lambda v, n: [summary[v][n]["seam_ratio"][str(p)] for p in PERIODS]
+    grid = lambda v, n, p: summary[v][n]["grid_ratio"][str(p)]
+    if scale == 16:
+        if "fidelity" not in summary.get("clean", {}):
+            return out
+        out.append({"what": "16×: fidelity ≥ Lanczos3 + 0.5 dB", "value": f"{fid('clean'):+.2f} dB", "met": fid("clean") >= 0.5})
+        for p in (16, 4):
+            g, ref = grid("clean", "fidelity", p), grid("clean", "lanczos3", p)
+            out.append({"what": f"16×: grid ratio at P = {p} ≤ Lanczos3's", "value": f"{g:.3f} (≤ {ref:.3f})", "met": g <= ref})
+        e = summary["clean"]["fidelity"]["fine_energy"]
+        out.append({"what": "16×: fine-detail energy ≥ 0.3 of the photo's", "value": f"{e:.3f}", "met": e >= 0.3})
+        s = seams("clean", "fidelity")
+        out.append({"what": "16×: seams ≤ 1.05 at 32/64/128 px", "value": " / ".join(f"{x:.3f}" for x in s), "met": all(x <= 1.05 for x in s)})
+        return out
+    if "fidelity" in summary.get("clean", {}):
+        g, ref = grid("clean", "fidelity", 4), grid("clean", "lanczos3", 4)
+        out.append({"what": "clean: grid ratio at P = 4 ≤ Lanczos3's", "value": f"{g:.3f} (≤ {ref:.3f})", "met": g <= ref})
     if "fidelity" in summary.get("clean", {}):
         out.append({"what": "clean: fidelity ≥ Lanczos3 + 1.0 dB", "value": f"{fid('clean'):+.2f} dB", "met": fid("clean") >= 1.0})
         s = seams("clean", "fidelity")
@@ -84,7 +137,9 @@ def main():
     ap.add_argument("--data", default=".data")
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--out", default="model/release")
-    ap.add_argument("--crop", default="512x384")
+    ap.add_argument("--crop", default=None, help="centred crop of each photo, WxH (default 512x384 at 4×, 768x512 at 16×: every validation photo holds it)")
+    ap.add_argument("--scale", type=int, default=4, choices=(4, 16),
+                    help="4: one stage; 16: the cascade exactly as the engine runs it (stage 2 on stage 1's uint8 output, its own noise)")
     ap.add_argument("--detail-steps", type=int, nargs="*", default=None)
     ap.add_argument("--panels-only", type=int, nargs="*", default=None,
                     help="only write crops.png, from these validation images (indices)")
@@ -120,7 +175,13 @@ def main():
         presets[f"euler{n}"] = {"method": "euler", "steps": n}
     if a.presets:
         presets = {k: v for k, v in presets.items() if k in a.presets.split(",")}
+    a.crop = a.crop or ("768x512" if a.scale == 16 else "512x384")
     cw, ch = map(int, a.crop.split("x"))
+    S = a.scale                                   # the output's factor over the LR
+    stages = 1 if S == cfg.scale else 2
+    if S not in (cfg.scale, cfg.scale ** 2) or cw % (cfg.block * S // cfg.scale) or ch % (cfg.block * S // cfg.scale):
+        ap.error(f"--scale {S} --crop {a.crop}: the crop must be a multiple of {cfg.block * S // cfg.scale} px (a stage-1 block) at a scale of {cfg.scale} or {cfg.scale ** 2}")
+    grid_periods = sorted({S, cfg.scale, cfg.patch})
     val = load_split(a.data, a.split)
     if not val:
         ap.error(f"--split {a.split}: {a.data}/index.json lists no {a.split!r} images (splits: val; heldout from data_fetch.py --heldout)")
@@ -128,13 +189,28 @@ def main():
         val = val[:a.limit]
     variants = a.variants.split(",")
     rows, sums, times = {v: [] for v in variants}, {v: {} for v in variants}, {}
+    phases, fine = {v: {} for v in variants}, {v: {} for v in variants}
+
+    def upscale(lr, p, seed, jq):
+        """A preset through every stage; a later stage reads the one before as the engine does (uint8
+        pixels, never a JPEG: jq 0, no restorer) with its own noise (stage number in the key)."""
+        x = lr
+        for stage in range(1, stages + 1):
+            q = jq if stage == 1 or jq is None else torch.zeros_like(jq)
+            den = (lambda y, s, x=x, q=q: model.forward_image(y, x, torch.full((1,), s, device=dev), independent=True, jq=q)) if p.get("independent") else None
+            out = sample_image(model, x, p["method"], p["steps"], smp["sigma_min"], smp["sigma_max"], smp["rho"], seed=seed,
+                               stage=stage, denoise=den, jq=q)
+            if stage < stages:
+                x = (torch.from_numpy(to_u8(out).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)
+        return out
+
     panels = []
     for k, (entry, arr) in enumerate(val):
         if a.panels_only is not None and k not in a.panels_only:
             continue
         gt = centre_crop(arr, cw, ch)
         hr = torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-        clean_u8 = to_u8(degrade(hr, cfg.scale))
+        clean_u8 = to_u8(degrade(hr, S))
         for variant in variants:
             if variant == "clean":
                 lr_u8 = clean_u8
@@ -147,66 +223,80 @@ def main():
             model_u8 = restore_image(restorer, lr_u8, told) if a.restorer and 0 < told < 100 else lr_u8
             lr = (torch.from_numpy(model_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # the server sees uint8 LR
             jq = jpeg_level(torch.tensor([told])).to(dev) if cfg.jpeg_cond else None
-            outs = {"bicubic": to_u8(upsample(lr, cfg.scale)),
+            outs = {"bicubic": to_u8(upsample(lr, S)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.LANCZOS))}
             if model_u8 is not lr_u8:
                 outs["restored-lanczos3"] = np.asarray(Image.fromarray(model_u8).resize((cw, ch), Image.LANCZOS))
             runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" and not a.no_ablation else [])
             for name, p in runs:
                 t = time.time()
-                den = (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=dev), independent=True, jq=jq)) if p.get("independent") else None
-                out = sample_image(model, lr, p["method"], p["steps"], smp["sigma_min"], smp["sigma_max"], smp["rho"], seed=k,
-                                   denoise=den, jq=jq)
+                out = upscale(lr, p, k, jq)
                 sync()
                 times.setdefault(name, []).append((time.time() - t) / (cw * ch / 1e6))
                 outs[name] = to_u8(out)
             row = {"file": entry["packed"]}
             for name, img in outs.items():
                 row[name] = {"psnr": psnr(img, gt), "psnr_y": psnr(luma(img), luma(gt))}
-                sums[variant][name] = sums[variant].get(name, 0) + np.stack([seam_sums(img, p, cfg.scale) for p in PERIODS])
-            sums[variant]["ground_truth"] = sums[variant].get("ground_truth", 0) + np.stack([seam_sums(gt, p, cfg.scale) for p in PERIODS])
+            # seams against the other lines of the output's LR-pixel grid (S px: 16 at 16×, where stage 1's
+            # pixels end), so the stage-1 staircase is not counted as a seam
+            for name, img in list(outs.items()) + [("ground_truth", gt)]:
+                sums[variant][name] = sums[variant].get(name, 0) + np.stack([seam_sums(img, p, S) for p in PERIODS])
+                phases[variant][name] = [phases[variant].get(name, [0] * len(grid_periods))[i] + phase_sums(img, P) for i, P in enumerate(grid_periods)]
+                fine[variant][name] = fine[variant].get(name, 0) + fine_power(img, S)
             rows[variant].append(row)
             print(k, variant, entry["packed"], {n: round(v["psnr"], 2) for n, v in row.items() if n != "file"}, flush=True)
             if (a.panels_only is not None or k < 3) and "fidelity" in outs:
-                # show the most textured 128×128 window: flat sky says nothing about a super-resolver
+                # show the most textured 128×128 window (256×256 at 16×): flat sky says nothing about a super-resolver
                 g = np.abs(np.diff(luma(gt), axis=1))[:-1] + np.abs(np.diff(luma(gt), axis=0))[:, :-1]
-                best, yy, xx = -1.0, 0, 0
-                for ty in range(0, ch - 128, 16):
-                    for tx in range(0, cw - 128, 16):
-                        e = g[ty:ty + 128, tx:tx + 128].mean()
+                best, yy, xx, win = -1.0, 0, 0, (256 if S > cfg.scale else 128)
+                for ty in range(0, ch - win, 16):
+                    for tx in range(0, cw - win, 16):
+                        e = g[ty:ty + win, tx:tx + win].mean()
                         if e > best:
                             best, yy, xx = e, ty, tx
                 near = lambda u8: np.asarray(Image.fromarray(u8).resize((cw, ch), Image.NEAREST))
                 # LR · [restored LR] · Lanczos3 · fidelity · [detail] · ground truth: a column only where it was computed
                 cols = [near(lr_u8)] + ([near(model_u8)] if model_u8 is not lr_u8 else []) + [outs["lanczos3"], outs["fidelity"]] \
                     + ([outs["detail"]] if "detail" in outs else []) + [gt]
-                panels.append((variant, np.concatenate([c[yy:yy + 128, xx:xx + 128] for c in cols], axis=1)))
+                panels.append((variant, np.concatenate([c[yy:yy + win, xx:xx + win] for c in cols], axis=1)))
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     for variant in {v for v, _ in panels}:
-        Image.fromarray(np.concatenate([p for v, p in panels if v == variant], axis=0)).save(out / ("crops.png" if variant == "clean" else f"crops-{variant}.png"))
+        name = ("crops" if variant == "clean" else f"crops-{variant}") + ("" if S == cfg.scale else f"-x{S}")
+        Image.fromarray(np.concatenate([p for v, p in panels if v == variant], axis=0)).save(out / f"{name}.png")
     if a.panels_only is not None:
         return
     summary = {}
     for variant in variants:
         gt_ratio = [ratio(s) for s in sums[variant]["ground_truth"]]
+        gt_grid = [grid_ratio(s) for s in phases[variant]["ground_truth"]]
         names = [n for n in rows[variant][0] if n != "file"]
         summary[variant] = {n: {"psnr": float(np.mean([r[n]["psnr"] for r in rows[variant]])),
                                 "psnr_y": float(np.mean([r[n]["psnr_y"] for r in rows[variant]])),
                                 "seam_ratio": {str(p): float(ratio(sums[variant][n][i]) / gt_ratio[i]) for i, p in enumerate(PERIODS)},
+                                "grid_ratio": {str(P): grid_ratio(phases[variant][n][i]) / gt_grid[i] for i, P in enumerate(grid_periods)},
+                                # each phase's mean |step| over the mean of all phases, at P = the model's scale: which lines stand out
+                                "phase_profile": [float(x) for x in profile(phases[variant][n][grid_periods.index(cfg.scale)])],
+                                "fine_energy": fine[variant][n] / fine[variant]["ground_truth"],
                                 **({cost_key: float(np.mean(times[n]))} if n in times else {})} for n in names}
-    res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "restorer": a.restorer, "split": a.split,
+    res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "restorer": a.restorer, "split": a.split, "scale": S,
            "val_split": "+".join(sorted({e.get("package", "?") for e, _ in val})),
            "crop": a.crop, "n": len(rows[variants[0]]), "summary": summary, "per_image": rows,
-           "seam_periods_px": list(PERIODS), "sampling": smp, "torch_threads": torch.get_num_threads()}
-    res["targets"] = targets(summary)
-    (out / "eval.json").write_text(json.dumps(res, indent=1))
+           "seam_periods_px": list(PERIODS), "grid_periods_px": grid_periods, "sampling": smp, "torch_threads": torch.get_num_threads()}
+    res["targets"] = targets(summary, S)
+    (out / ("eval.json" if S == cfg.scale else f"eval-x{S}.json")).write_text(json.dumps(res, indent=1))
     for variant in variants:
         ref = summary[variant]["lanczos3"]["psnr"]
-        print(f"--- LR {variant} (seam ratios at {'/'.join(map(str, PERIODS))} px, output over ground truth)")
+        print(f"--- {S}×, LR {variant} (seam ratios at {'/'.join(map(str, PERIODS))} px, grid ratios at P = "
+              f"{'/'.join(map(str, grid_periods))}, fine-detail energy: output over ground truth)")
         for n, v in summary[variant].items():
             print(f"{n:22s} PSNR {v['psnr']:6.2f} dB ({v['psnr'] - ref:+.2f} vs Lanczos3)  Y {v['psnr_y']:6.2f} dB  seams "
                   + " / ".join(f"{v['seam_ratio'][str(p)]:.3f}" for p in PERIODS)
+                  + "  grid " + " / ".join(f"{v['grid_ratio'][str(P)]:.3f}" for P in grid_periods)
+                  + f"  fine {v['fine_energy']:.3f}"
                   + (f"  {v[cost_key]:.1f} s/Mpx (torch, {dev.type})" if cost_key in v else ""))
+        print(f"phase profile at P = {cfg.scale} (phase 0: the lines between LR pixels and between the model's patches): "
+              + "; ".join(f"{n} " + "/".join(f"{x:.3f}" for x in v["phase_profile"]) for n, v in summary[variant].items())
+              + "; ground truth " + "/".join(f"{x:.3f}" for x in profile(phases[variant]["ground_truth"][grid_periods.index(cfg.scale)])))
     for t in res["targets"]:
         print(f"target {t['what']}: {t['value']} — {'met' if t['met'] else 'NOT met'}")
 

@@ -594,6 +594,29 @@ def seam_excess_loss(out, target, period, scale):
     return torch.log(ratio(out) / ratio(target)) ** 2
 
 
+def phase_profile(t, period):
+    """The mean |step| across the lines of each phase i mod `period` (the line between pixel i-1 and i,
+    counted from the crop's corner), both directions and every channel pooled over the batch, over
+    the mean of all phases: (period,). Flat for a photo; one phase standing out is a staircase."""
+    m = []
+    for p in range(period):
+        s = 0
+        for dim in (-1, -2):
+            idx = torch.arange(1, t.shape[dim], device=t.device)
+            s = s + line_steps(t, dim, idx[idx % period == p]).abs().mean()
+        m.append(s)
+    m = torch.stack(m) + 1e-6   # a phase without any step (a perfect staircase) keeps a finite log and gradient
+    return m / m.mean()
+
+
+def phase_loss(out, target, period):
+    """Σ over the phases of (log of the output's phase profile over the target's)²: zero when each
+    phase of the LR-pixel grid is as sharp, relative to the others, as in the photo. A staircase of
+    period-px squares (evaluate.py's grid ratio) costs, and so does its opposite; like the seam
+    ratio it can be met by sharpening the other phases as well as by softening the one that stands out."""
+    return ((torch.log(phase_profile(out, period)) - torch.log(phase_profile(target, period))) ** 2).sum()
+
+
 def to_blocks(img, b):
     n, ch, hh, ww = img.shape
     R, C = hh // b, ww // b

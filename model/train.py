@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import network
-from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss
+from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss, phase_loss
 from data import load_split, CropSampler, degrade
 from degrade import RECIPE
 
@@ -123,6 +123,13 @@ def main(argv=None):
     ap.add_argument("--seam-loss", choices=["steps", "ratio"], default="steps",
                     help="what --seam-weight weighs: steps = grid_loss (the steps' error; release 2), ratio = "
                          "seam_excess_loss (the batch's seam ratio's log², beside the EDM-weighted MSE; release 3)")
+    ap.add_argument("--lr-grid-weight", type=float, default=0.0,
+                    help="weight of the LR-pixel grid loss beside the EDM-weighted MSE (network.phase_loss at the scale's "
+                         "period, the batch's phase profile against the photo's): the staircase of scale-px squares")
+    ap.add_argument("--cascade", type=float, default=0.0, metavar="SHARE",
+                    help="this share of each batch gets, instead of its LR, what a 16× render's second stage reads: the "
+                         "model's own fidelity output (its weight average, one evaluation at σ_max, rounded to uint8) of "
+                         "the crop reduced scale² times (issue 31: stage 2 sharpened stage 1's staircase into a mosaic)")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds")
     ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")
@@ -147,8 +154,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     dev = torch.device(a.device)
-    if a.seam_weight < 0:
-        ap.error(f"--seam-weight {a.seam_weight}: give a weight of 0 (off) or more")
+    for flag, v in (("--seam-weight", a.seam_weight), ("--lr-grid-weight", a.lr_grid_weight)):
+        if v < 0:
+            ap.error(f"{flag} {v}: give a weight of 0 (off) or more")
     if a.threads < 1:
         ap.error(f"--threads {a.threads}: give a count of 1 or more")
     if a.sdpa_backend != "auto" and network._SDPA is None:
@@ -167,6 +175,10 @@ def main(argv=None):
     if a.jpeg_cond and a.task != "real2":
         ap.error("--jpeg-cond needs --task real2 (the other tasks make no JPEG)")
     cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond)
+    if not 0 <= a.cascade <= 1:
+        ap.error(f"--cascade {a.cascade}: give a share of the batch from 0 to 1")
+    if a.cascade and a.crop % (cfg.block * cfg.scale):
+        ap.error(f"--cascade needs crops whose stage-1 LR is whole LR blocks: --crop {a.crop} is not a multiple of {cfg.block * cfg.scale} px")
     if a.seam_weight and a.crop < 2 * cfg.block:
         ap.error(f"--seam-weight needs crops with a block boundary inside: --crop {a.crop} is under 2 blocks ({2 * cfg.block} px)")
     model = InfDiT(cfg).to(dev)
@@ -236,6 +248,12 @@ def main(argv=None):
         if cfg.jpeg_cond:
             lr_img, quality = lr_img
             jq = jpeg_level(quality).to(dev)
+        n2 = round(a.cascade * a.batch)
+        if n2:
+            lr_img = lr_img.clone()
+            lr_img[:n2] = stage1_output(ema, hr[:n2], cfg, a.sigma_max, gen_dev, amp)
+            if jq is not None:
+                jq = jq.clone(); jq[:n2] = 0   # a stage-2 LR is the model's own output, never a JPEG
         tp = mark("degrade", tp)
         sigma = sample_sigma(a.batch, a, gen, dev)
         noise = torch.randn(hr.shape, generator=gen_dev, device=dev)
@@ -255,6 +273,8 @@ def main(argv=None):
         loss = (weight * err).mean()
         if a.seam_weight and a.seam_loss == "ratio":
             loss = loss + a.seam_weight * seam_excess_loss(d, hr, cfg.block, cfg.scale)
+        if a.lr_grid_weight:
+            loss = loss + a.lr_grid_weight * phase_loss(d, hr, cfg.scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         tp = mark("forward+backward", tp)
@@ -290,6 +310,19 @@ def main(argv=None):
     save(ck, model, ema, opt, cfg, step, crops, history, a)
     print(f"saved {ck} at step {step} ({crops} crops)", flush=True)
     return profiled
+
+
+@torch.no_grad()
+def stage1_output(model, hr, cfg, sigma_max, gen, amp):
+    """What the engine's 16× cascade hands its second stage for these crops: the crop reduced scale² times
+    (data.degrade's clean bicubic), through the model's fidelity preset (one evaluation from up(LR) +
+    σ_max·ε, which is the denoiser's output), rounded to uint8 as the engine's pixels are."""
+    lr1 = degrade(hr, cfg.scale ** 2)
+    up = upsample(lr1, cfg.scale)
+    x = up + sigma_max * torch.randn(up.shape, generator=gen, device=up.device)
+    with torch.autocast(device_type=hr.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+        out = model.forward_image(x, lr1, torch.full((hr.shape[0],), sigma_max, device=hr.device))
+    return (torch.round((out.float().clamp(-1, 1) + 1) * 127.5) / 127.5 - 1)
 
 
 def sdpa_backend(name):

@@ -10,7 +10,7 @@ from PIL import Image
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
 from train import load_parts  # noqa: E402
-from network import grid_loss, seam_excess_loss  # noqa: E402
+from network import grid_loss, seam_excess_loss, phase_loss  # noqa: E402
 
 RELEASE = MODEL / "release" / "infdit-s4.ckpt.pt"
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"   # torch 1.13 on CPU: 10× from page faults otherwise
@@ -90,7 +90,9 @@ class TrainTest(unittest.TestCase):
             self.assertFalse((self.dir / "bad" / "last.pt").exists())
 
     def test_bad_seam_weight_is_refused(self):
-        for bad, says in ((("--seam-weight", "-1"), "--seam-weight -1"), (("--seam-weight", "2"), "--crop 64 is under 2 blocks")):
+        for bad, says in ((("--seam-weight", "-1"), "--seam-weight -1"), (("--seam-weight", "2"), "--crop 64 is under 2 blocks"),
+                          (("--lr-grid-weight", "-0.5"), "--lr-grid-weight -0.5"), (("--cascade", "1.5"), "--cascade 1.5"),
+                          (("--cascade", "0.5"), "--crop 64 is not a multiple of 256 px")):
             r = train("--data", str(self.dir), "--ckpt", str(self.dir / "bad-seam"), *bad, "--max-steps", "1")
             self.assertNotEqual(r.returncode, 0)
             self.assertIn(says, r.stderr)
@@ -115,11 +117,13 @@ class TrainTest(unittest.TestCase):
         self.assertIn("leave it at auto", r.stderr)
 
     def first_seam_losses(self, kind, weights):
-        """The logged loss of the same first step (same seed, crops, noise) at each --seam-weight."""
+        """The logged loss of the same first step (same seed, crops, noise) at each --seam-weight
+        (kind "lr-grid": at each --lr-grid-weight)."""
         losses = []
         for w in weights:
+            flags = ("--lr-grid-weight", w) if kind == "lr-grid" else ("--seam-weight", w, "--seam-loss", kind)
             r = train("--data", str(self.dir), "--ckpt", str(self.dir / f"{kind}{w}"), "--init", str(RELEASE), "--crop", "128",
-                      "--seam-weight", w, "--seam-loss", kind, "--max-steps", "1", "--p-sigma-max", "1")
+                      *flags, "--max-steps", "1", "--p-sigma-max", "1")
             self.assertEqual(r.returncode, 0, r.stderr[-2000:])
             losses.append(float(r.stdout.split(" loss ")[1].split()[0]))
         return losses
@@ -134,6 +138,30 @@ class TrainTest(unittest.TestCase):
         # weight shows its log² in the logged loss
         losses = self.first_seam_losses("ratio", ("0", "10000"))
         self.assertGreater(losses[1], losses[0] * 1.05)
+
+    def test_lr_grid_weight_adds_the_phase_term_to_the_loss(self):
+        losses = self.first_seam_losses("lr-grid", ("0", "10000"))
+        self.assertGreater(losses[1], losses[0] * 1.05)
+
+
+class CascadeTest(unittest.TestCase):
+    def test_stage1_output_is_the_models_fidelity_output_of_the_smaller_lr_in_uint8(self):
+        from train import stage1_output, load_ema
+        from network import upsample
+        from data import degrade
+        model, _ = load_ema(RELEASE, torch.device("cpu"))
+        photo = np.asarray(Image.open(MODEL.parent / "viewer/demo.jpg").convert("RGB").resize((512, 256), Image.LANCZOS))
+        hr = torch.from_numpy(photo.copy()).permute(2, 0, 1).float().div(127.5).sub(1).reshape(3, 256, 2, 256).permute(2, 0, 1, 3)   # two 256² crops
+        out = stage1_output(model, hr, model.cfg, 4.0, torch.Generator().manual_seed(0), False)
+        self.assertEqual(out.shape, (2, 3, 64, 64))
+        u8 = (out + 1) * 127.5
+        self.assertLess((u8 - u8.round()).abs().max().item(), 1e-3)
+        # the same draw again is the same; the model's output, not the bicubic of its input
+        again = stage1_output(model, hr, model.cfg, 4.0, torch.Generator().manual_seed(0), False)
+        self.assertTrue(torch.equal(out, again))
+        lr1 = degrade(hr, 16)
+        err = lambda a: ((a - degrade(hr, 4)) ** 2).mean().item()
+        self.assertLess(err(out), err(upsample(lr1, 4)))
 
 
 class GridLossTest(unittest.TestCase):
@@ -163,6 +191,22 @@ class GridLossTest(unittest.TestCase):
         off[:, :, :, 60:] += 0.5     # the same step across an LR-grid line inside the block
         self.assertGreater(seam_excess_loss(on, target, 64, 4).item(), 1e-3)
         self.assertLess(seam_excess_loss(off, target, 64, 4).item(), seam_excess_loss(on, target, 64, 4).item() / 10)
+
+    def test_phase_loss_sees_the_staircase_not_the_contrast(self):
+        g = torch.Generator().manual_seed(2)
+        k = torch.exp(-torch.arange(-6, 7.0) ** 2 / 8)
+        k = (k[:, None] * k[None, :] / k.sum() ** 2).expand(3, 1, 13, 13)
+        target = torch.nn.functional.conv2d(torch.rand(2, 3, 140, 140, generator=g), k, groups=3)[..., :128, :128]   # smooth, no phase stands out
+        self.assertEqual(phase_loss(target, target, 4).item(), 0.0)
+        self.assertLess(phase_loss(2 * target, target, 4).item(), 1e-10)     # every step steeper: same profile
+        lr = torch.nn.functional.avg_pool2d(target, 4)
+        stairs = lr.repeat_interleave(4, -1).repeat_interleave(4, -2)         # 4×4 squares: steps on phase 0 only
+        self.assertGreater(phase_loss(stairs, target, 4).item(), 1.0)
+        shifted = torch.roll(target, 2, -1)                                   # no staircase, only shifted content
+        self.assertLess(phase_loss(shifted, target, 4).item(), 0.01)
+        x = stairs.clone().requires_grad_(True)
+        phase_loss(x, target, 4).backward()
+        self.assertTrue(torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0)
 
 
 if __name__ == "__main__":

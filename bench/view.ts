@@ -8,6 +8,12 @@
  * the view was being made comes from the engine's nodes per priority class.
  *
  *   node --import tsx bench/view.ts [--screens 900x520,1920x1080] [--pixel-ratio 2] [--no-fill]
+ *                                   [--photo 2048x1536] [--at 1,1]
+ *
+ * --photo: the uploaded photo's size (the demo photo resized); --at: where the view's centre is, as
+ * fractions of the output (clamped inside). Issue 33's screenful, every top-level tile of a 1920×1080
+ * view at (60%, 70%) of a 32000×24000 output: --photo 8000x6000 --at 0.6,0.7 --screens 1920x1080 --pixel-ratio 1.
+ * modelBusyShare: the model thread's time in block evaluations over the wall time until all were final.
  *
  * Prints figures (JSON, kept in bench/results/); never fails on time.
  */
@@ -33,7 +39,11 @@ const fill = !process.argv.includes('--no-fill');
 const ratio = Number(arg('--pixel-ratio') ?? 2);
 if (!(ratio > 0 && ratio <= 8)) throw new Error(`--pixel-ratio takes a number in (0, 8], got ${arg('--pixel-ratio')}`);
 
-const photo = await sharp(readFileSync(join(ROOT, 'viewer/demo.jpg'))).resize(2048, 1536, { kernel: 'lanczos3' }).jpeg({ quality: 92 }).toBuffer();
+const size = /^(\d+)x(\d+)$/.exec(arg('--photo') ?? '2048x1536');
+if (!size) throw new Error(`--photo takes WxH in pixels, got "${arg('--photo')}"`);
+const at = (arg('--at') ?? '1,1').split(',').map(Number);
+if (at.length !== 2 || !at.every(f => f >= 0 && f <= 1)) throw new Error(`--at takes fx,fy, fractions of the output from 0 to 1, got "${arg('--at')}"`);
+const photo = await sharp(readFileSync(join(ROOT, 'viewer/demo.jpg'))).resize(Number(size[1]), Number(size[2]), { kernel: 'lanczos3', fit: 'fill' }).jpeg({ quality: 92 }).toBuffer();
 const runs = [];
 for (const screen of screens) {
   // a server of its own per view: nothing made for one view helps the next
@@ -48,7 +58,8 @@ for (const screen of screens) {
   if (fill) while (st.engine.nodes < 200) { await new Promise(r => setTimeout(r, 100)); st = await get(); }
   const before = st.engine;
   const w = Math.round(screen.w / ratio), h = Math.round(screen.h / ratio);
-  const view = { viewer: 'bench-view-0001', level: st.maxLevel, x: st.width - w, y: st.height - h, width: w, height: h };
+  const clamp = (v: number, hi: number) => Math.max(0, Math.min(hi, Math.round(v)));
+  const view = { viewer: 'bench-view-0001', level: st.maxLevel, x: clamp(at[0] * st.width - w / 2, st.width - w), y: clamp(at[1] * st.height - h / 2, st.height - h), width: w, height: h };
   const t0 = performance.now();
   const state = async () => (await fetch(`${base}/api/images/${meta.id}/view`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(view) })).json();
   const stated = await state();
@@ -70,9 +81,11 @@ for (const screen of screens) {
   const nodes = st.engine.nodes - before.nodes;
   runs.push({ screen: `${screen.w}x${screen.h}`, imageRect: `${w}x${h} at (${view.x}, ${view.y})`, tiles: tiles.length, secondsAllFinal: +secs.toFixed(2),
     secondsEachTile: firstAt.map(s => +s.toFixed(2)), layerSteps: nodes, viewLayerSteps: d(20), fillLayerSteps: d(0),
-    fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0, blocksDone: st.blocks.done, blocksTotal: st.blocks.total });
+    fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0, modelBusyShare: +((st.engine.modelMs - before.modelMs) / 1000 / secs).toFixed(3),
+    blocksDone: st.blocks.done, blocksTotal: st.blocks.total });
   console.error(JSON.stringify(runs[runs.length - 1]));
   server.close();
   await service.close();
 }
-saveResult('view', { date: new Date().toISOString(), cpu: cpus()[0].model, cores: cpus().length, backgroundFill: fill, pixelRatio: ratio, runs });
+saveResult('view', { date: new Date().toISOString(), cpu: cpus()[0].model, cores: cpus().length, backgroundFill: fill, pixelRatio: ratio,
+  photo: `${size[1]}x${size[2]}`, at, runs });

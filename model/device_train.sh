@@ -12,16 +12,18 @@
 # released weights, with release 3's seam loss (SEAM=5 SEAM_LOSS=ratio: train.py --seam-weight
 # --seam-loss; SEAM=0 turns it off; SEAM_LOSS=steps is release 2's). The ratio is the batch's, so it is
 # steadier at a GPU's batch sizes.
-# Last (~1 min): model/evaluate.py on the GPU, clean and JPEG q75 LR, into $OUT/eval — the figures
-# come back with the weights, so no device time is spent twice. Export and engine checks run on this side.
+# Last (~1 min): model/evaluate.py on the GPU, clean and JPEG q75 LR, into $OUT/eval, then the 16× cascade
+# (fidelity, eval-x16.json; EVAL16=0 leaves it out) — the figures come back with the weights, so no device
+# time is spent twice. Export and engine checks run on this side.
 # Send it with model/device_tree.sh slim .data first (the tracked tree alone is over the tool's 64 MiB).
 # What comes back must fit the device tool's limits (8 files of ≤ 16 MiB, 2 folders down): one log,
-# $OUT/run.log, the checkpoint in 15-MiB parts (3) and the evaluation's 3 files. The run's minutes are cut
+# $OUT/run.log, the checkpoint in 15-MiB parts (3) and the evaluations' 4 files. The run's minutes are cut
 # to what the command's time leaves (BUDGET_S, 570 of the 600 s a command may run) after the profiles,
 # less EVAL_S (150) for the evaluation, so the figures come back too.
 # The rest is for a dry run anywhere (model/tests/test_device_train.py runs it on the CPU, small):
 # PYTHON (python3), DATA (.data), BATCHES (the profiled set, comma-separated), PROFILE_STEPS/PROFILE_SKIP
-# (10/5; the run's own too), PROFILE_S (60: an eager profile's time limit), EVAL_DEVICE (cuda), EVAL_ARGS (more evaluate.py flags),
+# (10/5; the run's own too), PROFILE_S (60: an eager profile's time limit), EVAL_DEVICE (cuda), EVAL_ARGS and EVAL16_ARGS
+# (more evaluate.py flags for the 4× and the 16× evaluation),
 # BUDGET_S and EVAL_S (above).
 set -x -o pipefail
 : "${OUT:?set OUT to the folder that comes back: on the device machine, its \$OUT}"
@@ -66,3 +68,9 @@ left=$(( BUDGET_S - SECONDS )); [ $left -lt 30 ] && left=30
 timeout $left $PY model/evaluate.py --device "${EVAL_DEVICE:-cuda}" --ckpt "$OUT/ckpt/last.pt" --data "$DATA" \
   --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,detail \
   --restorer model/release/infdit-s4.restore.ckpt.pt ${EVAL_ARGS} 2>&1 | tee -a "$LOG"
+if [ "${EVAL16:-1}" != 0 ]; then
+  left=$(( BUDGET_S - SECONDS )); [ $left -lt 30 ] && left=30
+  timeout $left $PY model/evaluate.py --device "${EVAL_DEVICE:-cuda}" --ckpt "$OUT/ckpt/last.pt" --data "$DATA" \
+    --manifest model/release/infdit-s4.json --out "$OUT/eval" --scale 16 --variants clean --presets fidelity --no-ablation --no-crops \
+    ${EVAL16_ARGS} 2>&1 | tee -a "$LOG"
+fi

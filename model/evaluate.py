@@ -152,6 +152,7 @@ def main():
                     "chosen on) or heldout (data_fetch.py --heldout: the independent set; measure a chosen release, never choose by it)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N validation images (a quick check)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (the figures are the same up to float rounding)")
+    ap.add_argument("--no-crops", action="store_true", help="write no crops image (a device run returns a limited number of files)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the independent-block ablation (a third of a CPU evaluation's time)")
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all)")
     a = ap.parse_args()
@@ -245,7 +246,7 @@ def main():
                 fine[variant][name] = fine[variant].get(name, 0) + fine_power(img, S)
             rows[variant].append(row)
             print(k, variant, entry["packed"], {n: round(v["psnr"], 2) for n, v in row.items() if n != "file"}, flush=True)
-            if (a.panels_only is not None or k < 3) and "fidelity" in outs:
+            if (a.panels_only is not None or k < 3) and "fidelity" in outs and not a.no_crops:
                 # show the most textured 128×128 window (256×256 at 16×): flat sky says nothing about a super-resolver
                 g = np.abs(np.diff(luma(gt), axis=1))[:-1] + np.abs(np.diff(luma(gt), axis=0))[:, :-1]
                 best, yy, xx, win = -1.0, 0, 0, (256 if S > cfg.scale else 128)

@@ -26,7 +26,7 @@ def dry_run(tmp, *extra, **overrides):
     # PROFILE_S: a profile's time limit is for a GPU's minutes; here no test may depend on how fast this CPU is
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DATA": str(data), "BATCHES": "2,2 --no-such-flag",
            "PROFILE_STEPS": "2", "PROFILE_SKIP": "1", "PROFILE_S": "900", "BUDGET_S": "100000", "MINUTES": "0.02", "EVAL_DEVICE": "cpu",
-           "EVAL_ARGS": "--limit 1 --crop 256x256 --no-ablation",
+           "EVAL_ARGS": "--limit 1 --crop 256x256 --no-ablation", "EVAL16_ARGS": "--limit 1 --crop 256x256",
            **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}), **overrides}
     r = subprocess.run(["bash", str(MODEL / "device_train.sh"), "--crop", "128", "--device", "cpu", *extra], cwd=MODEL.parent,
                        env=env, capture_output=True, text=True, timeout=900)
@@ -64,6 +64,10 @@ class DeviceTrainScriptTest(unittest.TestCase):
             self.assertEqual(set(res["summary"]), {"clean", "jpeg75"})
             self.assertIn("fidelity", res["summary"]["jpeg75"])
             self.assertEqual(res["n"], 1)
+            # and the 16× cascade's figures (the issue-31 measures), without a crops image
+            x16 = json.loads((out / "eval" / "eval-x16.json").read_text())
+            self.assertEqual((x16["scale"], x16["n"], sorted(x16["summary"]["clean"]["fidelity"]["grid_ratio"])), (16, 1, ["16", "4"]))
+            self.assertFalse((out / "eval" / "crops-x16.png").exists())
 
     def test_without_batches_it_trains_with_the_run_flags_and_profiles_the_run_itself(self):
         # the default: no separate profiles (the measured flags, RUN); the run prints its own profile.

@@ -75,16 +75,16 @@ def phase_sums(img, period):
     return out
 
 
+def profile(sums):
+    """Each phase's mean |step| (phase_sums) over the mean of all phases."""
+    m = sums[:, 0] / sums[:, 1]
+    return m / m.mean()
+
+
 def grid_ratio(sums):
     """The LR-pixel grid ratio of phase_sums: the largest phase's mean |step| over the mean of all
     phases (1.0: no phase stands out). A staircase of period-px squares puts its steps on one phase."""
-    m = sums[:, 0] / sums[:, 1]
-    return float(m.max() / m.mean())
-
-
-def profile(sums):
-    m = sums[:, 0] / sums[:, 1]
-    return m / m.mean()
+    return float(profile(sums).max())
 
 
 def fine_power(img, scale):

@@ -585,27 +585,25 @@ def seam_excess_loss(out, target, period, scale):
     seam ratio, pooled over the batch, both directions. Unlike grid_loss it can be met by sharpening the
     other lines as well as by softening the boundaries."""
     def ratio(t):
-        on, other = 0, 0
-        for dim in (-1, -2):
-            idx = torch.arange(1, t.shape[dim], device=t.device)
-            on = on + line_steps(t, dim, idx[idx % period == 0]).abs().mean()
-            other = other + line_steps(t, dim, idx[(idx % scale == 0) & (idx % period != 0)]).abs().mean()
-        return on / other
+        return mean_steps(t, lambda i: i % period == 0) / mean_steps(t, lambda i: (i % scale == 0) & (i % period != 0))
     return torch.log(ratio(out) / ratio(target)) ** 2
+
+
+def mean_steps(t, which):
+    """The mean |step| across the lines i (between pixel i-1 and i, from the crop's corner) for which
+    which(i) holds, per direction, summed over the two directions."""
+    s = 0
+    for dim in (-1, -2):
+        idx = torch.arange(1, t.shape[dim], device=t.device)
+        s = s + line_steps(t, dim, idx[which(idx)]).abs().mean()
+    return s
 
 
 def phase_profile(t, period):
     """The mean |step| across the lines of each phase i mod `period` (the line between pixel i-1 and i,
     counted from the crop's corner), both directions and every channel pooled over the batch, over
     the mean of all phases: (period,). Flat for a photo; one phase standing out is a staircase."""
-    m = []
-    for p in range(period):
-        s = 0
-        for dim in (-1, -2):
-            idx = torch.arange(1, t.shape[dim], device=t.device)
-            s = s + line_steps(t, dim, idx[idx % period == p]).abs().mean()
-        m.append(s)
-    m = torch.stack(m) + 1e-6   # a phase without any step (a perfect staircase) keeps a finite log and gradient
+    m = torch.stack([mean_steps(t, lambda i, p=p: i % period == p) for p in range(period)]) + 1e-6   # a phase without any step (a perfect staircase) keeps a finite log and gradient
     return m / m.mean()
 
 

@@ -170,9 +170,72 @@ def export_whole(model, path, kv_dtype="float32"):
     _export(BlockStep(model.eval(), kv_dtype).eval(), dummy(ins, 2, torch.Generator().manual_seed(0)), ins, outs, path)
 
 
-def export_layers(model, out, kv_dtype="float32"):
-    """<out>.input.onnx, <out>.layer0.onnx, …: one graph per layer. Returns the manifest's `graphs`."""
+_MHA = []
+
+
+def ort_attention():
+    """torch.ops.infdit.mha, exported as onnxruntime's com.microsoft.MultiHeadAttention: the block attention's
+    scores, softmax and weighted sum in one kernel (bench/graphs.ts, this 2-core EPYC: a layer 8-10% faster
+    than the plain MatMul/Softmax/MatMul graph, which also splits per head). Queries (n, T, h·dh); keys and
+    values (n, h, S, dh); keep (n, S) int32, 0 = a masked key (its logit NEG, as network.attend's bias), or None.
+    Registered once per process; its body is the reference the symbolic stands for (test_export checks them)."""
+    if not _MHA:
+        from network import NEG
+        lib = torch.library.Library("infdit", "DEF")
+        lib.define("mha(Tensor q, Tensor k, Tensor v, Tensor? keep, int heads) -> Tensor")
+
+        def mha(q, k, v, keep, heads):
+            n, t, _ = q.shape
+            qh = q.reshape(n, t, heads, -1).transpose(1, 2)
+            logits = torch.matmul(qh, k.transpose(-1, -2)) * qh.shape[-1] ** -0.5
+            if keep is not None:
+                logits = logits.masked_fill(keep[:, None, None, :] == 0, NEG)
+            return torch.matmul(torch.softmax(logits, dim=-1), v).transpose(1, 2).reshape(n, t, -1)
+        lib.impl("mha", mha, "CPU")
+
+        def symbolic(g, q, k, v, keep, heads):
+            from torch.onnx import symbolic_helper as sh
+            h = sh._get_const(heads, "i", "heads")
+            if sh._is_none(keep):
+                return g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=h)
+            # inputs: query, key, value, bias (the projection bias: none here), key_padding_mask. The exporter
+            # cannot leave an input out, so a placeholder stands for the bias; mend_attention() removes it.
+            return g.op("com.microsoft::MultiHeadAttention", q, k, v, g.op("Constant", value_t=torch.zeros(0)), keep,
+                        num_heads_i=h, mask_filter_value_f=NEG)
+        torch.onnx.register_custom_op_symbolic("infdit::mha", symbolic, OPSET)
+        _MHA.extend([lib, lambda heads: (lambda q, k, v, keep: torch.ops.infdit.mha(q, k, v, keep, heads))])
+    return _MHA[1]
+
+
+def mend_attention(path):
+    """The exported MultiHeadAttention's placeholder for its absent 4th input becomes the ONNX empty name; the
+    placeholder's node, now unused, goes; the contrib domain is declared."""
+    import onnx
+    m = onnx.load(str(path))
+    if not any(n.op_type == "MultiHeadAttention" for n in m.graph.node):
+        return          # the input stage: no attention in it
+    for n in m.graph.node:
+        if n.op_type == "MultiHeadAttention" and len(n.input) == 5:
+            n.input[3] = ""
+    used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    keep = [n for n in m.graph.node if any(o in used for o in n.output)]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in m.opset_import):
+        m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    onnx.save(m, str(path))
+
+
+def export_layers(model, out, kv_dtype="float32", attention="fused"):
+    """<out>.input.onnx, <out>.layer0.onnx, …: one graph per layer. Returns the manifest's `graphs`.
+    attention "fused": the layers' attention as onnxruntime's MultiHeadAttention (ort_attention); "plain":
+    MatMul, Softmax, MatMul per head (releases 2-4's graphs)."""
     model = model.eval()
+    hook = ort_attention()(model.cfg.heads) if attention == "fused" else None
+    for blk in model.blocks:
+        blk.attn.ort_attention = hook
+        if blk.cross is not None:
+            blk.cross.ort_attention = hook
     graphs = []
     for name, ins, outs in layer_specs(model.cfg, kv_dtype):
         if name == "input":
@@ -181,9 +244,15 @@ def export_layers(model, out, kv_dtype="float32"):
             mod = LayerStage(model, int(name[5:]), kv_dtype, [n for n, _, _ in ins])
         path = Path(f"{out}.{name}.onnx")
         _export(mod.eval(), dummy(ins, 2, torch.Generator().manual_seed(0)), ins, outs, path)
+        if hook is not None:
+            mend_attention(path)
         graphs.append({"name": name, "file": path.name,
                        "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in ins],
                        "outputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in outs]})
+    for blk in model.blocks:    # the model is the caller's: left as it came
+        blk.attn.ort_attention = None
+        if blk.cross is not None:
+            blk.cross.ort_attention = None
     return graphs
 
 
@@ -238,21 +307,28 @@ def attach_restorer(m, out, ckpt):
     return m
 
 
-def write_model(model, out, name, kv_dtype, sampling, provenance, whole=False):
+def write_model(model, out, name, kv_dtype, sampling, provenance, whole=False, attention="fused"):
     """The layer graphs <out>.<graph>.onnx and the manifest <out>.json (with --whole also
     <out>.onnx, the single whole-evaluation graph, for benchmarks)."""
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    graphs = export_layers(model, out, kv_dtype)
+    graphs = export_layers(model, out, kv_dtype, attention)
     if whole:
         export_whole(model, out.with_suffix(".onnx"), kv_dtype)
     # an existing <out>.onnx beside the layer graphs (release 1's file) stays the benchmark reference
     ref = out.with_suffix(".onnx")
-    m = manifest(model.cfg, name, kv_dtype, sampling, provenance, graphs, ref.name if ref.exists() else None)
+    m = manifest(model.cfg, name, kv_dtype, sampling, provenance, graphs, ref.name if ref.exists() else None, attention)
     out.with_suffix(".json").write_text(json.dumps(m, indent=1))
     return out
 
 
-def manifest(cfg, name, kv_dtype, sampling, provenance, graphs, whole=None):
+ATTENTION_DOC = {
+    "fused": "the layers' block and LR attention are onnxruntime's com.microsoft MultiHeadAttention (CPU kernel; "
+             "a missing neighbour's keys closed by key_padding_mask with mask_filter_value -1e9)",
+    "plain": "MatMul, Softmax, MatMul per head (standard ONNX operators)",
+}
+
+
+def manifest(cfg, name, kv_dtype, sampling, provenance, graphs, whole=None, attention="fused"):
     bpe = 2 if kv_dtype == "float16" else 4
     m = {
         "format": "infdit-layerstep", "version": 2, "name": name, "config": cfg.to_dict(),
@@ -264,6 +340,7 @@ def manifest(cfg, name, kv_dtype, sampling, provenance, graphs, whole=None):
                "bytes_per_layer": 2 * cfg.tokens * cfg.dim * bpe,
                "neighbour_slots": ["top", "left", "topleft"]},
         "graphs": graphs,
+        "attention": {"form": attention, "doc": ATTENTION_DOC[attention]},
         "graphs_doc": ("run in order: input (depth 0: h, cond and layer 0's K/V), then layer l for l = 0 … L-1. "
                        "layer l takes the block's h and the layer-l keys k4 and values v4 of the block and its "
                        "neighbours side by side, (b, heads, 4·tokens, head_dim) in slot order self, top, left, "
@@ -306,6 +383,29 @@ DEFAULT_SAMPLING = {
     # regression E[x0|LR] (best PSNR); 4 Euler steps add texture and stay above Lanczos (8 fall below it).
     "presets": {"fidelity": {"method": "euler", "steps": 1}, "detail": {"method": "euler", "steps": 4}},
 }
+
+
+def regraph(mp, ckpt, attention):
+    """Export again the input and layer graphs of the model whose manifest is mp, from its checkpoint, in the
+    given attention form; every other part of the manifest (sampling, provenance, the restorer's graph, the
+    benchmark's whole graph) stays as it is. The graphs' inputs and outputs do not change; their bytes, and so
+    the model's identity and every cache keyed by it, do."""
+    from train import load_ema
+    m = json.loads(mp.read_text())
+    model, _ = load_ema(ckpt)
+    if model.cfg.to_dict() != m["config"]:
+        raise SystemExit(f"--ckpt {ckpt}'s config is not {mp}'s: {model.cfg.to_dict()} vs {m['config']}")
+    graphs = export_layers(model, mp.with_suffix(""), m["kv"]["dtype"], attention)
+    new = {g["name"]: g for g in graphs}
+    if any(new.get(g["name"], g)["file"] != g["file"] for g in m["graphs"]):
+        raise SystemExit(f"{mp}'s graph files are not named <name>.<graph>.onnx: not re-exported in place")
+    m["graphs"] = [new.get(g["name"], g) for g in m["graphs"]]
+    keys = list(m)   # the attention entry sits after the graphs, as manifest() writes it
+    m["attention"] = {"form": attention, "doc": ATTENTION_DOC[attention]}
+    if "attention" not in keys:
+        keys.insert(keys.index("graphs") + 1, "attention")
+    mp.write_text(json.dumps({k: m[k] for k in keys}, indent=1))
+    return [g["file"] for g in graphs]
 
 
 def write_bin(path, arrays):
@@ -385,7 +485,20 @@ def main():
     ap.add_argument("--random", metavar="CONFIG", help="export a named size with random weights (for cost benchmarks)")
     ap.add_argument("--restorer", metavar="CKPT", help="model/restore.py checkpoint: export it as <out>.restore.onnx into the manifest")
     ap.add_argument("--attach", metavar="MANIFEST", help="with --restorer: add it to this exported model, its other graphs untouched")
+    ap.add_argument("--attention", choices=["fused", "plain"], default="fused",
+                    help="the layers' attention: onnxruntime's MultiHeadAttention (default) or plain ONNX operators")
+    ap.add_argument("--regraph", metavar="MANIFEST", help="with --ckpt: export that model's input and layer graphs again "
+                    "(--attention's form), the rest of its manifest and files untouched")
     a = ap.parse_args()
+    if a.regraph:
+        mp = Path(a.regraph)
+        if mp.suffix != ".json" or not mp.exists():
+            ap.error(f"--regraph must name an exported model's manifest (<name>.json), got {a.regraph!r}")
+        if not a.ckpt:
+            ap.error("--regraph needs --ckpt (the checkpoint the model was exported from)")
+        files = regraph(mp, a.ckpt, a.attention)
+        print(f"wrote {', '.join(files)} and updated {mp}")
+        return
     if a.attach:
         if not a.restorer:
             ap.error("--attach needs --restorer CKPT")
@@ -401,7 +514,7 @@ def main():
         return
     if a.random and a.out:
         model = InfDiT(make_config(a.random, sigma_data=0.1)).randomize_(0, std=0.02)
-        out = write_model(model, a.out, a.random, a.kv_dtype, DEFAULT_SAMPLING, {"data": "random weights: for cost benchmarks only"}, whole=a.whole)
+        out = write_model(model, a.out, a.random, a.kv_dtype, DEFAULT_SAMPLING, {"data": "random weights: for cost benchmarks only"}, whole=a.whole, attention=a.attention)
         print(f"wrote {out}.onnx ({a.random}, random weights)")
         return
     if not (a.ckpt and a.out):
@@ -414,7 +527,7 @@ def main():
     if a.provenance:
         prov.update(json.loads(Path(a.provenance).read_text()))
     sampling = json.loads(Path(a.sampling).read_text()) if a.sampling else DEFAULT_SAMPLING
-    out = write_model(model, a.out, Path(a.out).name, a.kv_dtype, sampling, prov, whole=a.whole)
+    out = write_model(model, a.out, Path(a.out).name, a.kv_dtype, sampling, prov, whole=a.whole, attention=a.attention)
     if a.restorer:
         mp = out.with_suffix(".json")
         mp.write_text(json.dumps(attach_restorer(json.loads(mp.read_text()), out, a.restorer), indent=1))

@@ -242,6 +242,7 @@ class UniBAttention(nn.Module):
         self.k_norm = LayerNorm(self.dh, eps=1e-6)
         self.slot = nn.Parameter(torch.zeros(len(SLOTS), self.h, 1, self.dh))
         self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.ort_attention = None   # set by model/export.py only: see mix4
 
     def q_own(self, x, cos, sin):
         """The queries alone (the layer step gets its own K/V from the step before)."""
@@ -274,6 +275,13 @@ class UniBAttention(nn.Module):
         a fifth of a layer's time in onnxruntime (bench/graphs.ts --profile)."""
         t = k4.shape[2] // len(SLOTS)
         slot = self.slot.transpose(0, 1).expand(-1, -1, t, -1).reshape(1, self.h, len(SLOTS) * t, self.dh)
+        if self.ort_attention is not None:
+            # The export's form (model/export.py: onnxruntime's MultiHeadAttention, one kernel for the scores,
+            # the softmax and the weighted sum): queries (n, T, h·dh), keys and values as they come, a missing
+            # neighbour's keys closed by a mask instead of the bias. bench/graphs.ts: 8-10% of a layer's time.
+            n, h, tq, dh = q.shape
+            keep = (bias[:, 0, 0, :] == 0).to(torch.int32)
+            return self.proj(self.ort_attention(q.transpose(1, 2).reshape(n, tq, h * dh), k4 + slot, v4, keep))
         # keys transposed before the concatenation inside attend(): onnxruntime fuses a Transpose that
         # feeds a MatMul into a FusedMatMul that ran 20× slower than the plain MatMul of the same size
         o = attend(q, None, v4, bias, kt=(k4 + slot).transpose(-1, -2))
@@ -298,6 +306,7 @@ class NearbyLRCrossAttention(nn.Module):
         self.q_norm = LayerNorm(self.dh, eps=1e-6)
         self.k_norm = LayerNorm(self.dh, eps=1e-6)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.ort_attention = None   # set by model/export.py only, as UniBAttention.ort_attention
 
     def forward(self, x, lr_ctx):
         n, t, d = x.shape
@@ -306,6 +315,8 @@ class NearbyLRCrossAttention(nn.Module):
         s = c.shape[1]
         q = self.q_norm(self.q(self.norm_x(x)).reshape(n, t, self.h, self.dh).transpose(1, 2))
         k, v = self.kv(c).reshape(n, s, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        if self.ort_attention is not None:
+            return self.proj(self.ort_attention(q.transpose(1, 2).reshape(n, t, d), self.k_norm(k), v, None))
         o = attend(q, self.k_norm(k), v, None)   # every LR token open (no mask: SDPA may use flash)
         return self.proj(o.transpose(1, 2).reshape(n, t, d))
 

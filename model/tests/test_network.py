@@ -279,6 +279,33 @@ class TestSampler(unittest.TestCase):
 
 
 class TestExport(unittest.TestCase):
+    def test_ort_attention_is_the_plain_one(self):
+        """The layer graphs' attention is exported as onnxruntime's MultiHeadAttention (export.ort_attention):
+        the op's body, which the exported node stands for, gives the plain path's blocks, masked border
+        neighbours and the LR cross-attention included (the engine's fixture tests hold onnxruntime to it)."""
+        import export
+        cfg, m, lr, x = setup(depth=3)
+        sigma, pos0 = torch.tensor([0.3, 2.5]), torch.tensor([[0.0, 0.0], [4000.0, 16000.0]])
+        need = {(i, r, c): cfg.depth for i in range(2) for r in range(3) for c in range(5)}
+        with torch.no_grad():
+            plain = run_layers(m, x, lr, sigma, pos0, need)
+            hook = export.ort_attention()(cfg.heads)
+            for blk in m.blocks:
+                blk.attn.ort_attention = hook
+                if blk.cross is not None:
+                    blk.cross.ort_attention = hook
+            fused = run_layers(m, x, lr, sigma, pos0, need)
+        self.assertTrue(any(blk.cross is not None for blk in m.blocks))
+        self.assertEqual(fused.keys(), plain.keys())
+        for k in plain:
+            self.assertLessEqual((fused[k] - plain[k]).abs().max().item(), 1e-5)
+        # and the hook is used: a different op gives different blocks
+        with torch.no_grad():
+            for blk in m.blocks:
+                blk.attn.ort_attention = lambda q, k, v, keep: hook(q, k, v, None)
+            open_border = run_layers(m, x, lr, sigma, pos0, need)
+        self.assertGreater((open_border[(0, 0, 0)] - plain[(0, 0, 0)]).abs().max().item(), 1e-4)   # 7e-4 here; equal ones ≤ 1e-5
+
     def test_fixture_is_reproducible(self):
         """Regenerating the fixture gives the committed reference arrays (to float tolerance:
         another BLAS may round the last bits differently) and a model under 2 MB."""

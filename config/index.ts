@@ -27,7 +27,8 @@ export const schema = z.object({
   kvCacheMb: z.coerce.number().min(1).max(1 << 20).describe('K/V cache bound in MiB'),
   diskBudgetMb: z.coerce.number().positive().max(2 ** 30).describe('bytes of generated blocks and tiles the data folder may hold, in MiB; least recently used go first (uploads are never evicted)'),
   batch: int(1, 256).describe('blocks per ONNX call'),
-  threads: int(0, 256).describe('onnxruntime intra-op threads (0: all cores)'),
+  threads: int(0, 256).describe('onnxruntime intra-op threads (0: all cores), shared among the model workers'),
+  modelWorkers: int(1, 64).describe('model threads, each with its own onnxruntime sessions and threads ÷ model-workers intra-op threads, running batches side by side: 2 made a screenful 1.29× faster on 2 cores, and the HTTP thread\'s worst delays 2-4× longer (README)'),
   modelNice: int(0, 19).describe("nice value of the model's threads: the HTTP thread wins the CPU while they generate (0: equal)"),
   ortSpinning: bool.describe("let onnxruntime's threads spin between calls (faster small batches; starves the HTTP thread on few cores)"),
   port: int(0, 65535).describe('HTTP port'),
@@ -61,7 +62,7 @@ export const defaults: Config = {
   dataDir: join(ROOT, 'data'),
   // 768: a 768 Mpx image's background fill levels off at ~1.74 GB RSS with 1.4% blocks rerun;
   // 1024 passed 2 GiB after 5 minutes (the process's own ~650 MB and allocator slack come on top)
-  kvCacheMb: 768, diskBudgetMb: 10240, batch: 8, threads: 0, modelNice: 10, ortSpinning: false,
+  kvCacheMb: 768, diskBudgetMb: 10240, batch: 8, threads: 0, modelWorkers: 1, modelNice: 10, ortSpinning: false,
   port: 8080, host: '127.0.0.1',
   uploadMaxBytes: 256 * 1024 * 1024, uploadMaxPixels: 67_108_864,
   backgroundFill: true, tileWaitMs: 20000, viewLeaseMs: 30000, demo: true, http2: false,
@@ -72,7 +73,7 @@ export const defaults: Config = {
 export const KEYS = Object.keys(schema.shape) as (keyof Config)[];
 
 type Key = keyof Config;
-const MODEL_KEYS: Key[] = ['model', 'batch', 'threads', 'kvCacheMb', 'ortSpinning', 'queue'];
+const MODEL_KEYS: Key[] = ['model', 'batch', 'threads', 'modelWorkers', 'kvCacheMb', 'ortSpinning', 'queue'];
 const RENDER_KEYS: Key[] = [...MODEL_KEYS, 'scale', 'preset', 'steps', 'sigmaMax', 'seed', 'tileSize', 'tileOverlap', 'tileFormat', 'tileQuality',
   'dataDir', 'diskBudgetMb', 'modelNice', 'uploadMaxBytes', 'uploadMaxPixels', 'regionBlocks', 'queueWindow'];
 /** The settings each command takes: `--help` lists them, and a flag of another command is refused. */

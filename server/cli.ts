@@ -81,7 +81,7 @@ async function serve(cfg: Config) {
 async function worker(cfg: Config) {
   if (!cfg.queue) throw new ConfigError('worker needs --queue redis://HOST:PORT (the same as the render or server it works for)');
   await checkRedis(cfg.queue);
-  const model = await Model.load(cfg.model, { threads: cfg.threads, nice: 0, spinning: cfg.ortSpinning, warm: cfg.batch });
+  const model = await Model.load(cfg.model, { threads: cfg.threads, workers: cfg.modelWorkers, nice: 0, spinning: cfg.ortSpinning, warm: cfg.batch });
   const w = await startWorker(cfg.queue, model, { batch: cfg.batch, kvBytes: cfg.kvCacheMb * 2 ** 20, lockMs: cfg.queueLockMs, log: s => console.log(`infdit worker: ${s}`) });
   console.log(`infdit worker: model ${model.manifest.name} (${model.id}), ${cfg.threads || 'all'} threads, waiting for region jobs at ${redact(cfg.queue)}`);
   const stop = async () => { await w.close(); await model.close(); process.exit(0); };

@@ -104,6 +104,24 @@ test('order-free: raster, random orders, batch 1/3/16, constant eviction give id
   }
 });
 
+test('model workers: two model threads of one onnxruntime thread each, batches side by side, give the single thread\'s bytes', async () => {
+  const base = hash(await full(render({ preset: 'detail' })));
+  const pool = await Model.load(FIXTURE + '.json', { threads: 2, workers: 2 });
+  try {
+    assert.equal(pool.parallel, 2);
+    for (const batch of [1, 4]) {
+      const r = render({ model: pool, preset: 'detail', batch });
+      // a raster render, then requests in a random order with a small cache (reruns), as a viewer makes them
+      assert.equal(hash(await full(r)), base, `batch ${batch}, raster`);
+      const r2 = render({ model: pool, preset: 'detail', batch, kvBytes: 3 * model.kvFloats * 4 });
+      await Promise.all([[2, 4], [0, 3], [1, 0], [2, 1]].map(b => r2.last.ensure([b as [number, number]])));
+      assert.equal(hash(await full(r2)), base, `batch ${batch}, concurrent requests`);
+    }
+    const each = pool.callsEach;
+    assert.ok(each.every(n => n > 10), `calls per model thread ${each}: the batches were not spread`);
+  } finally { await pool.close(); }
+});
+
 /** The cone, computed independently of the engine: a block wanted at level λ = n·(L+1)+k needs
  *  its top/left/top-left neighbours at (n, k-1), or at (n-1, L-1) when k = 0. All nodes "r,c,level". */
 function cone(targets: [number, number][], N: number, L: number, R: number, C: number): Set<string> {

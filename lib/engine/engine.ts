@@ -541,9 +541,9 @@ export class Stage {
   // ---------------------------------------------------------------- running
 
   /**
-   * Runs batches, two in flight: while the model thread computes one, this thread picks and
-   * assembles the next (its nodes cannot depend on the running ones: those are not done), so the
-   * model never waits for JavaScript. The model thread takes calls in order.
+   * Runs batches, one more in flight than the model has threads (Model.parallel): while the model
+   * computes, this thread picks and assembles the next (its nodes cannot depend on the running ones:
+   * those are not done), so the model never waits for JavaScript. A model thread takes calls in order.
    */
   private pump() {
     if (this.pumping) return;
@@ -552,7 +552,7 @@ export class Stage {
       const running = new Set<Promise<void>>();
       try {
         for (;;) {
-          while (running.size < 2) {
+          while (running.size < this.o.model.parallel + 1) {
             const { batch, k } = this.pickBatch();
             if (!batch.length) break;
             const p: Promise<void> = this.runBatch(batch, k).then(() => { running.delete(p); this.settle(); });

@@ -153,6 +153,12 @@ export interface ModelOptions {
   nice?: number;
   /** Run every graph once at this batch size before answering (grows onnxruntime's arenas at load); 0: not. */
   warm?: number;
+  /** Model threads, each with its own onnxruntime sessions and threads/workers intra-op threads; calls go
+   *  to the least busy; the engine keeps workers + 1 batches in flight. On this 2-core machine two
+   *  single-threaded sessions made 1.2-1.3× the blocks per second of one session on both cores, whose
+   *  small operators leave a core idle (bench/screen.ts), but the HTTP thread's worst delays grew
+   *  (test/responsive.test.ts's measure: p99 ~40-80 ms instead of ~20 at batch 16). Default 1. */
+  workers?: number;
   /** false: the manifest and the model's identity only, no onnxruntime sessions. A queue master
    *  (`--queue`) hands every block to workers and never runs a graph. Default true. */
   graphs?: boolean;
@@ -217,8 +223,12 @@ class WorkerRunner implements GraphRunner {
     w.on('exit', code => fail(new ModelError(`the model worker thread exited (code ${code})`)));
     w.unref();   // an idle worker does not keep the process alive
   }
+  get inFlight() { return this.pending.size; }
+  /** Calls taken so far. */
+  calls = 0;
   run(gi: number, b: number, feeds: Feeds, outs?: Feeds) {
     if (this.dead) return Promise.reject(this.dead);
+    this.calls++;
     if (this.closing) return Promise.reject(new ModelError('the model was closed'));
     const id = this.next++;
     const transfer = new Set<ArrayBuffer>();
@@ -244,6 +254,22 @@ class WorkerRunner implements GraphRunner {
   }
 }
 
+/** Several model threads: a call goes to the one with the fewest calls in flight (the first of equals). A
+ *  block's result does not depend on which thread ran it (the same graphs and kernels; onnxruntime splits
+ *  work by output rows, never a sum), so neither do the pixels (test/engine.test.ts). */
+class PoolRunner implements GraphRunner {
+  constructor(private pool: WorkerRunner[]) {}
+  get size() { return this.pool.length; }
+  /** Calls each model thread has taken (tests: the batches really are spread). */
+  get callsEach() { return this.pool.map(r => r.calls); }
+  run(gi: number, b: number, feeds: Feeds, outs?: Feeds) {
+    let best = this.pool[0];
+    for (const r of this.pool) if (r.inFlight < best.inFlight) best = r;
+    return best.run(gi, b, feeds, outs);
+  }
+  async close() { await Promise.all(this.pool.map(r => r.close())); }
+}
+
 export class Model {
   readonly kvFloats: number;          // elements of one block's K/V for one layer
   readonly hFloats: number;           // the hidden state of one block: tokens × dim
@@ -257,6 +283,11 @@ export class Model {
   }
 
   get layers() { return this.manifest.layers; }
+
+  /** How many calls can run at once (ModelOptions.workers). */
+  get parallel() { return this.runner instanceof PoolRunner ? this.runner.size : 1; }
+  /** Calls each model thread has taken: [all] for a single thread. */
+  get callsEach() { return this.runner instanceof PoolRunner ? this.runner.callsEach : [this.runner instanceof WorkerRunner ? this.runner.calls : NaN]; }
 
   /** Load the model whose manifest is `<path>.json` (path may name the .json, or end in .onnx). */
   static async load(path: string, opts: ModelOptions = {}): Promise<Model> {
@@ -278,6 +309,16 @@ export class Model {
       for (const f of files) sessions.push(await ort.InferenceSession.create(readFileSync(f), opt));
       sessions.forEach((s, gi) => checkGraph(manifest, gi, s));
       return new Model(manifest, new InThreadRunner(sessions, manifest), id);
+    }
+    const n = Math.max(1, Math.floor(opts.workers ?? 1));
+    if (n > 1) {
+      const each = Math.max(1, Math.floor((opts.threads || cpus().length) / n));
+      const loads = Array.from({ length: n }, () => Model.load(path, { ...opts, workers: 1, threads: each }));
+      const got = await Promise.allSettled(loads);
+      const pool = got.flatMap(r => (r.status === 'fulfilled' ? [r.value.runner as WorkerRunner] : []));
+      const bad = got.find(r => r.status === 'rejected') as PromiseRejectedResult | undefined;
+      if (bad) { await Promise.all(pool.map(r => r.close())); throw bad.reason; }
+      return new Model(manifest, new PoolRunner(pool), id);
     }
     const w = new Worker(new URL('./model-worker.js', import.meta.url), {
       workerData: { files, options: opt, nice: opts.nice ?? 10, warm: opts.warm ?? 0, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },

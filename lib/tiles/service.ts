@@ -130,7 +130,7 @@ export class ImageService {
   static async open(cfg: Config): Promise<ImageService> {
     checkDataDir(cfg.dataDir);
     // with --queue the workers run the model; here only its manifest and identity are needed
-    const model = await Model.load(cfg.model, { threads: cfg.threads, nice: cfg.modelNice, spinning: cfg.ortSpinning, warm: cfg.batch, graphs: !cfg.queue });
+    const model = await Model.load(cfg.model, { threads: cfg.threads, workers: cfg.modelWorkers, nice: cfg.modelNice, spinning: cfg.ortSpinning, warm: cfg.batch, graphs: !cfg.queue });
     const s = new ImageService(cfg, model);
     if (cfg.queue) {
       try { s.remote = await RemoteGenerator.open(cfg.queue, model, { regionBlocks: cfg.regionBlocks, viewerBlocks: Math.max(1, Math.round(cfg.tileSize / model.manifest.block)), window: cfg.queueWindow }); }

@@ -7,6 +7,7 @@
  * alternating rounds and each figure is the median over rounds, so their ratio is fair.
  */
 import { join, dirname } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { readFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
 import * as ort from 'onnxruntime-node';
@@ -52,7 +53,7 @@ async function timeIt(reps: number, f: () => Promise<unknown>) {
 const evalGraphs = (model: Model) => model.manifest.graphs.map((g, gi) => ({ g, gi })).filter(({ g }) => g.name === 'input' || /^layer\d+$/.test(g.name));
 
 /** ms per block-evaluation through the layer graphs (input + every layer), via `model.run`. */
-async function layered(model: Model, b: number, reps: number) {
+export async function layered(model: Model, b: number, reps: number) {
   const per: number[] = [];
   let total = 0;
   for (const { gi } of evalGraphs(model)) {
@@ -137,4 +138,5 @@ async function main() {
   saveResult('graphs', { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model }, command: 'node --import tsx bench/graphs.ts ' + args.join(' '),
     model: m.name, threads, matmulPeak: peak, flopsPerBlockEval: F, rows, profile: prof });
 }
-main();
+// run as a script; bench/screen.ts imports layered() for its own table
+if (import.meta.url === pathToFileURL(process.argv[1]).href) main();

@@ -47,7 +47,8 @@ const photo = await sharp(readFileSync(join(ROOT, 'viewer/demo.jpg'))).resize(Nu
 const runs = [];
 for (const screen of screens) {
   // a server of its own per view: nothing made for one view helps the next
-  const service = await ImageService.open(loadConfig({ dataDir: mkdtempSync(join(tmpdir(), 'infdit-bench-view-')), demo: false, backgroundFill: fill }));
+  const service = await ImageService.open(loadConfig({ dataDir: mkdtempSync(join(tmpdir(), 'infdit-bench-view-')), demo: false, backgroundFill: fill,
+    ...(arg('--model-workers') !== undefined ? { modelWorkers: arg('--model-workers') } : {}), ...(arg('--model') ? { model: arg('--model') } : {}) }));
   const server = createApp(service).listen(0, '127.0.0.1');
   await new Promise(r => server.once('listening', r));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;

@@ -1,0 +1,118 @@
+/**
+ * A screenful of detail (issue 33): every top-level tile of a 1920×1080 view at 1 image px per screen px,
+ * centred at (60%, 70%) of a 32000×24000 output (an 8000×6000 photo at 4×), stated at once as the bundled
+ * viewer states a view, through a real `infdit serve` (a child process, default settings but the ones
+ * named here). Seconds until every tile is final, layer-steps, the model threads' busy time per second;
+ * for each model, model-worker count and background fill asked for, one server each, in one run; then
+ * bench/graphs.ts's block evaluation (ms per block at batch 8 and 16) for each model, interleaved round
+ * by round, the same run.
+ *
+ *   node --import tsx bench/screen.ts [--models model/release/infdit-s4.json[,other.json…]]
+ *        [--workers 1,2] [--fill off,on] [--photo 8000x6000] [--at 0.6,0.7] [--screen 1920x1080] [--no-graphs]
+ *
+ * --workers: --model-workers values (1: the default).
+ * modelBusy: the model threads' summed time in block evaluations over the wall time (2 = two threads busy).
+ * Prints figures (JSON, kept in bench/results/); never fails on time.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { Model } from '../lib/engine/model.js';
+import { layered } from './graphs.js';
+import { tmpdir, cpus } from 'node:os';
+import { join, resolve } from 'node:path';
+import sharp from 'sharp';
+import { ROOT, spawnServe } from '../test/helpers.js';
+import { saveResult } from './common.js';
+import { decodeRuns } from '../lib/tiles/progress.js';
+
+const arg = (name: string, d: string) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : d; };
+const fail = (s: string): never => { console.error(s); process.exit(2); };
+const models = arg('--models', join(ROOT, 'model/release/infdit-s4.json')).split(',').map(m => resolve(m));
+const workers = arg('--workers', '1,2').split(',').map(w => (/^[1-9]\d?$/.test(w) ? Number(w) : fail(`--workers takes --model-workers counts like 1,2, got "${w}"`)));
+const fills = arg('--fill', 'off,on').split(',').map(f => (f === 'on' || f === 'off' ? f === 'on' : fail(`--fill takes off, on or off,on, got "${f}"`)));
+const size = /^(\d+)x(\d+)$/.exec(arg('--photo', '8000x6000')) ?? fail(`--photo takes WxH in pixels, got "${arg('--photo', '')}"`);
+const screen = /^(\d+)x(\d+)$/.exec(arg('--screen', '1920x1080')) ?? fail(`--screen takes WxH in screen pixels, got "${arg('--screen', '')}"`);
+const at = arg('--at', '0.6,0.7').split(',').map(Number);
+if (at.length !== 2 || !at.every(f => f >= 0 && f <= 1)) fail(`--at takes fx,fy, fractions of the output from 0 to 1, got "${arg('--at', '')}"`);
+const log = (s: string) => process.stderr.write(s + '\n');
+
+const photo = await sharp(readFileSync(join(ROOT, 'viewer/demo.jpg'))).resize(Number(size[1]), Number(size[2]), { kernel: 'lanczos3', fit: 'fill' }).jpeg({ quality: 92 }).toBuffer();
+const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
+
+async function one(model: string, w: number, fill: boolean) {
+  const dataDir = mkdtempSync(join(tmpdir(), 'infdit-bench-screen-'));
+  const { proc, base } = await spawnServe(['--model', model, '--data-dir', dataDir, '--demo', 'false', '--model-workers', String(w),
+    ...(fill ? [] : ['--no-background-fill'])]);
+  try {
+    const fd = new FormData();
+    fd.append('image', new Blob([new Uint8Array(photo)]), 'screen.jpg');
+    const up = await fetch(`${base}/api/images`, { method: 'POST', body: fd });
+    if (up.status !== 201 && up.status !== 200) throw new Error(`upload answered ${up.status}: ${await up.text()}`);
+    const { id } = await up.json() as { id: string };
+    const get = async () => (await fetch(`${base}/api/images/${id}`)).json() as Promise<any>;
+    let st = await get();
+    // with the fill, let it get going first, as it would have by the time a person has zoomed in
+    if (fill) while (st.engine.nodes < 200) { await sleep(100); st = await get(); }
+    const before = st.engine;
+    const vw = Number(screen[1]), vh = Number(screen[2]);
+    const clamp = (v: number, hi: number) => Math.max(0, Math.min(hi, Math.round(v)));
+    const view = { viewer: 'bench-screen-0001', level: st.maxLevel, x: clamp(at[0] * st.width - vw / 2, st.width - vw), y: clamp(at[1] * st.height - vh / 2, st.height - vh), width: vw, height: vh };
+    const t0 = performance.now();
+    const state = async () => (await fetch(`${base}/api/images/${id}/view`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(view) })).json() as Promise<any>;
+    const stated = await state();
+    const tiles: [number, number, number][] = stated.tiles;
+    const renew = setInterval(() => { state().catch(() => {}); }, stated.leaseMs / 3);
+    // A top-level tile is final when every block under it is done: read from the block map (GET
+    // /api/images/<id>/blocks), as cheap as the viewer's events. Asking the tiles with ?preview instead
+    // made a Lanczos preview per tile per poll, CPU taken from the model (a first try: 42 s, not 27).
+    const B = st.blocks.size, T = st.tileSize, final = new Set<number>(), firstAt: number[] = [];
+    while (final.size < tiles.length) {
+      const map = await (await fetch(`${base}/api/images/${id}/blocks`)).json() as any;
+      const done = decodeRuns(map.runs, map.rows * map.cols);
+      tiles.forEach(([, c, r], i) => {
+        if (final.has(i)) return;
+        const c0 = Math.floor(c * T / B), c1 = Math.ceil(Math.min(st.width, (c + 1) * T) / B), r0 = Math.floor(r * T / B), r1 = Math.ceil(Math.min(st.height, (r + 1) * T) / B);
+        for (let y = r0; y < r1; y++) for (let x = c0; x < c1; x++) if (!done[y * map.cols + x]) return;
+        final.add(i); firstAt.push((performance.now() - t0) / 1000);
+      });
+      if (final.size < tiles.length) await sleep(200);
+    }
+    const secs = (performance.now() - t0) / 1000;
+    clearInterval(renew);
+    st = await get();
+    const d = (k: number) => (st.engine.byClass[k] ?? 0) - (before.byClass[k] ?? 0);
+    const nodes = st.engine.nodes - before.nodes;
+    return { model: model.replace(ROOT + '/', ''), modelId: st.model.id, modelWorkers: w, backgroundFill: fill, tiles: tiles.length,
+      secondsAllFinal: +secs.toFixed(2), firstTile: +firstAt[0].toFixed(2), layerSteps: nodes, fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0,
+      modelBusy: +((st.engine.modelMs - before.modelMs) / 1000 / secs).toFixed(3), msPerLayerStep: +(secs * 1000 / nodes).toFixed(2) };
+  } finally {
+    proc.kill('SIGTERM');
+    await new Promise(r => proc.once('exit', r));
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+const runs = [];
+for (const model of models) for (const w of workers) for (const fill of fills) {
+  const r = await one(model, w, fill);
+  runs.push(r);
+  log(JSON.stringify(r));
+}
+// bench/graphs.ts's block evaluation (input + layer graphs, one session on every core, in this thread) for
+// each model, interleaved round by round so the machine's drift falls on all alike; median of the rounds
+const graphs: { model: string; batch: number; msPerBlockEval: number; rounds: number[] }[] = [];
+if (!process.argv.includes('--no-graphs')) {
+  const loaded = [];
+  for (const m of models) loaded.push(await Model.load(m, { threads: 0, inThread: true }));
+  for (const b of [8, 16]) {
+    const per = models.map(() => [] as number[]);
+    for (let round = 0; round < 5; round++) for (let i = 0; i < models.length; i++) per[i].push((await layered(loaded[i], b, 3)).msPerBlockEval);
+    models.forEach((m, i) => {
+      const sorted = [...per[i]].sort((x, y) => x - y);
+      graphs.push({ model: m.replace(ROOT + '/', ''), batch: b, msPerBlockEval: +sorted[2].toFixed(2), rounds: per[i].map(v => +v.toFixed(2)) });
+      log(`block evaluation, batch ${b}, ${m.replace(ROOT + '/', '')}: ${sorted[2].toFixed(2)} ms (rounds ${per[i].map(v => v.toFixed(1)).join(' ')})`);
+    });
+  }
+  for (const m of loaded) await m.close();
+}
+saveResult('screen', { date: new Date().toISOString(), cpu: cpus()[0].model, cores: cpus().length,
+  command: 'node --import tsx bench/screen.ts ' + process.argv.slice(2).join(' '), photo: `${size[1]}x${size[2]}`, at, screen: `${screen[1]}x${screen[2]}`, runs, graphs });

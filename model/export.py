@@ -229,30 +229,32 @@ def mend_attention(path):
 def export_layers(model, out, kv_dtype="float32", attention="fused"):
     """<out>.input.onnx, <out>.layer0.onnx, …: one graph per layer. Returns the manifest's `graphs`.
     attention "fused": the layers' attention as onnxruntime's MultiHeadAttention (ort_attention); "plain":
-    MatMul, Softmax, MatMul per head (releases 2-4's graphs)."""
+    MatMul, Softmax, MatMul per head (the released graphs until 2026-12-05)."""
     model = model.eval()
     hook = ort_attention()(model.cfg.heads) if attention == "fused" else None
-    for blk in model.blocks:
-        blk.attn.ort_attention = hook
-        if blk.cross is not None:
-            blk.cross.ort_attention = hook
+
+    def use(h):
+        for blk in model.blocks:
+            blk.attn.ort_attention = h
+            if blk.cross is not None:
+                blk.cross.ort_attention = h
+    use(hook)
     graphs = []
-    for name, ins, outs in layer_specs(model.cfg, kv_dtype):
-        if name == "input":
-            mod = InputStage(model, kv_dtype, [n for n, _, _ in ins])
-        else:
-            mod = LayerStage(model, int(name[5:]), kv_dtype, [n for n, _, _ in ins])
-        path = Path(f"{out}.{name}.onnx")
-        _export(mod.eval(), dummy(ins, 2, torch.Generator().manual_seed(0)), ins, outs, path)
-        if hook is not None:
-            mend_attention(path)
-        graphs.append({"name": name, "file": path.name,
-                       "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in ins],
-                       "outputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in outs]})
-    for blk in model.blocks:    # the model is the caller's: left as it came
-        blk.attn.ort_attention = None
-        if blk.cross is not None:
-            blk.cross.ort_attention = None
+    try:
+        for name, ins, outs in layer_specs(model.cfg, kv_dtype):
+            if name == "input":
+                mod = InputStage(model, kv_dtype, [n for n, _, _ in ins])
+            else:
+                mod = LayerStage(model, int(name[5:]), kv_dtype, [n for n, _, _ in ins])
+            path = Path(f"{out}.{name}.onnx")
+            _export(mod.eval(), dummy(ins, 2, torch.Generator().manual_seed(0)), ins, outs, path)
+            if hook is not None:
+                mend_attention(path)
+            graphs.append({"name": name, "file": path.name,
+                           "inputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in ins],
+                           "outputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in outs]})
+    finally:
+        use(None)    # the model is the caller's: left as it came
     return graphs
 
 

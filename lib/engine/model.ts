@@ -228,8 +228,8 @@ class WorkerRunner implements GraphRunner {
   calls = 0;
   run(gi: number, b: number, feeds: Feeds, outs?: Feeds) {
     if (this.dead) return Promise.reject(this.dead);
-    this.calls++;
     if (this.closing) return Promise.reject(new ModelError('the model was closed'));
+    this.calls++;
     const id = this.next++;
     const transfer = new Set<ArrayBuffer>();
     for (const a of [...Object.values(feeds), ...Object.values(outs ?? {})]) transfer.add(a.buffer as ArrayBuffer);
@@ -255,8 +255,9 @@ class WorkerRunner implements GraphRunner {
 }
 
 /** Several model threads: a call goes to the one with the fewest calls in flight (the first of equals). A
- *  block's result does not depend on which thread ran it (the same graphs and kernels; onnxruntime splits
- *  work by output rows, never a sum), so neither do the pixels (test/engine.test.ts). */
+ *  block's result does not depend on which thread ran it, nor on its threads' count: the same graphs and
+ *  kernels (checked: test/engine.test.ts on the fixture; release 4's renders with 1 and 2 model threads
+ *  were identical PNGs). */
 class PoolRunner implements GraphRunner {
   constructor(private pool: WorkerRunner[]) {}
   get size() { return this.pool.length; }

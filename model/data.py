@@ -77,12 +77,19 @@ def centre_crop(arr, cw, ch):
 
 
 class CropSampler:
-    def __init__(self, images, crop, device, seed=0):
+    """Random crops of the packed photos, flipped and transposed at random. scale_max > 1: each crop is a
+    square of crop·s pixels reduced to crop (antialiased bicubic, rounded to 8 bits like a photo), s drawn
+    log-uniformly from [1, scale_max] and capped by the photo's short side, so a photo is seen at several
+    reductions, not only the packed one (issue 32); scale_max 1 draws exactly what it always drew."""
+
+    def __init__(self, images, crop, device, seed=0, scale_max=1.0):
+        if not scale_max >= 1.0:
+            raise ValueError(f"scale_max must be at least 1 (1: no scale augmentation), got {scale_max}")
         self.imgs = [torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous().to(device) for _, a in images
                      if min(a.shape[:2]) >= crop]
         area = torch.tensor([float(t.shape[1] * t.shape[2]) for t in self.imgs])
         self.p = area / area.sum()     # sample by area: big photos hold more distinct crops
-        self.crop, self.device = crop, device
+        self.crop, self.device, self.scale_max = crop, device, scale_max
         self.g = torch.Generator().manual_seed(seed)
 
     def sample(self, n):
@@ -90,15 +97,22 @@ class CropSampler:
         out = []
         for i in idx.tolist():
             t = self.imgs[i]
-            y = int(torch.randint(0, t.shape[1] - self.crop + 1, (1,), generator=self.g))
-            x = int(torch.randint(0, t.shape[2] - self.crop + 1, (1,), generator=self.g))
-            c = t[:, y:y + self.crop, x:x + self.crop]
+            side = self.crop
+            if self.scale_max > 1.0:
+                top = min(self.scale_max, min(t.shape[1:]) / self.crop)
+                side = min(min(t.shape[1:]), round(self.crop * top ** float(torch.rand((), generator=self.g))))
+            y = int(torch.randint(0, t.shape[1] - side + 1, (1,), generator=self.g))
+            x = int(torch.randint(0, t.shape[2] - side + 1, (1,), generator=self.g))
+            c = t[:, y:y + side, x:x + side]
+            if side != self.crop:
+                c = F.interpolate(c[None].float(), size=(self.crop, self.crop), mode="bicubic", antialias=True,
+                                  align_corners=False)[0].round().clamp(0, 255)
             f = int(torch.randint(0, 8, (1,), generator=self.g))
             if f & 1: c = c.flip(2)
             if f & 2: c = c.flip(1)
             if f & 4: c = c.transpose(1, 2)
-            out.append(c)
-        return torch.stack(out).float() / 127.5 - 1.0
+            out.append(c.float())
+        return torch.stack(out) / 127.5 - 1.0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,18 @@ PACKAGES = {
 # apart for independent evaluation). Found with `apt-file search` over every .jpg in the archive
 # (2026-11-27, second look): lifeograph's 8 backgrounds are photos washed out to low contrast for
 # text on top; mate-screensaver-common's are NASA space images (black); scratch's are 480×360.
+# Third look (2026-12-05, issue 32), beyond .jpg: `apt-file search -x` over PNG/WebP/TIFF/JPEG 2000/EXR/
+# PNM/camera-raw files in backgrounds/wallpapers/photos/pictures/samples/textures folders of the whole
+# archive, and the packages unpacked and opened (every image of at least 450 px a side): colmap,
+# extremetuxracer-data, fotoxx-common, gimp-help-en, gthumb-data, hugin-data, imagemagick-6-doc,
+# krita-data, kstars-data, marble-data, neverball-data, openshot-qt-doc, photoflare, python3-imageio,
+# sddm-theme-elarun, sddm-theme-maldives, shotwell-common, slim, jigzo-data, gnome-photos-tests, eterm,
+# scribus-data, xscreensaver-data, blender-data, debian-edu-artwork-emerald. They hold screenshots,
+# renders, game textures, icons and sky maps; the photographs among them (a beach in sddm-theme-maldives,
+# a few in slim and kstars-data, one 1024×767 greyscale flower in scribus-data) are under ten, most
+# under 1000 px. The other hits by folder name (kodi-data, terminology-data, manuskript, devede,
+# fvwm-crystal, lxde-common, gmerlin-data, basket-data) are patterns, abstract art or a handful of
+# small backgrounds. Debian's archive has no second collection of photographs to double this set.
 OPENCV_PHOTOS = {"aloeL.jpg", "building.jpg", "ela_original.jpg", "graf1.png", "leuvenA.jpg", "scenetext01.jpg",
                  "scenetext02.jpg", "scenetext03.jpg", "scenetext04.jpg", "scenetext05.jpg", "fruits.jpg", "baboon.jpg"}
 SKIMAGE_PHOTOS = {"astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"}

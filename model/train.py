@@ -130,6 +130,9 @@ def main(argv=None):
                     help="this share of each batch gets, instead of its LR, what a 16× render's second stage reads: the "
                          "model's own fidelity output (its weight average, one evaluation at σ_max, rounded to uint8) of "
                          "the crop reduced scale² times (issue 31: stage 2 sharpened stage 1's staircase into a mosaic)")
+    ap.add_argument("--scale-aug", type=float, default=1.0, metavar="MAX",
+                    help="each crop a square of crop·s px of the packed photo reduced to --crop, s log-uniform in [1, MAX] "
+                         "(data.CropSampler): every photo at several reductions, not one (issue 32); 1: off")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds")
     ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")
@@ -159,6 +162,8 @@ def main(argv=None):
             ap.error(f"{flag} {v}: give a weight of 0 (off) or more")
     if a.threads < 1:
         ap.error(f"--threads {a.threads}: give a count of 1 or more")
+    if not 1.0 <= a.scale_aug <= 8.0:
+        ap.error(f"--scale-aug {a.scale_aug}: give the largest reduction, from 1 (off) to 8")
     if a.sdpa_backend != "auto" and network._SDPA is None:
         ap.error(f"--sdpa-backend {a.sdpa_backend}: this torch ({torch.__version__}) has no fused attention; leave it at auto")
     network.SDPA_BIAS = a.attn_bias
@@ -219,7 +224,7 @@ def main(argv=None):
     if a.compile and not hasattr(torch, "compile"):   # refused, not run eager: a profile must measure what it names
         raise RuntimeError(f"--compile needs torch 2.x; this is torch {torch.__version__} (leave --compile out to train eager)")
     fwd = torch.compile(model.forward_image) if a.compile else model.forward_image
-    sampler = CropSampler(load_split(a.data, "train"), a.crop, dev, seed=a.seed + step)
+    sampler = CropSampler(load_split(a.data, "train"), a.crop, dev, seed=a.seed + step, scale_max=a.scale_aug)
     gen = torch.Generator().manual_seed(a.seed * 7919 + step)
     gen_dev = torch.Generator(device=dev).manual_seed(a.seed * 7919 + step)  # noise drawn where it is used
     t0 = last_save = time.time()

@@ -92,7 +92,7 @@ class TrainTest(unittest.TestCase):
     def test_bad_seam_weight_is_refused(self):
         for bad, says in ((("--seam-weight", "-1"), "--seam-weight -1"), (("--seam-weight", "2"), "--crop 64 is under 2 blocks"),
                           (("--lr-grid-weight", "-0.5"), "--lr-grid-weight -0.5"), (("--cascade", "1.5"), "--cascade 1.5"),
-                          (("--cascade", "0.5"), "--crop 64 is not a multiple of 256 px")):
+                          (("--cascade", "0.5"), "--crop 64 is not a multiple of 256 px"), (("--scale-aug", "0.5"), "--scale-aug 0.5")):
             r = train("--data", str(self.dir), "--ckpt", str(self.dir / "bad-seam"), *bad, "--max-steps", "1")
             self.assertNotEqual(r.returncode, 0)
             self.assertIn(says, r.stderr)
@@ -142,6 +142,46 @@ class TrainTest(unittest.TestCase):
     def test_lr_grid_weight_adds_the_phase_term_to_the_loss(self):
         losses = self.first_seam_losses("lr-grid", ("0", "10000"))
         self.assertGreater(losses[1], losses[0] * 1.05)
+
+
+class ScaleAugTest(unittest.TestCase):
+    """data.CropSampler's scale augmentation (issue 32): crops of several reductions of a photo."""
+
+    def images(self):
+        # vertical stripes 8 px wide: a crop reduced s times shows them 8/s px wide
+        y, x = np.mgrid[0:400, 0:600]
+        img = np.repeat((((x // 8) % 2) * 255).astype(np.uint8)[..., None], 3, -1)
+        return [({"file": "stripes"}, img)]
+
+    def test_off_draws_what_it_always_drew(self):
+        from data import CropSampler
+        a = CropSampler(self.images(), 64, "cpu", seed=5).sample(6)
+        b = CropSampler(self.images(), 64, "cpu", seed=5, scale_max=1.0).sample(6)
+        self.assertTrue(torch.equal(a, b))
+        self.assertEqual(set(a.unique().tolist()), {-1.0, 1.0})          # unresampled: the photo's own values
+
+    def test_crops_are_reduced_regions_of_the_photo(self):
+        from data import CropSampler
+        crops = CropSampler(self.images(), 64, "cpu", seed=1, scale_max=4.0).sample(64)
+        self.assertEqual(tuple(crops.shape), (64, 3, 64, 64))
+        self.assertGreaterEqual(float(crops.min()), -1.0); self.assertLessEqual(float(crops.max()), 1.0)
+        # 8-bit values, as a photo's
+        v = (crops + 1) * 127.5
+        self.assertLess(float((v - v.round()).abs().max()), 1e-3)
+        # stripe width along the stripes' axis (rows or columns: transposes are drawn too): 8 px unreduced,
+        # down to 2 px at a reduction of 4; several reductions among 64 crops
+        def period(c):
+            line = c[0, 32] if float(c[0, 32].std()) > float(c[0, :, 32].std()) else c[0, :, 32]
+            return 64 / max(1, int(((line[1:] > 0) != (line[:-1] > 0)).sum()))
+        widths = sorted(period(c) for c in crops)
+        self.assertLess(widths[0], 4.5)
+        self.assertGreater(widths[-1], 7)
+        self.assertGreater(len({round(w) for w in widths}), 2)
+
+    def test_a_reduction_below_one_is_refused(self):
+        from data import CropSampler
+        with self.assertRaises(ValueError):
+            CropSampler(self.images(), 64, "cpu", scale_max=0.5)
 
 
 class CascadeTest(unittest.TestCase):

@@ -28,7 +28,7 @@ export const schema = z.object({
   diskBudgetMb: z.coerce.number().positive().max(2 ** 30).describe('bytes of generated blocks and tiles the data folder may hold, in MiB; least recently used go first (uploads are never evicted)'),
   batch: int(1, 256).describe('blocks per ONNX call'),
   threads: int(0, 256).describe('onnxruntime intra-op threads (0: all cores), shared among the model workers'),
-  modelWorkers: int(1, 64).describe('model threads, each with its own onnxruntime sessions and threads ÷ model-workers intra-op threads, running batches side by side: 2 made a screenful 1.29× faster on 2 cores, and the HTTP thread\'s worst delays 2-4× longer (README)'),
+  modelWorkers: int(1, 64).describe('model threads, each with its own onnxruntime sessions and threads ÷ model-workers (at least 1) intra-op threads, running batches side by side: 2 made a screenful 1.29× faster on 2 cores, and the HTTP thread\'s worst delays 2-4× longer (README)'),
   modelNice: int(0, 19).describe("nice value of the model's threads: the HTTP thread wins the CPU while they generate (0: equal)"),
   ortSpinning: bool.describe("let onnxruntime's threads spin between calls (faster small batches; starves the HTTP thread on few cores)"),
   port: int(0, 65535).describe('HTTP port'),

@@ -8,7 +8,7 @@
  * by round, the same run.
  *
  *   node --import tsx bench/screen.ts [--models model/release/infdit-s4.json[,other.json…]]
- *        [--workers 1,2] [--fill off,on] [--photo 8000x6000] [--at 0.6,0.7] [--screen 1920x1080] [--no-graphs]
+ *        [--workers 1,2] [--fill off,on] [--batch 8[,16…]] [--photo 8000x6000] [--at 0.6,0.7] [--screen 1920x1080] [--no-graphs]
  *
  * --workers: --model-workers values (1: the default).
  * modelBusy: the model threads' summed time in block evaluations over the wall time (2 = two threads busy).
@@ -28,6 +28,7 @@ const arg = (name: string, d: string) => { const i = process.argv.indexOf(name);
 const fail = (s: string): never => { console.error(s); process.exit(2); };
 const models = arg('--models', join(ROOT, 'model/release/infdit-s4.json')).split(',').map(m => resolve(m));
 const workers = arg('--workers', '1,2').split(',').map(w => (/^[1-9]\d?$/.test(w) ? Number(w) : fail(`--workers takes --model-workers counts like 1,2, got "${w}"`)));
+const batchSizes = arg('--batch', '8').split(',').map(b => (/^\d{1,3}$/.test(b) && +b >= 1 && +b <= 256 ? Number(b) : fail(`--batch takes --batch values from 1 to 256 like 8,16, got "${b}"`)));
 const fills = arg('--fill', 'off,on').split(',').map(f => (f === 'on' || f === 'off' ? f === 'on' : fail(`--fill takes off, on or off,on, got "${f}"`)));
 const size = /^(\d+)x(\d+)$/.exec(arg('--photo', '8000x6000')) ?? fail(`--photo takes WxH in pixels, got "${arg('--photo', '')}"`);
 const screen = /^(\d+)x(\d+)$/.exec(arg('--screen', '1920x1080')) ?? fail(`--screen takes WxH in screen pixels, got "${arg('--screen', '')}"`);
@@ -38,9 +39,9 @@ const log = (s: string) => process.stderr.write(s + '\n');
 const photo = await sharp(readFileSync(join(ROOT, 'viewer/demo.jpg'))).resize(Number(size[1]), Number(size[2]), { kernel: 'lanczos3', fit: 'fill' }).jpeg({ quality: 92 }).toBuffer();
 const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
 
-async function one(model: string, w: number, fill: boolean) {
+async function one(model: string, w: number, fill: boolean, batch: number) {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-bench-screen-'));
-  const { proc, base } = await spawnServe(['--model', model, '--data-dir', dataDir, '--demo', 'false', '--model-workers', String(w),
+  const { proc, base } = await spawnServe(['--model', model, '--data-dir', dataDir, '--demo', 'false', '--model-workers', String(w), '--batch', String(batch),
     ...(fill ? [] : ['--no-background-fill'])]);
   try {
     const fd = new FormData();
@@ -81,7 +82,7 @@ async function one(model: string, w: number, fill: boolean) {
     st = await get();
     const d = (k: number) => (st.engine.byClass[k] ?? 0) - (before.byClass[k] ?? 0);
     const nodes = st.engine.nodes - before.nodes;
-    return { model: model.replace(ROOT + '/', ''), modelId: st.model.id, modelWorkers: w, backgroundFill: fill, tiles: tiles.length,
+    return { model: model.replace(ROOT + '/', ''), modelId: st.model.id, modelWorkers: w, batch, backgroundFill: fill, tiles: tiles.length,
       secondsAllFinal: +secs.toFixed(2), firstTile: +firstAt[0].toFixed(2), layerSteps: nodes, fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0,
       modelBusy: +((st.engine.modelMs - before.modelMs) / 1000 / secs).toFixed(3), msPerLayerStep: +(secs * 1000 / nodes).toFixed(2) };
   } finally {
@@ -92,8 +93,8 @@ async function one(model: string, w: number, fill: boolean) {
 }
 
 const runs = [];
-for (const model of models) for (const w of workers) for (const fill of fills) {
-  const r = await one(model, w, fill);
+for (const model of models) for (const w of workers) for (const batch of batchSizes) for (const fill of fills) {
+  const r = await one(model, w, fill, batch);
   runs.push(r);
   log(JSON.stringify(r));
 }

@@ -8,7 +8,7 @@
  * the view was being made comes from the engine's nodes per priority class.
  *
  *   node --import tsx bench/view.ts [--screens 900x520,1920x1080] [--pixel-ratio 2] [--no-fill]
- *                                   [--photo 2048x1536] [--at 1,1]
+ *                                   [--photo 2048x1536] [--at 1,1] [--model M.json] [--model-workers N]
  *
  * --photo: the uploaded photo's size (the demo photo resized); --at: where the view's centre is, as
  * fractions of the output (clamped inside). Issue 33's screenful, every top-level tile of a 1920×1080

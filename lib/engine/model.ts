@@ -254,6 +254,26 @@ class WorkerRunner implements GraphRunner {
   }
 }
 
+/** A model thread with its own sessions of the graphs, checked against the manifest before any call. */
+async function startWorker(manifest: Manifest, files: string[], options: ort.InferenceSession.SessionOptions, opts: ModelOptions) {
+  const w = new Worker(new URL('./model-worker.js', import.meta.url), {
+    workerData: { files, options, nice: opts.nice ?? 10, warm: opts.warm ?? 0, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
+  });
+  // The worker's sessions report what the graphs really take and give: checked here before any
+  // call (the worker only warms up after the check).
+  const meta = await new Promise<any[]>((resolve, reject) => {
+    w.once('message', (m: any) => (m.meta ? resolve(m.meta) : reject(new ModelError(`model worker: ${m.error}`))));
+    w.once('error', reject);
+  });
+  try { meta.forEach((s, gi) => checkGraph(manifest, gi, s)); } catch (e) { await w.terminate(); throw e; }
+  w.postMessage({ checked: true });
+  await new Promise<void>((resolve, reject) => {
+    w.once('message', (m: any) => (m.ready ? resolve() : reject(new ModelError(`model worker: ${m.error}`))));
+    w.once('error', reject);
+  });
+  return new WorkerRunner(w);
+}
+
 /** Several model threads: a call goes to the one with the fewest calls in flight (the first of equals). A
  *  block's result does not depend on which thread ran it, nor on its threads' count: the same graphs and
  *  kernels (checked: test/engine.test.ts on the fixture; release 4's renders with 1 and 2 model threads
@@ -312,31 +332,13 @@ export class Model {
       return new Model(manifest, new InThreadRunner(sessions, manifest), id);
     }
     const n = Math.max(1, Math.floor(opts.workers ?? 1));
-    if (n > 1) {
-      const each = Math.max(1, Math.floor((opts.threads || cpus().length) / n));
-      const loads = Array.from({ length: n }, () => Model.load(path, { ...opts, workers: 1, threads: each }));
-      const got = await Promise.allSettled(loads);
-      const pool = got.flatMap(r => (r.status === 'fulfilled' ? [r.value.runner as WorkerRunner] : []));
-      const bad = got.find(r => r.status === 'rejected') as PromiseRejectedResult | undefined;
-      if (bad) { await Promise.all(pool.map(r => r.close())); throw bad.reason; }
-      return new Model(manifest, new PoolRunner(pool), id);
-    }
-    const w = new Worker(new URL('./model-worker.js', import.meta.url), {
-      workerData: { files, options: opt, nice: opts.nice ?? 10, warm: opts.warm ?? 0, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
-    });
-    // The worker's sessions report what the graphs really take and give: checked here before any
-    // call (the worker only warms up after the check).
-    const meta = await new Promise<any[]>((resolve, reject) => {
-      w.once('message', (m: any) => (m.meta ? resolve(m.meta) : reject(new ModelError(`model worker: ${m.error}`))));
-      w.once('error', reject);
-    });
-    try { meta.forEach((s, gi) => checkGraph(manifest, gi, s)); } catch (e) { await w.terminate(); throw e; }
-    w.postMessage({ checked: true });
-    await new Promise<void>((resolve, reject) => {
-      w.once('message', (m: any) => (m.ready ? resolve() : reject(new ModelError(`model worker: ${m.error}`))));
-      w.once('error', reject);
-    });
-    return new Model(manifest, new WorkerRunner(w), id);
+    if (n === 1) return new Model(manifest, await startWorker(manifest, files, opt, opts), id);
+    const each = sessionOptions(Math.max(1, Math.floor((opts.threads || cpus().length) / n)), opts.spinning ?? false);
+    const got = await Promise.allSettled(Array.from({ length: n }, () => startWorker(manifest, files, each, opts)));
+    const pool = got.flatMap(r => (r.status === 'fulfilled' ? [r.value] : []));
+    const bad = got.find(r => r.status === 'rejected') as PromiseRejectedResult | undefined;
+    if (bad) { await Promise.all(pool.map(r => r.close())); throw bad.reason; }
+    return new Model(manifest, new PoolRunner(pool), id);
   }
 
   /** Run graph `gi` ('input' is 0, layer l is l+1) on `b` blocks; outputs into `outs` where given. */

@@ -184,6 +184,30 @@ class ScaleAugTest(unittest.TestCase):
             CropSampler(self.images(), 64, "cpu", scale_max=0.5)
 
 
+class SoupTest(unittest.TestCase):
+    """model/soup.py: two checkpoints' averaged weights mixed; different networks refused."""
+
+    def ckpt(self, seed, **kw):
+        from network import InfDiT, make_config
+        cfg = make_config("infdit-tiny/8", **kw)
+        return {"config": cfg.to_dict(), "ema": InfDiT(cfg).randomize_(seed).state_dict(), "step": seed}
+
+    def test_the_mixture_is_the_weighted_mean_and_keeps_bs_record(self):
+        from soup import soup
+        a, b = self.ckpt(1), self.ckpt(2)
+        m = soup(a, b, 0.25)
+        for k in a["ema"]:
+            self.assertTrue(torch.allclose(m["ema"][k], 0.75 * a["ema"][k] + 0.25 * b["ema"][k], atol=1e-6), k)
+        self.assertEqual(m["step"], 2)
+        self.assertTrue(all(torch.equal(soup(a, b, 0.0)["ema"][k], a["ema"][k]) for k in a["ema"]))
+
+    def test_different_networks_are_refused(self):
+        from soup import soup
+        with self.assertRaises(ValueError) as e:
+            soup(self.ckpt(1), self.ckpt(2, depth=3), 0.5)
+        self.assertIn("depth", str(e.exception))
+
+
 class CascadeTest(unittest.TestCase):
     def test_stage1_output_is_the_models_fidelity_output_of_the_smaller_lr_in_uint8(self):
         from train import stage1_output, load_ema

@@ -24,7 +24,7 @@ const rounds = Number(opt('rounds', '3'));
 const log = (s: string) => process.stderr.write(s + '\n');
 
 /** Plausible inputs for a spec list (values do not change the cost; finite ones keep it honest). */
-function inputs(specs: { name: string; shape: (number | string)[]; dtype: string }[], b: number): Feeds {
+export function inputs(specs: { name: string; shape: (number | string)[]; dtype: string }[], b: number): Feeds {
   const f: Feeds = {};
   for (const s of specs) {
     const n = s.shape.reduce<number>((a, v) => a * (v === 'b' ? b : (v as number)), 1);

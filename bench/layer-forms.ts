@@ -11,6 +11,7 @@ import { cpus } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { sessionOptions } from '../lib/engine/model.js';
 import { saveResult } from './common.js';
+import { inputs } from './graphs.js';
 
 const args = process.argv.slice(2);
 const opt = (k: string, d: string) => { const i = args.indexOf('--' + k); return i >= 0 ? args.splice(i, 2)[1] : d; };
@@ -23,19 +24,14 @@ if (!files.length || files.some(f => !f.endsWith('.onnx') || !existsSync(f))) {
 }
 if (batches.some(b => !(Number.isInteger(b) && b > 0 && b <= 256))) { console.error('--batches takes sizes from 1 to 256, e.g. 8,16'); process.exit(2); }
 
-/** Inputs for a session: finite values of the declared types; a third of the neighbours absent. */
+/** Inputs for a session: bench/graphs.ts's plausible values for its declared inputs at batch b. */
 function feeds(s: ort.InferenceSession, b: number) {
-  const t: Record<string, ort.Tensor> = {};
-  s.inputNames.forEach((name, i) => {
+  const specs = s.inputNames.map((name, i) => {
     const md = s.inputMetadata[i] as any;
-    const shape = (md.shape as (number | string)[]).map(v => (typeof v === 'number' ? v : b));
-    const n = shape.reduce<number>((a, v) => a * (v as number), 1);
-    if (md.type === 'float16') t[name] = new ort.Tensor('float16', Uint16Array.from({ length: n }, (_, j) => 0x3000 + ((j * 7919) % 1024)), shape as number[]);
-    else if (name === 'present') t[name] = new ort.Tensor('float32', Float32Array.from({ length: n }, (_, j) => (j % 3 === 2 ? 0 : 1)), shape as number[]);
-    else if (name === 'pos') t[name] = new ort.Tensor('float32', new Float32Array(n).fill(64), shape as number[]);
-    else if (name === 'sigma') t[name] = new ort.Tensor('float32', new Float32Array(n).fill(1), shape as number[]);
-    else t[name] = new ort.Tensor('float32', Float32Array.from({ length: n }, (_, j) => Math.sin(j * 12.9898) * 0.5), shape as number[]);
+    return { name, dtype: md.type as string, shape: (md.shape as (number | string)[]).map(v => (typeof v === 'number' ? v : 'b')) };
   });
+  const f = inputs(specs, b), t: Record<string, ort.Tensor> = {};
+  for (const sp of specs) t[sp.name] = new ort.Tensor(sp.dtype as 'float32', f[sp.name], sp.shape.map(v => (v === 'b' ? b : v as number)));
   return t;
 }
 const f16 = (h: number) => { const e = (h >> 10) & 31, m = h & 1023, v = e ? (1 + m / 1024) * 2 ** (e - 15) : m / 1024 * 2 ** -14; return h & 0x8000 ? -v : v; };

@@ -170,16 +170,17 @@ def export_whole(model, path, kv_dtype="float32"):
     _export(BlockStep(model.eval(), kv_dtype).eval(), dummy(ins, 2, torch.Generator().manual_seed(0)), ins, outs, path)
 
 
-_MHA = []
+_MHA_LIB = []   # the torch.library defining infdit::mha, kept alive once registered
 
 
-def ort_attention():
+def ort_attention(heads):
     """torch.ops.infdit.mha, exported as onnxruntime's com.microsoft.MultiHeadAttention: the block attention's
-    scores, softmax and weighted sum in one kernel (bench/graphs.ts, this 2-core EPYC: a layer 8-10% faster
+    scores, softmax and weighted sum in one kernel (bench/layer-forms.ts, this 2-core EPYC: a layer 1-10% faster
     than the plain MatMul/Softmax/MatMul graph, which also splits per head). Queries (n, T, h·dh); keys and
     values (n, h, S, dh); keep (n, S) int32, 0 = a masked key (its logit NEG, as network.attend's bias), or None.
-    Registered once per process; its body is the reference the symbolic stands for (test_export checks them)."""
-    if not _MHA:
+    Registered once per process; its body is the reference the symbolic stands for (test_network checks them).
+    Returns the hook for `heads` heads that network's attention modules call when set (export_layers)."""
+    if not _MHA_LIB:
         from network import NEG
         lib = torch.library.Library("infdit", "DEF")
         lib.define("mha(Tensor q, Tensor k, Tensor v, Tensor? keep, int heads) -> Tensor")
@@ -203,8 +204,8 @@ def ort_attention():
             return g.op("com.microsoft::MultiHeadAttention", q, k, v, g.op("Constant", value_t=torch.zeros(0)), keep,
                         num_heads_i=h, mask_filter_value_f=NEG)
         torch.onnx.register_custom_op_symbolic("infdit::mha", symbolic, OPSET)
-        _MHA.extend([lib, lambda heads: (lambda q, k, v, keep: torch.ops.infdit.mha(q, k, v, keep, heads))])
-    return _MHA[1]
+        _MHA_LIB.append(lib)
+    return lambda q, k, v, keep: torch.ops.infdit.mha(q, k, v, keep, heads)
 
 
 def mend_attention(path):
@@ -231,7 +232,7 @@ def export_layers(model, out, kv_dtype="float32", attention="fused"):
     attention "fused": the layers' attention as onnxruntime's MultiHeadAttention (ort_attention); "plain":
     MatMul, Softmax, MatMul per head (the released graphs until 2026-12-05)."""
     model = model.eval()
-    hook = ort_attention()(model.cfg.heads) if attention == "fused" else None
+    hook = ort_attention(model.cfg.heads) if attention == "fused" else None
 
     def use(h):
         for blk in model.blocks:
@@ -397,10 +398,11 @@ def regraph(mp, ckpt, attention):
     model, _ = load_ema(ckpt)
     if model.cfg.to_dict() != m["config"]:
         raise SystemExit(f"--ckpt {ckpt}'s config is not {mp}'s: {model.cfg.to_dict()} vs {m['config']}")
+    names = {name for name, _, _ in layer_specs(model.cfg, m["kv"]["dtype"])}
+    if any(g["file"] != f"{mp.stem}.{g['name']}.onnx" for g in m["graphs"] if g["name"] in names):
+        raise SystemExit(f"{mp}'s graph files are not named <name>.<graph>.onnx: not re-exported in place")
     graphs = export_layers(model, mp.with_suffix(""), m["kv"]["dtype"], attention)
     new = {g["name"]: g for g in graphs}
-    if any(new.get(g["name"], g)["file"] != g["file"] for g in m["graphs"]):
-        raise SystemExit(f"{mp}'s graph files are not named <name>.<graph>.onnx: not re-exported in place")
     m["graphs"] = [new.get(g["name"], g) for g in m["graphs"]]
     keys = list(m)   # the attention entry sits after the graphs, as manifest() writes it
     m["attention"] = {"form": attention, "doc": ATTENTION_DOC[attention]}

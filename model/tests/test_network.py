@@ -289,7 +289,7 @@ class TestExport(unittest.TestCase):
         need = {(i, r, c): cfg.depth for i in range(2) for r in range(3) for c in range(5)}
         with torch.no_grad():
             plain = run_layers(m, x, lr, sigma, pos0, need)
-            hook = export.ort_attention()(cfg.heads)
+            hook = export.ort_attention(cfg.heads)
             for blk in m.blocks:
                 blk.attn.ort_attention = hook
                 if blk.cross is not None:

@@ -133,6 +133,11 @@ def main(argv=None):
     ap.add_argument("--scale-aug", type=float, default=1.0, metavar="MAX",
                     help="each crop a square of crop·s px of the packed photo reduced to --crop, s log-uniform in [1, MAX] "
                          "(data.CropSampler): every photo at several reductions, not one (issue 32); 1: off")
+    ap.add_argument("--tune", default="all", metavar="PART",
+                    help="which weights train: all, or final (the final layer: the per-token linear output that makes each "
+                         "patch, and its modulation), or lastN (the last N transformer layers and the final layer); the rest "
+                         "stay as --init has them and the forward runs without gradients through them (issue 31: a "
+                         "fine-tune that moves only the output stage keeps the features it reads; a batch-8 step 2.9x (last1) to 3.6x (final) faster on a 2-core CPU)")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds")
     ap.add_argument("--no-optimizer-in-ckpt", action="store_true", help="smaller checkpoint (device runs)")
@@ -188,9 +193,18 @@ def main(argv=None):
         ap.error(f"--seam-weight needs crops with a block boundary inside: --crop {a.crop} is under 2 blocks ({2 * cfg.block} px)")
     model = InfDiT(cfg).to(dev)
     ema = InfDiT(cfg).to(dev).requires_grad_(False)
+    if state and state["args"].get("tune", "all") != a.tune:
+        ap.error(f"--tune {a.tune}: the run in {a.ckpt} trained with --tune {state['args'].get('tune', 'all')}; resume it with that")
+    try:
+        tuned = tuned_names(model, a.tune)
+    except ValueError as e:
+        ap.error(str(e))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in tuned)
     # the JPEG-condition embedder in a group of its own, at --q-lr-mult times the rate
     new = lambda n: n.startswith("q_embedder.")
-    groups = [[p for n, p in model.named_parameters() if not new(n)], [p for n, p in model.named_parameters() if new(n)]]
+    groups = [[p for n, p in model.named_parameters() if not new(n) and n in tuned],
+              [p for n, p in model.named_parameters() if new(n) and n in tuned]]
     groups = [{"params": g} for g in groups if g]
     mults = [1.0, a.q_lr_mult][:len(groups)]
     opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -215,7 +229,8 @@ def main(argv=None):
     # from the start as the raw weights.
     fine_tune = bool(state["args"].get("init") if state else a.init)
     nparams = sum(p.numel() for p in model.parameters())
-    print(f"{cfg.name}: {nparams / 1e6:.2f}M params, sigma_data {cfg.sigma_data}, target {cfg.target}, device {dev} "
+    ntuned = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{cfg.name}: {nparams / 1e6:.2f}M params ({'all' if ntuned == nparams else f'{ntuned / 1e6:.3f}M'} trained), sigma_data {cfg.sigma_data}, target {cfg.target}, device {dev} "
           f"({torch.get_num_threads()} CPU threads{', bf16' if amp else ''}), "
           f"resume step {step}", flush=True)
 
@@ -283,7 +298,7 @@ def main(argv=None):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         tp = mark("forward+backward", tp)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         tp = mark("optimizer", tp)
         decay = a.ema if fine_tune else min(a.ema, (1 + step) / (10 + step))
@@ -315,6 +330,22 @@ def main(argv=None):
     save(ck, model, ema, opt, cfg, step, crops, history, a)
     print(f"saved {ck} at step {step} ({crops} crops)", flush=True)
     return profiled
+
+
+def tuned_names(model, tune):
+    """--tune PART -> the names of the parameters that train (ValueError naming what is accepted)."""
+    names = [n for n, _ in model.named_parameters()]
+    if tune == "all":
+        return set(names)
+    depth = len(model.blocks)
+    if tune == "final":
+        k = 0
+    elif tune.startswith("last") and tune[4:].isdigit() and 1 <= int(tune[4:]) <= depth:
+        k = int(tune[4:])
+    else:
+        raise ValueError(f"--tune {tune!r}: give all, final, or lastN with N from 1 to {depth} (the model's layers)")
+    keep = ("final_layer.",) + tuple(f"blocks.{i}." for i in range(depth - k, depth))
+    return {n for n in names if n.startswith(keep)}
 
 
 @torch.no_grad()

@@ -81,6 +81,25 @@ class TrainTest(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--jpeg-cond needs --task real2", r.stderr)
 
+    def test_tune_final_moves_only_the_output_stage_and_resume_keeps_it(self):
+        ck = self.dir / "final"
+        r = train("--data", str(self.dir), "--ckpt", str(ck), "--init", str(RELEASE), "--tune", "last1",
+                  "--max-steps", "2", "--lr", "1e-2", "--warmup", "1")
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        self.assertIn("M trained)", r.stdout)
+        init, st = load_parts(RELEASE)["ema"], load_parts(ck / "last.pt")
+        moved = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("blocks.") else "")
+                 for k, v in init.items() if not torch.equal(st["model"][k], v)}
+        self.assertEqual(moved, {"final_layer", "blocks.7"})
+        r = train("--data", str(self.dir), "--ckpt", str(ck), "--resume", "--max-steps", "3")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("trained with --tune last1", r.stderr)
+        for bad in ("last0", "last9", "head", "final1"):
+            r = train("--data", str(self.dir), "--ckpt", str(self.dir / "bad-tune"), "--tune", bad, "--max-steps", "1")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(f"--tune {bad!r}: give all, final, or lastN with N from 1 to 8", r.stderr)
+            self.assertFalse((self.dir / "bad-tune" / "last.pt").exists())
+
     def test_bad_mix_is_refused_with_what_is_accepted(self):
         for bad in ("bicubic=0.5", "bicubic=1,bicubic+jpeg=0.5,second-order=-0.5", "bicubic:1"):
             r = train("--data", str(self.dir), "--ckpt", str(self.dir / "bad"), "--task", "real2", "--mix", bad, "--max-steps", "1")

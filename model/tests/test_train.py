@@ -204,7 +204,7 @@ class ScaleAugTest(unittest.TestCase):
 
 
 class SoupTest(unittest.TestCase):
-    """model/soup.py: two checkpoints' averaged weights mixed; different networks refused."""
+    """model/soup.py: checkpoints' averaged weights mixed (a weight average, a difference added); different networks refused."""
 
     def ckpt(self, seed, **kw):
         from network import InfDiT, make_config
@@ -219,6 +219,20 @@ class SoupTest(unittest.TestCase):
             self.assertTrue(torch.allclose(m["ema"][k], 0.75 * a["ema"][k] + 0.25 * b["ema"][k], atol=1e-6), k)
         self.assertEqual(m["step"], 2)
         self.assertTrue(all(torch.equal(soup(a, b, 0.0)["ema"][k], a["ema"][k]) for k in a["ema"]))
+
+    def test_task_arithmetic_adds_the_difference_of_two_fine_tunes(self):
+        from soup import mix, parse_shares
+        a, g, c = self.ckpt(1), self.ckpt(2), self.ckpt(3)
+        m = mix(a, [(g, 0.3), (c, -0.3)])
+        for k in a["ema"]:
+            self.assertTrue(torch.allclose(m["ema"][k], a["ema"][k] + 0.3 * (g["ema"][k] - c["ema"][k]), atol=1e-5), k)
+        self.assertEqual(m["step"], 3)
+        self.assertEqual(parse_shares("0.3,-0.3", 2), [0.3, -0.3])
+        for bad, says in (("0.3", "1 share(s) for 2 checkpoint(s)"), ("0.3,x", "numbers separated by commas"),
+                          ("0.3,-5", "each share from -2 to 2"), ("nan,0", "each share from -2 to 2")):
+            with self.assertRaises(ValueError) as e:
+                parse_shares(bad, 2)
+            self.assertIn(says, str(e.exception))
 
     def test_different_networks_are_refused(self):
         from soup import soup

@@ -153,7 +153,10 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (the figures are the same up to float rounding)")
     ap.add_argument("--no-crops", action="store_true", help="write no crops image (a device run returns a limited number of files)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the independent-block ablation (a third of a CPU evaluation's time)")
-    ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all)")
+    ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all); at "
+                    "--scale 16 also A/B: preset A at stage 1, B at stage 2 (e.g. fidelity/detail)")
+    ap.add_argument("--stage1-ckpt", metavar="CKPT", help="--scale 16: stage 1 by this checkpoint of the same network, "
+                    "stage 2 by --ckpt (a cascade whose first stage need not be the 4× release)")
     a = ap.parse_args()
     for v in a.variants.split(","):
         if not (v == "clean" or re.fullmatch(r"jpeg([1-9][0-9]?|100)(-untold)?", v)):
@@ -162,6 +165,13 @@ def main():
     torch.set_num_threads(all_cores())   # was max(1, get_num_threads()): 1 thread of 2 on this machine
     dev = torch.device(a.device)
     model, st = load_ema(a.ckpt, dev)
+    stage1_model = None
+    if a.stage1_ckpt:
+        if a.scale == model.cfg.scale:
+            ap.error(f"--stage1-ckpt: only a cascade has a stage 1 of its own (--scale {model.cfg.scale ** 2})")
+        stage1_model, st1 = load_ema(a.stage1_ckpt, dev)
+        if st1["config"] != st["config"]:
+            ap.error(f"--stage1-ckpt {a.stage1_ckpt}: a different network from --ckpt {a.ckpt}")
     if a.restorer:
         from restore import load as load_restorer, restore_image
         restorer = load_restorer(a.restorer)[0]
@@ -174,7 +184,15 @@ def main():
     for n in a.detail_steps or []:
         presets[f"euler{n}"] = {"method": "euler", "steps": n}
     if a.presets:
-        presets = {k: v for k, v in presets.items() if k in a.presets.split(",")}
+        # "A/B": the cascade with preset A at stage 1 and B at stage 2 (--scale 16 only)
+        want, picked = a.presets.split(","), {}
+        for name in want:
+            parts = name.split("/")
+            if any(q not in presets for q in parts) or len(parts) > 2 or (len(parts) == 2 and a.scale == cfg.scale):
+                ap.error(f"--presets {name!r}: give the manifest's presets ({', '.join(presets)}; eulerN with --detail-steps N), "
+                         f"or A/B for stage 1's and stage 2's at --scale {cfg.scale ** 2}")
+            picked[name] = presets[name] if len(parts) == 1 else {"stage1": presets[parts[0]], "stage2": presets[parts[1]]}
+        presets = picked
     a.crop = a.crop or ("768x512" if a.scale == 16 else "512x384")
     cw, ch = map(int, a.crop.split("x"))
     S = a.scale                                   # the output's factor over the LR
@@ -197,8 +215,10 @@ def main():
         x = lr
         for stage in range(1, stages + 1):
             q = jq if stage == 1 or jq is None else torch.zeros_like(jq)
-            den = (lambda y, s, x=x, q=q: model.forward_image(y, x, torch.full((1,), s, device=dev), independent=True, jq=q)) if p.get("independent") else None
-            out = sample_image(model, x, p["method"], p["steps"], smp["sigma_min"], smp["sigma_max"], smp["rho"], seed=seed,
+            ps = p.get(f"stage{stage}", p)
+            m = stage1_model if stage == 1 and stage1_model is not None else model
+            den = (lambda y, s, x=x, q=q: m.forward_image(y, x, torch.full((1,), s, device=dev), independent=True, jq=q)) if ps.get("independent") else None
+            out = sample_image(m, x, ps["method"], ps["steps"], smp["sigma_min"], smp["sigma_max"], smp["rho"], seed=seed,
                                stage=stage, denoise=den, jq=q)
             if stage < stages:
                 x = (torch.from_numpy(to_u8(out).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)
@@ -278,7 +298,7 @@ def main():
                                 "phase_profile": [float(x) for x in profile(phases[variant][n][grid_periods.index(cfg.scale)])],
                                 "fine_energy": fine[variant][n] / fine[variant]["ground_truth"],
                                 **({cost_key: float(np.mean(times[n]))} if n in times else {})} for n in names}
-    res = {"checkpoint": a.ckpt, "steps": st.get("step"), "crops": st.get("crops"), "restorer": a.restorer, "split": a.split, "scale": S,
+    res = {"checkpoint": a.ckpt, **({"stage1_checkpoint": a.stage1_ckpt} if a.stage1_ckpt else {}), "steps": st.get("step"), "crops": st.get("crops"), "restorer": a.restorer, "split": a.split, "scale": S,
            "val_split": "+".join(sorted({e.get("package", "?") for e, _ in val})),
            "crop": a.crop, "n": len(rows[variants[0]]), "summary": summary, "per_image": rows,
            "seam_periods_px": list(PERIODS), "grid_periods_px": grid_periods, "sampling": smp, "torch_threads": torch.get_num_threads()}

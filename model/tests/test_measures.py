@@ -2,7 +2,7 @@
 staircase of period-px squares puts its steps on one phase of the lines) and the fine-detail energy
 (luma power above the LR's Nyquist frequency), on a real photo (viewer/demo.jpg) and images made
 from it whose answer is known."""
-import sys, unittest
+import json, os, subprocess, sys, tempfile, unittest
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
 from evaluate import phase_sums, grid_ratio, fine_power  # noqa: E402
 
+RELEASE = MODEL / "release/infdit-s4.ckpt.pt"
 PHOTO = np.asarray(Image.open(MODEL.parent / "viewer/demo.jpg").convert("RGB").resize((512, 384), Image.LANCZOS))
 
 
@@ -59,6 +60,48 @@ class FineEnergyTest(unittest.TestCase):
 
     def test_a_flat_image_has_none(self):
         self.assertLess(fine_power(np.full((64, 64, 3), 100, np.uint8), 4), 1e-20)
+
+
+class CascadeEvalTest(unittest.TestCase):
+    """evaluate.py --scale 16 with a preset per stage (A/B) and a stage-1 checkpoint of its own: the same
+    preset and checkpoint at both stages is the plain cascade, another stage-1 checkpoint changes it."""
+
+    def evaluate(self, data, out, *args):
+        from test_train import TCMALLOC
+        env = dict(os.environ, **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
+        return subprocess.run([sys.executable, str(MODEL / "evaluate.py"), "--ckpt", str(RELEASE), "--manifest",
+                               str(MODEL / "release/infdit-s4.json"), "--data", str(data), "--out", str(out),
+                               "--variants", "clean", "--no-ablation", "--no-crops", *args],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    def test_a_preset_per_stage_and_a_stage1_checkpoint(self):
+        import torch
+        from train import load_parts
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "val").mkdir()
+            Image.fromarray(np.asarray(Image.open(MODEL.parent / "viewer/demo.jpg").convert("RGB").resize((768, 512), Image.LANCZOS))).save(tmp / "val/demo.png")
+            (tmp / "index.json").write_text(json.dumps([{"file": "val/demo.png", "split": "val", "packed": "val/demo.png"}]))
+            # stage 1 by a checkpoint whose output layer is closed: up(LR) plus its share of the noise, not the release's
+            st = load_parts(RELEASE)
+            st["ema"] = {k: (torch.zeros_like(v) if k.startswith("final_layer.linear.") else v) for k, v in st["ema"].items()}
+            torch.save(st, tmp / "closed.pt")
+            r = self.evaluate(tmp, tmp / "a", "--scale", "16", "--presets", "fidelity,fidelity/fidelity")
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            got = json.loads((tmp / "a/eval-x16.json").read_text())["per_image"]["clean"][0]
+            self.assertEqual(got["fidelity"], got["fidelity/fidelity"])
+            r = self.evaluate(tmp, tmp / "b", "--scale", "16", "--presets", "fidelity", "--stage1-ckpt", str(tmp / "closed.pt"))
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            res = json.loads((tmp / "b/eval-x16.json").read_text())
+            self.assertEqual(res["stage1_checkpoint"], str(tmp / "closed.pt"))
+            self.assertLess(res["per_image"]["clean"][0]["fidelity"]["psnr"], got["fidelity"]["psnr"] - 0.1)
+            for bad, says in ((("--presets", "fidelity/detail"), "A/B for stage 1's and stage 2's at --scale 16"),
+                              (("--scale", "16", "--presets", "fidelity/sharp"), "--presets 'fidelity/sharp'"),
+                              (("--stage1-ckpt", str(RELEASE)), "--stage1-ckpt: only a cascade")):
+                r = self.evaluate(tmp, tmp / "bad", *bad)
+                self.assertEqual(r.returncode, 2, r.stderr[-2000:])
+                self.assertIn(says, r.stderr)
+                self.assertFalse((tmp / "bad").exists())
 
 
 if __name__ == "__main__":

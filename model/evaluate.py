@@ -185,8 +185,8 @@ def main():
         presets[f"euler{n}"] = {"method": "euler", "steps": n}
     if a.presets:
         # "A/B": the cascade with preset A at stage 1 and B at stage 2 (--scale 16 only)
-        want, picked = a.presets.split(","), {}
-        for name in want:
+        picked = {}
+        for name in a.presets.split(","):
             parts = name.split("/")
             if any(q not in presets for q in parts) or len(parts) > 2 or (len(parts) == 2 and a.scale == cfg.scale):
                 ap.error(f"--presets {name!r}: give the manifest's presets ({', '.join(presets)}; eulerN with --detail-steps N), "

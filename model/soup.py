@@ -44,11 +44,6 @@ def mix(base, terms):
     return out
 
 
-def soup(a, b, share):
-    """(1 - share)·A + share·B: the two-checkpoint weight average."""
-    return mix(a, [(b, share)])
-
-
 def parse_shares(text, n):
     """'0.3,-0.3' -> [0.3, -0.3], one per checkpoint after the first (ValueError saying what is accepted)."""
     try:

@@ -11,6 +11,7 @@ from PIL import Image, ImageFilter
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
 from evaluate import phase_sums, grid_ratio, fine_power  # noqa: E402
+from test_train import TCMALLOC  # noqa: E402
 
 RELEASE = MODEL / "release/infdit-s4.ckpt.pt"
 PHOTO = np.asarray(Image.open(MODEL.parent / "viewer/demo.jpg").convert("RGB").resize((512, 384), Image.LANCZOS))
@@ -67,7 +68,6 @@ class CascadeEvalTest(unittest.TestCase):
     preset and checkpoint at both stages is the plain cascade, another stage-1 checkpoint changes it."""
 
     def evaluate(self, data, out, *args):
-        from test_train import TCMALLOC
         env = dict(os.environ, **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
         return subprocess.run([sys.executable, str(MODEL / "evaluate.py"), "--ckpt", str(RELEASE), "--manifest",
                                str(MODEL / "release/infdit-s4.json"), "--data", str(data), "--out", str(out),

@@ -212,13 +212,13 @@ class SoupTest(unittest.TestCase):
         return {"config": cfg.to_dict(), "ema": InfDiT(cfg).randomize_(seed).state_dict(), "step": seed}
 
     def test_the_mixture_is_the_weighted_mean_and_keeps_bs_record(self):
-        from soup import soup
+        from soup import mix
         a, b = self.ckpt(1), self.ckpt(2)
-        m = soup(a, b, 0.25)
+        m = mix(a, [(b, 0.25)])
         for k in a["ema"]:
             self.assertTrue(torch.allclose(m["ema"][k], 0.75 * a["ema"][k] + 0.25 * b["ema"][k], atol=1e-6), k)
         self.assertEqual(m["step"], 2)
-        self.assertTrue(all(torch.equal(soup(a, b, 0.0)["ema"][k], a["ema"][k]) for k in a["ema"]))
+        self.assertTrue(all(torch.equal(mix(a, [(b, 0.0)])["ema"][k], a["ema"][k]) for k in a["ema"]))
 
     def test_task_arithmetic_adds_the_difference_of_two_fine_tunes(self):
         from soup import mix, parse_shares
@@ -235,9 +235,9 @@ class SoupTest(unittest.TestCase):
             self.assertIn(says, str(e.exception))
 
     def test_different_networks_are_refused(self):
-        from soup import soup
+        from soup import mix
         with self.assertRaises(ValueError) as e:
-            soup(self.ckpt(1), self.ckpt(2, depth=3), 0.5)
+            mix(self.ckpt(1), [(self.ckpt(2, depth=3), 0.5)])
         self.assertIn("depth", str(e.exception))
 
 

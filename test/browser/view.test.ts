@@ -18,6 +18,7 @@ import { createApp } from '../../server/app.js';
 import { ImageService } from '../../lib/tiles/service.js';
 import { loadConfig } from '../../config/index.js';
 import { ROOT } from '../helpers.js';
+import { watchPage } from './watch.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium';
 const ARTIFACTS = join(ROOT, 'test/artifacts');
@@ -47,8 +48,10 @@ async function openPage(base: string, id: string) {
   const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
   page.on('pageerror', e => failures.push(`pageerror: ${e.message}`));
   page.on('response', r => { if (r.status() >= 400) failures.push(`${r.status()} ${r.url()}`); });
-  await page.goto(`${base}/#${id}`);
-  await page.waitForFunction((id) => (window as any).infdit?.st?.id === id && (window as any).infdit.layers.length > 0, id, { timeout: 60000 });
+  const watch = watchPage(page, base);
+  await watch.explained(page.goto(`${base}/#${id}`));
+  await watch.explained(page.waitForFunction((id) => (window as any).infdit?.st?.id === id && (window as any).infdit.layers.length > 0, id, { timeout: 60000 }));
+  watch.stop();
   return page;
 }
 

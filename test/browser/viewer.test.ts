@@ -199,21 +199,22 @@ test('the block map stays readable and cheap at 200,000 blocks', async () => {
   await watch.explained(p.waitForFunction((id) => (window as any).infdit?.st?.id === id && (window as any).infdit.doneCount > 0, meta.id, { timeout: 60000 }));
   watch.stop();
   const r = await p.evaluate(() => {
-    const s = (window as any).infdit, t0 = performance.now();
-    for (let i = 0; i < 5; i++) s.renderProgress();
-    const ms = (performance.now() - t0) / 5;
+    // each cost as the fastest of seven runs: the page's own work (OpenSeadragon, the events of the
+    // fill) lands in some runs, and a mean of five once read 4× the yardstick. (Two plain loops: a
+    // named helper in here would carry the test compiler's __name, which the page does not have.)
+    const s = (window as any).infdit;
+    let ms = Infinity, refMs = Infinity;
+    for (let k = 0; k < 7; k++) { const t = performance.now(); s.renderProgress(); ms = Math.min(ms, performance.now() - t); }
     // the yardstick, on this machine in this page: the least a picture of every block costs (one
     // pixel a block, written once and drawn once); a fillRect per block was ~100× that
     const ref = document.createElement('canvas'); ref.width = s.st.blocks.cols; ref.height = s.st.blocks.rows;
     const ctx = ref.getContext('2d')!;
-    let t1 = 0;
-    for (let k = -1; k < 5; k++) {   // k = -1: compiled and warm first, like renderProgress above
-      if (k === 0) t1 = performance.now();
-      const img = ctx.createImageData(ref.width, ref.height), px = img.data;
+    for (let k = 0; k < 7; k++) {
+      const t = performance.now(), img = ctx.createImageData(ref.width, ref.height), px = img.data;
       for (let i = 0; i < s.done.length; i++) { px[4 * i] = 24 + s.done[i]; px[4 * i + 3] = 255; }
       ctx.putImageData(img, 0, 0);
+      refMs = Math.min(refMs, performance.now() - t);
     }
-    const refMs = (performance.now() - t1) / 5;
     const cv = document.querySelector('#blocks') as HTMLCanvasElement;
     return { ms, refMs, w: cv.width, h: cv.height, label: cv.getAttribute('aria-label'), total: s.st.blocks.total, done: s.doneCount };
   });

@@ -35,9 +35,10 @@ def mix(base, terms):
             raise ValueError(f"the checkpoints' weights differ in names: {sorted(set(base['ema']) ^ set(x['ema']))[:5]}")
     ema = {}
     for k, v in base["ema"].items():
-        w = v.float().clone()
+        b = v.float()
+        w = b.clone()
         for x, t in terms:
-            w += t * (x["ema"][k].float() - v.float())
+            w += t * (x["ema"][k].float() - b)
         ema[k] = w.to(v.dtype)
     out = {k: v for k, v in terms[-1][0].items() if k not in ("model", "opt")}
     out["ema"] = ema

@@ -82,7 +82,7 @@ class TrainTest(unittest.TestCase):
         self.assertIn("--jpeg-cond needs --task real2", r.stderr)
 
     def test_tune_last1_moves_only_the_last_layer_and_the_output_stage_and_resume_keeps_it(self):
-        ck = self.dir / "final"
+        ck = self.dir / "last1"
         r = train("--data", str(self.dir), "--ckpt", str(ck), "--init", str(RELEASE), "--tune", "last1",
                   "--max-steps", "2", "--lr", "1e-2", "--warmup", "1")
         self.assertEqual(r.returncode, 0, r.stderr[-2000:])

@@ -75,11 +75,11 @@ export const KEYS = Object.keys(schema.shape) as (keyof Config)[];
 type Key = keyof Config;
 const MODEL_KEYS: Key[] = ['model', 'batch', 'threads', 'modelWorkers', 'kvCacheMb', 'ortSpinning', 'queue'];
 const RENDER_KEYS: Key[] = [...MODEL_KEYS, 'scale', 'preset', 'steps', 'sigmaMax', 'seed', 'tileSize', 'tileOverlap', 'tileFormat', 'tileQuality',
-  'dataDir', 'diskBudgetMb', 'modelNice', 'uploadMaxBytes', 'uploadMaxPixels', 'regionBlocks', 'queueWindow'];
+  'dataDir', 'diskBudgetMb', 'modelNice', 'uploadMaxPixels', 'regionBlocks', 'queueWindow'];
 /** The settings each command takes: `--help` lists them, and a flag of another command is refused. */
 export const COMMAND_KEYS: Record<'serve' | 'render' | 'worker', Key[]> = {
   serve: [...RENDER_KEYS, 'port', 'host', 'http2', 'tlsCert', 'tlsKey', 'backgroundFill', 'tileWaitMs', 'viewLeaseMs', 'demo',
-    'uploads', 'uploadToken', 'uploadBudgetMb', 'uploadRateLimit'],
+    'uploads', 'uploadToken', 'uploadBudgetMb', 'uploadRateLimit', 'uploadMaxBytes'],
   render: RENDER_KEYS,
   worker: [...MODEL_KEYS, 'queueLockMs'],
 };
@@ -147,6 +147,10 @@ export function parseArgs(argv: string[], extra: string[] = [], keys: readonly K
   return { overrides: out, positionals: pos, other };
 }
 
-export function helpTable(keys: readonly Key[] = KEYS) {
-  return keys.map(k => `  --${kebab(k).padEnd(18)} ${schema.shape[k].description ?? ''} [default: ${JSON.stringify((defaults as any)[k]) ?? 'none'}; env ${envName(k)}]`).join('\n');
+/** What a setting means for a command other than the server, where the schema's words are the server's. */
+export type HelpNotes = Partial<Record<Key, { describe?: string; default?: string }>>;
+
+export function helpTable(keys: readonly Key[] = KEYS, notes: HelpNotes = {}) {
+  return keys.map(k => `  --${kebab(k).padEnd(18)} ${notes[k]?.describe ?? schema.shape[k].description ?? ''} ` +
+    `[default: ${notes[k]?.default ?? JSON.stringify((defaults as any)[k]) ?? 'none'}; env ${envName(k)}]`).join('\n');
 }

@@ -37,6 +37,8 @@ export function createApp(service: ImageService) {
 
   // ---------------------------------------------------------------- viewer
   app.use('/', express.static(join(ROOT, 'viewer'), { index: 'index.html' }));
+  // browsers and crawlers ask for /favicon.ico whatever the page's <link rel="icon"> says
+  app.get('/favicon.ico', (_req, res) => res.redirect(301, '/favicon.svg'));
   app.use('/vendor/openseadragon', express.static(join(ROOT, 'node_modules/openseadragon/build/openseadragon')));
 
   // ---------------------------------------------------------------- API

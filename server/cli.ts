@@ -3,10 +3,10 @@
  * or INFDIT_* environment variables; `--help` lists them.
  */
 import { readFileSync, cpSync, mkdirSync, rmSync, existsSync, renameSync } from 'node:fs';
-import { basename, extname, join, resolve, dirname } from 'node:path';
+import { basename, extname, join, resolve, dirname, parse } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
-import { loadConfig, parseArgs, helpTable, ConfigError, COMMAND_KEYS, type Config, type Command } from '../config/index.js';
+import { loadConfig, parseArgs, helpTable, ConfigError, COMMAND_KEYS, type Config, type Command, type HelpNotes } from '../config/index.js';
 import { ImageService } from '../lib/tiles/service.js';
 import { encode } from '../lib/tiles/image.js';
 import { atomicWrite } from '../lib/engine/atomic.js';
@@ -39,7 +39,7 @@ usage:
 const EXTRA: Record<Command, string> = {
   serve: '',
   render: `
-  --out DIR            where the pyramid goes [default: .]
+  --out DIR            where the pyramid goes [default: a folder named after INPUT, e.g. photo/ for photo.jpg]
   --full FILE          also write the whole output image`,
   worker: '',
 };
@@ -48,10 +48,25 @@ const ABOUT: Record<Command, string> = {
   render: 'infdit render INPUT [--out DIR] [--full FILE] [options] — write the whole pyramid, byte for byte what the server would serve',
   worker: 'infdit worker --queue redis://HOST:PORT [options] — generate region jobs for renders and servers that use the same --queue',
 };
+/** The schema describes settings as the server uses them; where a command uses one otherwise, its help says so. */
+const NOTES: Record<Command, HelpNotes> = {
+  serve: {},
+  render: {
+    dataDir: { describe: 'where the render keeps finished blocks and tiles, so a killed render resumes', default: '<out>/.infdit-cache' },
+    modelNice: { describe: "nice value of the model's threads (0: equal with other processes)" },
+    modelWorkers: { describe: 'model threads, each with its own onnxruntime sessions and threads ÷ model-workers (at least 1) intra-op threads, running batches side by side (2 made a screenful 1.29× faster on 2 cores)' },
+    uploadMaxPixels: { describe: 'largest INPUT in pixels' },
+    ortSpinning: { describe: "let onnxruntime's threads spin between calls (faster small batches)" },
+  },
+  worker: {
+    modelWorkers: { describe: 'model threads, each with its own onnxruntime sessions and threads ÷ model-workers (at least 1) intra-op threads, running batches side by side' },
+    ortSpinning: { describe: "let onnxruntime's threads spin between calls (faster small batches)" },
+  },
+};
 const commandHelp = (cmd: Command) => `${ABOUT[cmd]}
 
 options (flag, or environment variable):
-${helpTable(COMMAND_KEYS[cmd])}${EXTRA[cmd]}
+${helpTable(COMMAND_KEYS[cmd], NOTES[cmd])}${EXTRA[cmd]}
   --help               this text`;
 
 async function serve(cfg: Config) {
@@ -146,8 +161,12 @@ async function main(argv: string[]) {
   const cfg = loadConfig(overrides, process.env, keys);
   if (cmd === 'serve') await serve(cfg);
   else if (cmd === 'worker') await worker(cfg);
-  // a render's input is the user's own file: no upload budget
-  else await render({ ...cfg, uploadBudgetMb: 2 ** 30, dataDir: overrides.dataDir ? cfg.dataDir : resolve(String(other.out ?? '.'), '.infdit-cache') }, positionals[0], String(other.out ?? '.'), other.full as string | undefined);
+  else {
+    // without --out, a folder named after the photo: never the current folder, which a pyramid would fill
+    const out = other.out !== undefined ? String(other.out) : positionals[0] ? parse(positionals[0]).name || 'render' : '.';
+    // a render's input is the user's own file: no upload budget
+    await render({ ...cfg, uploadBudgetMb: 2 ** 30, uploadMaxBytes: 2 ** 31, dataDir: overrides.dataDir ? cfg.dataDir : resolve(out, '.infdit-cache') }, positionals[0], out, other.full as string | undefined);
+  }
 }
 
 main(process.argv.slice(2)).catch(e => {

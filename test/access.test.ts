@@ -199,6 +199,10 @@ test('each command lists and takes only its own options', () => {
   for (const f of ['--port', '--host', '--http2', '--upload-token', '--upload-budget-mb', '--no-uploads'.replace('no-', ''), '--view-lease-ms', '--scale']) assert.ok(serve.includes(f), `serve --help lacks ${f}`);
   for (const f of ['--port', '--http2', '--upload-token', '--background-fill', '--tile-wait-ms', '--queue-lock-ms']) assert.ok(!render.includes(f + ' '), `render --help lists ${f}`);
   for (const f of ['--scale', '--out', '--full', '--tile-size']) assert.ok(render.includes(f), `render --help lacks ${f}`);
+  // render's help describes the render, not the server (issue 40): its own cache folder, no HTTP thread, no upload size
+  assert.ok(!render.includes('--upload-max-bytes'), 'render --help lists --upload-max-bytes');
+  assert.ok(!/HTTP thread/.test(render), 'render --help speaks of the HTTP thread');
+  assert.match(render, /--data-dir .*\[default: <out>\/\.infdit-cache/);
   for (const f of ['--scale', '--port', '--tile-size', '--out']) assert.ok(!worker.includes(f + ' '), `worker --help lists ${f}`);
   assert.ok(worker.includes('--queue-lock-ms'));
   const wrong = run('render', 'x.png', '--port', '9000');

@@ -42,6 +42,10 @@ after(async () => { await browser?.close(); server?.close(); await service?.clos
 
 test('upload through the page, zoom to the top level, final tiles replace the preview', async () => {
   await page.goto(base + '/');
+  // a server that asks no token shows no token field (issue 40: a CSS display rule beat [hidden]), and has an icon
+  assert.equal(await page.isVisible('#token-row'), false, 'the token field shows on a server without a token');
+  const icon = await page.evaluate(async () => { const r = await fetch('/favicon.ico'); return [r.status, r.headers.get('content-type')]; });
+  assert.deepEqual([icon[0], /^image\/svg\+xml/.test(String(icon[1]))], [200, true]);
   const w = 96, h = 64, data = Buffer.alloc(w * h * 3);
   for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) data[(y * w + x) * 3 + c] = 128 + Math.round(90 * Math.sin(x / (2 + c) + y / 4));
   const png = await sharp(data, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();

@@ -155,6 +155,8 @@ def main():
     ap.add_argument("--no-ablation", action="store_true", help="skip the independent-block ablation (a third of a CPU evaluation's time)")
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all); at "
                     "--scale 16 also A/B: preset A at stage 1, B at stage 2 (e.g. fidelity/detail)")
+    ap.add_argument("--base", metavar="CKPT", help="also measure this base super-resolver alone (model/base.py checkpoint or a "
+                    "SAFMN++ .pth; row base; at 16x applied twice, 8-bit between); a model trained over a base measures its own")
     ap.add_argument("--stage1-ckpt", metavar="CKPT", help="--scale 16: stage 1 by this checkpoint of the same network, "
                     "stage 2 by --ckpt (a cascade whose first stage need not be the 4× release)")
     a = ap.parse_args()
@@ -172,6 +174,10 @@ def main():
         stage1_model, st1 = load_ema(a.stage1_ckpt, dev)
         if st1["config"] != st["config"]:
             ap.error(f"--stage1-ckpt {a.stage1_ckpt}: a different network from --ckpt {a.ckpt}")
+    base_net = model.base
+    if a.base:
+        from base import load as load_base
+        base_net = load_base(a.base).to(dev)
     if a.restorer:
         from restore import load as load_restorer, restore_image
         restorer = load_restorer(a.restorer)[0]
@@ -245,6 +251,12 @@ def main():
             jq = jpeg_level(torch.tensor([told])).to(dev) if cfg.jpeg_cond else None
             outs = {"bicubic": to_u8(upsample(lr, S)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.LANCZOS))}
+            if base_net is not None:
+                from base import tiled_tensor
+                y = lr
+                for _ in range(stages):   # the engine's base at each stage, 8-bit pixels between
+                    y = torch.from_numpy(to_u8(tiled_tensor(base_net, y)).copy()).permute(2, 0, 1)[None].float().to(dev) / 127.5 - 1
+                outs["base"] = to_u8(y)
             if model_u8 is not lr_u8:
                 outs["restored-lanczos3"] = np.asarray(Image.fromarray(model_u8).resize((cw, ch), Image.LANCZOS))
             runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" and not a.no_ablation else [])
@@ -275,8 +287,9 @@ def main():
                         if e > best:
                             best, yy, xx = e, ty, tx
                 near = lambda u8: np.asarray(Image.fromarray(u8).resize((cw, ch), Image.NEAREST))
-                # LR · [restored LR] · Lanczos3 · fidelity · [detail] · ground truth: a column only where it was computed
-                cols = [near(lr_u8)] + ([near(model_u8)] if model_u8 is not lr_u8 else []) + [outs["lanczos3"], outs["fidelity"]] \
+                # LR · [restored LR] · Lanczos3 · [base] · fidelity · [detail] · ground truth: a column only where it was computed
+                cols = [near(lr_u8)] + ([near(model_u8)] if model_u8 is not lr_u8 else []) + [outs["lanczos3"]] \
+                    + ([outs["base"]] if "base" in outs else []) + [outs["fidelity"]] \
                     + ([outs["detail"]] if "detail" in outs else []) + [gt]
                 panels.append((variant, np.concatenate([c[yy:yy + win, xx:xx + win] for c in cols], axis=1)))
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)

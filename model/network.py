@@ -48,6 +48,7 @@ class InfDiTConfig:
     thumb: int = 32           # thumbnail side for global conditioning
     jpeg_cond: bool = False   # the LR file's JPEG quality (jpeg_level) added to the noise embedding
     target: str = "residual"  # "residual": diffuse x - up(LR); "image": diffuse x itself
+    up: str = "bicubic"       # up(LR): "bicubic", or "base" (model/base.py's super-resolver, kept in model.base)
     sigma_data: float = 0.5
     rope_base: float = 10000.0  # lowest frequency wavelength ≈ 2π·base tokens > 65,536 px / patch
 
@@ -384,6 +385,7 @@ class InfDiT(nn.Module):
         self.q_embedder = NoiseEmbedder(cfg.dim) if cfg.jpeg_cond else None
         self.blocks = nn.ModuleList([DiTBlock(cfg, cross=(i == 0 and cfg.lr_cross_attn)) for i in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg)
+        self.base = None   # attach_base: not a submodule, so never trained, averaged or in state_dict
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -515,17 +517,32 @@ class InfDiT(nn.Module):
         state = x - up if self.cfg.target == "residual" else x
         return self._output(h, c, state, up, c_skip, c_out)
 
+    def attach_base(self, net):
+        """The base super-resolver this model refines (cfg.up "base"); frozen, kept outside the parameters."""
+        object.__setattr__(self, "base", net.eval().requires_grad_(False))
+        return self
+
+    def up_of(self, lr, crops=False):
+        """up(LR) in [-1,1]: PyTorch's bicubic, or (cfg.up "base") the base super-resolver, on its canonical
+        tile grid as the engine runs it, or (crops=True, training) one edge-padded window per crop."""
+        if self.cfg.up == "bicubic":
+            return upsample(lr, self.cfg.scale)
+        if self.base is None:
+            raise RuntimeError("this model was trained over a base super-resolver but none is attached (model.base)")
+        import base
+        return base.crop_up(self.base, lr) if crops else base.tiled_tensor(self.base, lr)
+
     # -- path 1: all blocks of whole images (training) --------------------------------
-    def forward_image(self, x, lr, sigma, pos0=None, thumb=None, independent=False, jq=None):
+    def forward_image(self, x, lr, sigma, pos0=None, thumb=None, independent=False, jq=None, up=None):
         """x: (N,3,H,W) noisy HR, lr: (N,3,H/s,W/s) LR, sigma: (N,), pos0: (N,2) token offset of
         the crop's top-left (default 0). H, W multiples of the block size. Returns D(x;σ).
         independent=True masks every neighbour (the seam ablation: blocks see only their LR context).
-        jq: (N,) jpeg_level of each LR (a jpeg_cond model)."""
+        jq: (N,) jpeg_level of each LR (a jpeg_cond model). up: up(LR) when the caller has it (default up_of(lr))."""
         cfg = self.cfg
         n, _, hh, ww = x.shape
         bs, R, C = cfg.block, hh // cfg.block, ww // cfg.block
         # thumb: (N,3,t,t) global-conditioning input; default: thumbnail(lr)
-        up = upsample(lr, cfg.scale)
+        up = self.up_of(lr) if up is None else up
         xb, ub = to_blocks(x, bs), to_blocks(up, bs)                        # (N·R·C,3,B,B)
         ctx = lr_contexts(lr, cfg.lr_block)                                  # (N·R·C,3,3b,3b)
         nb = n * R * C

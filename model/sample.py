@@ -68,8 +68,8 @@ def sample_image(model, lr, method="euler", steps=1, sigma_min=0.002, sigma_max=
     """lr: (1,3,h,w) in [-1,1], h,w multiples of the LR block; jq: (1,) its jpeg_level (a jpeg_cond
     model). Returns the HR image (1,3,H,W)."""
     cfg = model.cfg
-    denoise = denoise or (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=lr.device), jq=jq))
-    up = upsample(lr, cfg.scale)
+    up = model.up_of(lr)
+    denoise = denoise or (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=lr.device), jq=jq, up=up))
     R, C = up.shape[2] // cfg.block, up.shape[3] // cfg.block
     sig = karras_sigmas(steps, sigma_min, sigma_max, rho)
     x = up + sig[0] * initial_noise(R, C, cfg.block, seed, stage).to(up.device)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import network
 from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss, phase_loss
+from base import state_of as base_state, from_state as base_from_state, load as load_base
 from data import load_split, CropSampler, degrade
 from degrade import RECIPE
 
@@ -76,10 +77,13 @@ def all_cores():
 
 
 def load_ema(path, device="cpu"):
-    """The averaged weights of a checkpoint (whole or in parts) as a model in eval mode, and the checkpoint."""
+    """The averaged weights of a checkpoint (whole or in parts) as a model in eval mode (with the base it
+    was trained over, if any), and the checkpoint."""
     st = load_parts(path)
     model = InfDiT(InfDiTConfig(**st["config"]))
     model.load_state_dict(st["ema"])
+    if "base" in st:
+        model.attach_base(base_from_state(st["base"]).to(device))
     return model.eval().to(device), st
 
 
@@ -92,6 +96,10 @@ def main(argv=None):
     ap.add_argument("--ckpt", default="runs/default")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", help="start from this checkpoint's EMA weights (fresh optimizer)")
+    ap.add_argument("--base", metavar="CKPT", help="train over this base super-resolver (model/base.py checkpoint): "
+                    "up(LR) is its output, kept in the checkpoint; the manifest's \"up\" becomes \"base\"")
+    ap.add_argument("--zero-output", action="store_true", help="zero the final layer's projection first (with --init and --base: "
+                    "the model starts as the base alone)")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--max-steps", type=int, default=10 ** 9)
     ap.add_argument("--total-steps", type=int, default=20000,
@@ -185,6 +193,11 @@ def main(argv=None):
     if a.jpeg_cond and a.task != "real2":
         ap.error("--jpeg-cond needs --task real2 (the other tasks make no JPEG)")
     cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond)
+    if a.base and state:
+        ap.error("--base: a resumed run keeps the base it was trained over (leave --base out with --resume)")
+    if a.base:
+        cfg.up = "base"
+    base_net = base_from_state(state["base"]) if state and "base" in state else load_base(a.base) if a.base else None
     if not 0 <= a.cascade <= 1:
         ap.error(f"--cascade {a.cascade}: give a share of the batch from 0 to 1")
     if a.cascade and a.crop % (cfg.block * cfg.scale):
@@ -193,6 +206,8 @@ def main(argv=None):
         ap.error(f"--seam-weight needs crops with a block boundary inside: --crop {a.crop} is under 2 blocks ({2 * cfg.block} px)")
     model = InfDiT(cfg).to(dev)
     ema = InfDiT(cfg).to(dev).requires_grad_(False)
+    if base_net is not None:
+        model.attach_base(base_net.to(dev)); ema.attach_base(base_net.to(dev))
     if state and state["args"].get("tune", "all") != a.tune:
         ap.error(f"--tune {a.tune}: the run in {a.ckpt} trained with --tune {state['args'].get('tune', 'all')}; resume it with that")
     try:
@@ -220,6 +235,11 @@ def main(argv=None):
         missing, unexpected = model.load_state_dict(init["ema"], strict=False)
         if unexpected or any(not k.startswith("q_embedder.") for k in missing):
             raise SystemExit(f"--init {a.init}: its weights do not fit {cfg.name} (missing {missing}, unexpected {unexpected})")
+    if a.zero_output and not state:
+        # the transformer starts adding nothing to up(LR) but c_skip·σ_max·ε (σ_data²/σ_max: 0.3/255 rms at
+        # release 5's σ_max 4, σ_data 0.1), so a fine-tune over a new base starts at the base's own fidelity
+        with torch.no_grad():
+            model.final_layer.linear.weight.zero_(); model.final_layer.linear.bias.zero_()
     if not state:
         ema.load_state_dict(model.state_dict())
     # The EMA's warm-up (decay (1+step)/(10+step)) lets a fresh model's average forget its random
@@ -277,13 +297,15 @@ def main(argv=None):
         tp = mark("degrade", tp)
         sigma = sample_sigma(a.batch, a, gen, dev)
         noise = torch.randn(hr.shape, generator=gen_dev, device=dev)
-        up = upsample(lr_img, cfg.scale)
+        if cfg.up == "base":   # the base reads 8-bit pixels, as the engine hands it the photo
+            lr_img = torch.round((lr_img.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+        up = model.up_of(lr_img, crops=True)
         x = up + (hr - up) + sigma[:, None, None, None] * noise if cfg.target == "residual" else hr + sigma[:, None, None, None] * noise
         # random absolute position: the rotary embedding must work anywhere in a huge image
         pos0 = (torch.randint(0, 4096, (a.batch, 2), generator=gen) * cfg.grid).float().to(dev)
         with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()), \
                 sdpa_backend(a.sdpa_backend):   # the backward runs the kernel the forward chose
-            d = fwd(x, lr_img, sigma, pos0, jq=jq)
+            d = fwd(x, lr_img, sigma, pos0, jq=jq, up=up)
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
         d = d.float()
         err = ((d - hr) ** 2).flatten(1).mean(1)
@@ -354,10 +376,11 @@ def stage1_output(model, hr, cfg, sigma_max, gen, amp):
     (data.degrade's clean bicubic), through the model's fidelity preset (one evaluation from up(LR) +
     σ_max·ε, which is the denoiser's output), rounded to uint8 as the engine's pixels are."""
     lr1 = degrade(hr, cfg.scale ** 2)
-    up = upsample(lr1, cfg.scale)
+    lr1 = torch.round((lr1.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1 if cfg.up == "base" else lr1   # the base sees 8-bit LR
+    up = model.up_of(lr1, crops=True)
     x = up + sigma_max * torch.randn(up.shape, generator=gen, device=up.device)
     with torch.autocast(device_type=hr.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
-        out = model.forward_image(x, lr1, torch.full((hr.shape[0],), sigma_max, device=hr.device))
+        out = model.forward_image(x, lr1, torch.full((hr.shape[0],), sigma_max, device=hr.device), up=up)
     return (torch.round((out.float().clamp(-1, 1) + 1) * 127.5) / 127.5 - 1)
 
 
@@ -384,6 +407,7 @@ def kernel_table(prof, dev, steps, rows=22):
 def save(path, model, ema, opt, cfg, step, crops, history, a):
     sd = lambda m: {k: v.detach().float().cpu() for k, v in m.state_dict().items()}
     obj = {"config": cfg.to_dict(), "model": sd(model), "ema": sd(ema), "step": step, "crops": crops,
+           **({"base": base_state(model.base)} if model.base is not None else {}),
            "history": history[-2000:], "args": vars(a),
            # what the LR went through in training: export.py copies it into the manifest
            "degradation": {"task": a.task, **({"recipe": RECIPE} if a.task == "real2" else {})}}

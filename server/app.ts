@@ -176,9 +176,12 @@ export function createApp(service: ImageService) {
 
   async function sendTile(req: Request, res: Response, id: string, L: number, c: number, r: number) {
     const type = `image/${cfg.tileFormat}`;
-    const sendPreview = async (extra: Record<string, string> = {}) =>
-      res.set({ 'Content-Type': type, 'Cache-Control': 'no-store', 'X-Infdit-Tile': 'preview', ...extra }).send((await service.preview(id, L, c, r)).bytes);
-    // ?preview: the Lanczos upscale until the tile is final; ?preview=lanczos: always (compare view)
+    const sendPreview = async (extra: Record<string, string> = {}) => {
+      const p = await service.preview(id, L, c, r, { lanczos: req.query.preview === 'lanczos', signal: clientGone(res) });
+      res.set({ 'Content-Type': type, 'Cache-Control': 'no-store', 'X-Infdit-Tile': 'preview', 'X-Infdit-Preview': p.kind, ...extra }).send(p.bytes);
+    };
+    // ?preview: the preview (the base, or Lanczos for a model without one) until the tile is final;
+    // ?preview=lanczos: the Lanczos upscale always (the compare view)
     if (req.query.preview !== undefined && (req.query.preview === 'lanczos' || !(await service.tileIsFinal(id, L, c, r)))) return sendPreview();
     const work = service.tile(id, L, c, r, { signal: clientGone(res), priority: 10 });
     work.catch(() => {});

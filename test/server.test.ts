@@ -172,3 +172,39 @@ test('unwritable data dir is refused at start, not at the first tile', async () 
   await assert.rejects(ImageService.open(loadConfig({ ...settings, dataDir: join(f, 'data') })), /data directory .* is not writable.*--data-dir/);
   assert.ok(existsSync(dataDir));
 });
+
+test('previews: the base super-resolver where the model has one (its own pixels at 4×), Lanczos3 for the compare view and for a model without one', async () => {
+  const d = tmp('infdit-base-');
+  const s = await ImageService.open(loadConfig({ ...settings, model: join(ROOT, 'test/fixtures/tiny-base.json'), tileFormat: 'png', dataDir: d }));
+  const a = createApp(s);
+  const up = await request(a).post('/api/images').attach('image', img, 'wave.png').expect(201);
+  const st = await request(a).get(`/api/images/${up.body.id}`).expect(200);
+  assert.equal(st.body.preview, 'base');
+  const url = `/images/${up.body.id}_files/${st.body.maxLevel}/1_0.png`;
+  const pre = await request(a).get(url + '?preview=1').expect(200);
+  assert.equal(pre.headers['x-infdit-preview'], 'base');
+  // at the model's own 4× the preview is the base's pixels, unresized: tile (1,0) of 64 px is x 64..128
+  const lr = await sharp(img).raw().toBuffer({ resolveWithObject: true });
+  const { BaseUp } = await import('../lib/engine/base.js');
+  const { ImageLR } = await import('../lib/engine/render.js');
+  const { MemoryPixels } = await import('../lib/engine/pixels.js');
+  const want = await new BaseUp(s.model, new ImageLR(new MemoryPixels({ width: lr.info.width, height: lr.info.height, data: new Uint8Array(lr.data) }))).pixels(64, 0, 64, 64);
+  const got = await sharp(pre.body).raw().toBuffer();
+  assert.ok(Buffer.from(want).equals(got), 'the 4× preview is not the base\'s pixels');
+  const lz = await request(a).get(url + '?preview=lanczos').expect(200);
+  assert.equal(lz.headers['x-infdit-preview'], 'lanczos');
+  assert.ok(!Buffer.from(lz.body).equals(pre.body), 'the compare view gave the base');
+  // a level between the LR and 4× (2×): the base reduced, not Lanczos
+  assert.equal((await request(a).get(`/images/${up.body.id}_files/${st.body.maxLevel - 1}/0_0.png?preview=1`).expect(200)).headers['x-infdit-preview'], 'base');
+  // the fixture without a base: Lanczos3
+  assert.equal((await request(app).get(`/images/${id}_files/8/0_0.jpeg?preview=1`).expect(200)).headers['x-infdit-preview'], 'lanczos');
+  assert.equal((await request(app).get(`/api/images/${id}`).expect(200)).body.preview, 'lanczos');
+});
+
+test('render without --out writes into a folder named after the photo, never the current folder', () => {
+  const cwd = tmp('infdit-render-cwd-');
+  writeFileSync(join(cwd, 'wave.png'), img);
+  execFileSync(process.execPath, [join(ROOT, 'bin/infdit.js'), 'render', 'wave.png', '--model', FIXTURE + '.json', '--threads', '1'], { cwd, stdio: 'pipe' });
+  assert.ok(existsSync(join(cwd, 'wave', 'wave.dzi')), 'no wave/wave.dzi');
+  assert.deepEqual(readdirSync(cwd).sort(), ['wave', 'wave.png']);
+});

@@ -221,7 +221,9 @@
     const pct = total ? Math.floor((1000 * done) / total) / 10 : 100;
     const eta = !st.backgroundFill ? ' · background fill off: detail is made where you look' :
       st.etaSeconds != null && done < total ? ` · about ${formatSecs(st.etaSeconds)} left for the whole image` : '';
-    showProgress(done >= total ? `Detail complete: 100% (${total} blocks)` : `Generating detail: ${pct}% (${done}/${total} blocks)${eta}`);
+    // until a tile is final it shows the preview: say which, so nobody takes it for the final detail
+    const shown = st.preview === 'base' ? ' · not yet final: the base super-resolver' : ' · not yet final: Lanczos3';
+    showProgress(done >= total ? `Detail complete: 100% (${total} blocks)` : `Generating detail: ${pct}% (${done}/${total} blocks)${shown}${eta}`);
     $('progress').dataset.percent = String(pct);
     const v = state.view, n = v ? v.tiles.length : 0, left = viewPending();
     $('view-state').textContent = done >= total ? '' : !v ? '' : n === 0 ? 'In view: the photo itself (zoom in for generated detail)'
@@ -339,6 +341,8 @@
     if (state.overlay) { viewer.removeOverlay(state.overlay); state.overlay = null; }
     setCompare(false);
     $('compare').disabled = false;
+    // the divider's right side is what the main layer shows: final tiles, and previews until then
+    $('divider').querySelector('.side.right').textContent = st.preview === 'base' ? 'infdit (base until final)' : 'infdit (Lanczos3 until final)';
     $('dzi-url').value = st.urls.dzi;
     $('iiif-url').value = st.urls.iiif;
     $('download').href = st.urls.download;

@@ -24,6 +24,7 @@ import { KVStore, copyKV } from './kvstore.js';
 import type { BlockStore } from './blockstore.js';
 import { blockNoise } from './rng.js';
 import { upsampleRegion } from './bicubic.js';
+import type { BaseUp } from './base.js';
 import { SamplerPlan, advance, evalInput, type BlockSampleState } from './sampler.js';
 import { toPlanar, fromPlanar } from './pixels.js';
 
@@ -45,6 +46,8 @@ export interface StageOptions {
   thumb?: Float32Array;
   /** The JPEG condition (jpegLevel of this stage's LR file; 0: not a JPEG) when the model has one. */
   jq?: number;
+  /** The transformer's up(LR) when the model was trained over a base (manifest "up": "base"); absent: bicubic. */
+  base?: BaseUp;
 }
 
 /** nodes and calls run; modelMs: the model thread's time in them; jsMs: this thread's time
@@ -445,7 +448,7 @@ export class Stage {
     // or fetched once a node that reads them could run (from a lower stage), and given back when
     // the block goes idle: holding them for every touched block would grow with the area, and
     // making them for every ready block in one scan held the HTTP thread for 0.2 s (a band of 128).
-    if (!this.needsLR(l) || b.up || this.o.lr.regionSync) return true;
+    if (!this.needsLR(l) || b.up || this.syncPrep) return true;
     return this.prepare(b);
   }
 
@@ -455,7 +458,7 @@ export class Stage {
   private runnable(b: Block, l: number) {
     if (b.inflight || b.lvl + 1 !== l || !this.active(b)) return false;
     const n = Math.floor(l / this.S), k = l % this.S;
-    if (this.needsLR(l) && !b.up && !this.o.lr.regionSync) return false;
+    if (this.needsLR(l) && !b.up && !this.syncPrep) return false;
     if ((k === 0 || k === this.L) && !b.st && n > 0) return false;
     if (k === 0) return true;
     if (!this.o.kv.has(this.hKey(b, l - 1)) || !this.o.kv.has(this.kvKey(b, l - 1))) return false;
@@ -463,18 +466,25 @@ export class Stage {
     return true;
   }
 
-  /** Cut the block's 3×3 LR context and its bicubic up(LR). True when done synchronously. */
+  /** A block's LR context and bicubic up(LR) are made in this thread from pixels at hand; the
+   *  base's come from the model thread. */
+  private get syncPrep() { return !!this.o.lr.regionSync && !this.o.base; }
+
+  /** Cut the block's 3×3 LR context and its up(LR) (bicubic, or the base's). True when done synchronously. */
   private prepare(b: Block): boolean {
     if (b.preparing) return false;
-    const lb = this.lb, s = 3 * lb;
-    const fill = (px: Uint8Array) => {
+    const lb = this.lb, s = 3 * lb, base = this.o.base;
+    const fill = ([px, up]: [Uint8Array, Float32Array?]) => {
       const ctx = toPlanar(px);
       b.ctx = ctx;
-      b.up = upsampleRegion(ctx, 3, s, s, this.o.model.manifest.scale, lb, lb, this.B, this.B);
+      b.up = up ?? upsampleRegion(ctx, 3, s, s, this.o.model.manifest.scale, lb, lb, this.B, this.B);
     };
-    if (this.o.lr.regionSync) { fill(this.o.lr.regionSync((b.c - 1) * lb, (b.r - 1) * lb, s, s)); return true; }
+    if (this.syncPrep) { fill([this.o.lr.regionSync!((b.c - 1) * lb, (b.r - 1) * lb, s, s)]); return true; }
     b.prepAbort = new AbortController();
-    b.preparing = this.o.lr.region((b.c - 1) * lb, (b.r - 1) * lb, s, s, { priority: b.prio, signal: b.prepAbort.signal })
+    const opt = { priority: b.prio, signal: b.prepAbort.signal };
+    const ctx = this.o.lr.regionSync ? Promise.resolve(this.o.lr.regionSync((b.c - 1) * lb, (b.r - 1) * lb, s, s))
+      : this.o.lr.region((b.c - 1) * lb, (b.r - 1) * lb, s, s, opt);
+    b.preparing = Promise.all([ctx, base ? base.region(b.c * this.B, b.r * this.B, this.B, this.B, opt) : undefined])
       .then(fill)
       .catch(e => { if (!(e instanceof AbortError)) this.fail(e); })
       .finally(() => { b.preparing = undefined; b.prepAbort = undefined; this.addCandidate(b); this.pump(); });

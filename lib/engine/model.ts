@@ -31,6 +31,10 @@ export interface Manifest {
   jpeg: { enabled: boolean; input: string | null };
   /** The JPEG restorer (lib/engine/restore.ts): graph "restore", last in `graphs` (absent: none). */
   restorer?: { enabled: boolean; graph: string; tile: number; halo: number };
+  /** The base super-resolver (lib/engine/base.ts): graph "base", last in `graphs` (absent: none). */
+  base?: { enabled: boolean; graph: string; tile: number; halo: number; cell: number };
+  /** What the transformer's up(LR) is: PyTorch's bicubic (models before the base), or the base. */
+  up: 'bicubic' | 'base';
   provenance: Record<string, unknown>;
 }
 
@@ -68,7 +72,13 @@ export function validateManifest(m: any): Manifest {
   if (m.restorer !== undefined && !(m.restorer?.enabled === true && m.restorer.graph === 'restore' && Number.isInteger(m.restorer.tile) &&
       m.restorer.tile > 0 && m.restorer.tile % 2 === 0 && Number.isInteger(m.restorer.halo) && m.restorer.halo >= 0))
     throw new ModelError(`manifest field "restorer" must be {enabled: true, graph: "restore", tile: even integer > 0, halo: integer ≥ 0} or absent, got ${JSON.stringify(m.restorer)}`);
-  const want = ['input', ...Array.from({ length: m.layers }, (_, i) => `layer${i}`), ...(m.restorer ? ['restore'] : [])];
+  if (m.base !== undefined && !(m.base?.enabled === true && m.base.graph === 'base' && [m.base.tile, m.base.halo, m.base.cell].every(Number.isInteger) &&
+      m.base.cell > 0 && m.base.tile > 0 && m.base.tile % m.base.cell === 0 && m.base.tile % m.lr_block === 0 && m.base.halo >= 0 && m.base.halo % m.base.cell === 0))
+    throw new ModelError(`manifest field "base" must be {enabled: true, graph: "base", cell: integer > 0, tile: a multiple of cell and of lr_block, halo: a multiple of cell ≥ 0} or absent, got ${JSON.stringify(m.base)}`);
+  m.up ??= 'bicubic';   // manifests from before the base
+  if (m.up !== 'bicubic' && !(m.up === 'base' && m.base))
+    throw new ModelError(`manifest field "up" must be "bicubic", or "base" for a model with a base, got ${JSON.stringify(m.up)}`);
+  const want = ['input', ...Array.from({ length: m.layers }, (_, i) => `layer${i}`), ...(m.restorer ? ['restore'] : []), ...(m.base ? ['base'] : [])];
   if (!Array.isArray(m.graphs) || m.graphs.map((g: any) => g?.name).join() !== want.join())
     throw new ModelError(`manifest field "graphs" must list [${want}] in that order, got ${JSON.stringify(m.graphs?.map?.((g: any) => g?.name) ?? m.graphs)}`);
   const presets = m.sampling?.presets;
@@ -86,6 +96,10 @@ function expectedIO(m: Manifest, gi: number): { ins: IOSpec[]; outs: IOSpec[] } 
   const B = m.block, T = m.tokens_per_block, D = m.config.dim, kvd = m.kv.dtype, lb = m.lr_block, L = m.layers;
   const f = (name: string, shape: (number | string)[], dtype = 'float32'): IOSpec => ({ name, shape: ['b', ...shape], dtype });
   const kv1 = [2, m.heads, T, m.head_dim];
+  if (m.base && gi === m.graphs.length - 1) {
+    const t = m.base.tile, side = t + 2 * m.base.halo;
+    return { ins: [f('lr', [3, side, side])], outs: [f('up', [3, m.scale * t, m.scale * t])] };
+  }
   if (m.restorer && gi === L + 1) {
     const t = m.restorer.tile, side = t + 2 * m.restorer.halo;
     return { ins: [f('lr', [3, side, side]), f('jq', [])], outs: [f('restored', [3, t, t])] };
@@ -257,7 +271,8 @@ class WorkerRunner implements GraphRunner {
 /** A model thread with its own sessions of the graphs, checked against the manifest before any call. */
 async function startWorker(manifest: Manifest, files: string[], options: ort.InferenceSession.SessionOptions, opts: ModelOptions) {
   const w = new Worker(new URL('./model-worker.js', import.meta.url), {
-    workerData: { files, options, nice: opts.nice ?? 10, warm: opts.warm ?? 0, graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs })) },
+    workerData: { files, options, nice: opts.nice ?? 10, warm: opts.warm ?? 0, // the restorer's and the base's graphs always run one window per call (their bytes must not depend on a batch)
+    graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs, single: g.name === 'restore' || g.name === 'base' })) },
   });
   // The worker's sessions report what the graphs really take and give: checked here before any
   // call (the worker only warms up after the check).
@@ -304,6 +319,9 @@ export class Model {
   }
 
   get layers() { return this.manifest.layers; }
+
+  /** Whether this process may run the graphs (false for a --queue master, which loads none). */
+  get runsGraphs() { return !(this.runner instanceof NoGraphs); }
 
   /** How many calls can run at once (ModelOptions.workers). */
   get parallel() { return this.runner instanceof PoolRunner ? this.runner.size : 1; }

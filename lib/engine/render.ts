@@ -12,6 +12,7 @@ import { SamplerPlan, type Preset } from './sampler.js';
 import { halve, asPixelSource, type PixelSource, type RGBImage } from './pixels.js';
 import { thumbnail } from './thumb.js';
 import { RestoredLR } from './restore.js';
+import { BaseUp } from './base.js';
 
 export const SCALES = [2, 4, 8, 16] as const;
 
@@ -24,6 +25,8 @@ export interface RenderOptions {
   jpegQuality?: number;
   /** Bytes of restored LR tiles kept (a model with a JPEG restorer, a JPEG input); default 64 MiB. */
   restoreBytes?: number;
+  /** Bytes of base tiles kept per stage (a model with a base); default 64 MiB. */
+  baseBytes?: number;
 }
 
 export class ImageLR implements LRSource {
@@ -55,6 +58,9 @@ export class Render {
   readonly halveOutput: boolean;
   readonly kv: KVStore;
   readonly plan: SamplerPlan;
+  /** The base over stage 1's LR (a model with a base whose graphs run here): the previews', and the
+   *  transformer's up(LR) when the model was trained over it. */
+  readonly base?: BaseUp;
 
   constructor(readonly o: RenderOptions) {
     const m = o.model.manifest;
@@ -73,10 +79,15 @@ export class Render {
     // the global vector is the user's image's, for every stage: a stage-2 thumbnail would need
     // all of stage 1 and break laziness
     const thumb = m.global.enabled ? thumbnail(image, m.global.thumb!) : undefined;
+    const withBase = !!m.base && o.model.runsGraphs;
     for (let s = 1; s <= nStages; s++) {
       // only stage 1 reads the file; a later stage's LR is the model's own output, never a JPEG
       const jq = s === 1 ? level : 0;
-      const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb, jq });
+      // the base of each stage reads that stage's LR (after the restorer: restorer, base, transformer)
+      const base = withBase && (s === 1 || m.up === 'base') ? new BaseUp(o.model, lr, o.baseBytes) : undefined;
+      if (s === 1) this.base = base;
+      const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb, jq,
+        base: m.up === 'base' ? base : undefined });
       this.stages.push(st);
       lr = new StageLR(st);
     }

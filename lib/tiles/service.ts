@@ -334,6 +334,9 @@ export class ImageService {
       backgroundFill: this.cfg.backgroundFill,
       view: this.viewState(e),
       model: { name: this.model.manifest.name, id: this.model.id },
+      // what a tile shows until it is final: the base super-resolver, or (a model without one, or a
+      // --queue master, which runs no graphs) the Lanczos3 upscale
+      preview: e.render!.base ? 'base' : 'lanczos',
       // the engine's work so far (nodes: block layer-steps run, all stages; modelMs: the model thread's time in them)
       engine: { ...e.render!.stages.reduce((a, st) => ({ nodes: a.nodes + st.stats.nodes, calls: a.calls + st.stats.calls, reruns: a.reruns + st.stats.reruns,
         modelMs: a.modelMs + Math.round(st.stats.modelMs), byClass: mergeCounts(a.byClass, st.stats.byClass) }), { nodes: 0, calls: 0, reruns: 0, modelMs: 0, byClass: {} as Record<number, number> }),
@@ -464,28 +467,48 @@ export class ImageService {
     return this.hot.has(path) || existsSync(path);
   }
 
-  /** Preview of a tile: the LR, Lanczos3-resized to the level (also the compare view); never stored, never final. */
-  async preview(id: string, L: number, c: number, r: number): Promise<TileResult> {
+  /**
+   * Preview of a tile, never stored, never final: the base super-resolver's pixels where the model has
+   * one and runs here (what the viewer shows until the tile is final; resized to the level when the
+   * level is not the base's own 4×), else the LR Lanczos3-resized to the level. `lanczos`: the Lanczos
+   * one whatever the model (the compare view). `kind` says which it is.
+   */
+  async preview(id: string, L: number, c: number, r: number, opt: { lanczos?: boolean; signal?: AbortSignal } = {}): Promise<TileResult & { kind: 'base' | 'lanczos' | 'source' }> {
     const e = await this.ready(id);
     if (!validTile(e.geometry, L, c, r)) throw new NotFound(`tile ${L}/${c}_${r} is outside the pyramid`);
     const rect = tileRect(e.geometry, L, c, r);
     const src = e.sources!.get(L);
-    let img: RGBImage;
-    if (src) img = { width: rect.w, height: rect.h, data: src.regionSync(rect.x, rect.y, rect.w, rect.h) };
-    else {
+    const base = opt.lanczos ? undefined : e.render?.base;
+    let img: RGBImage, kind: 'base' | 'lanczos' | 'source';
+    if (src) { img = { width: rect.w, height: rect.h, data: src.regionSync(rect.x, rect.y, rect.w, rect.h) }; kind = 'source'; }
+    else if (base) {
+      const ls = levelSize(e.geometry, L);
+      img = await this.resampled(rect, ls.width / base.width, ls.height / base.height, base.width, base.height,
+        (x, y, w, h) => base.pixels(x, y, w, h, { priority: VIEW_PRIORITY, signal: opt.signal }));
+      kind = 'base';
+    } else {
       const lr = e.lr!.levels[0], ls = levelSize(e.geometry, L);
-      const f = ls.width / lr.width;
-      const sx0 = Math.max(0, Math.floor(rect.x / f) - 2), sy0 = Math.max(0, Math.floor(rect.y / f) - 2);
-      const sx1 = Math.min(lr.width, Math.ceil((rect.x + rect.w) / f) + 2), sy1 = Math.min(lr.height, Math.ceil((rect.y + rect.h) / f) + 2);
-      const rw = Math.round((sx1 - sx0) * f), rh = Math.round((sy1 - sy0) * f);
-      const px = lr.regionSync(sx0, sy0, sx1 - sx0, sy1 - sy0);
-      const { data } = await imageOp(() => sharp(Buffer.from(px.buffer, px.byteOffset, px.length), { raw: { width: sx1 - sx0, height: sy1 - sy0, channels: 3 } })
-        .resize(rw, rh, { kernel: 'lanczos3', fit: 'fill' })
-        .extract({ left: Math.min(Math.round(rect.x - sx0 * f), rw - rect.w), top: Math.min(Math.round(rect.y - sy0 * f), rh - rect.h), width: rect.w, height: rect.h })
-        .raw().toBuffer({ resolveWithObject: true }));
-      img = { width: rect.w, height: rect.h, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+      img = await this.resampled(rect, ls.width / lr.width, ls.height / lr.height, lr.width, lr.height,
+        async (x, y, w, h) => lr.regionSync(x, y, w, h));
+      kind = 'lanczos';
     }
-    return this.result(await imageOp(() => encode(img, this.cfg.tileFormat, this.cfg.tileQuality)));
+    return { ...this.result(await imageOp(() => encode(img, this.cfg.tileFormat, this.cfg.tileQuality))), kind };
+  }
+
+  /** A level's rectangle from an image `fx`×`fy` times smaller or larger (W×H px, read by `read`):
+   *  the pixels themselves at 1×, else Lanczos3 over the rectangle plus 2 source pixels each side. */
+  private async resampled(rect: { x: number; y: number; w: number; h: number }, fx: number, fy: number, W: number, H: number,
+    read: (x: number, y: number, w: number, h: number) => Promise<Uint8Array>): Promise<RGBImage> {
+    if (fx === 1 && fy === 1) return { width: rect.w, height: rect.h, data: await read(rect.x, rect.y, rect.w, rect.h) };
+    const sx0 = Math.max(0, Math.floor(rect.x / fx) - 2), sy0 = Math.max(0, Math.floor(rect.y / fy) - 2);
+    const sx1 = Math.min(W, Math.ceil((rect.x + rect.w) / fx) + 2), sy1 = Math.min(H, Math.ceil((rect.y + rect.h) / fy) + 2);
+    const rw = Math.round((sx1 - sx0) * fx), rh = Math.round((sy1 - sy0) * fy);
+    const px = await read(sx0, sy0, sx1 - sx0, sy1 - sy0);
+    const { data } = await imageOp(() => sharp(Buffer.from(px.buffer, px.byteOffset, px.length), { raw: { width: sx1 - sx0, height: sy1 - sy0, channels: 3 } })
+      .resize(rw, rh, { kernel: 'lanczos3', fit: 'fill' })
+      .extract({ left: Math.min(Math.round(rect.x - sx0 * fx), rw - rect.w), top: Math.min(Math.round(rect.y - sy0 * fy), rh - rect.h), width: rect.w, height: rect.h })
+      .raw().toBuffer({ resolveWithObject: true }));
+    return { width: rect.w, height: rect.h, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
   }
 
   private result(bytes: Buffer): TileResult {

@@ -158,7 +158,7 @@ test('with --no-background-fill the tiles in view still become final; the compar
     await page.waitForFunction(() => !!(window as any).infdit.compareLayer);
     assert.equal(await page.isVisible('#divider-handle'), true);
     assert.equal(await page.textContent('#divider .side.left'), 'Lanczos3');
-    assert.equal(await page.textContent('#divider .side.right'), 'infdit');
+    assert.equal(await page.textContent('#divider .side.right'), st.preview === 'base' ? 'infdit (base until final)' : 'infdit (Lanczos3 until final)');
     const clipAtScreen = () => page.evaluate(() => {
       const s = (window as any).infdit, OSD = (window as any).OpenSeadragon, c = s.compareLayer.getClip();
       const px = s.compareLayer.imageToViewerElementCoordinates(new OSD.Point(c.x + c.width, 0)).x;

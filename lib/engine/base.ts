@@ -1,0 +1,87 @@
+/**
+ * The base super-resolver (model/base.py; DESIGN.md §1 "The base under the residual"): a small
+ * convolutional network whose output is what a viewer sees before a tile is final, and, for a
+ * model trained over it (manifest "up": "base"), the transformer's up(LR).
+ *
+ * Its pooling reaches across the image, so it is defined, and computed, on a fixed grid: LR tiles
+ * of `tile` px from the top-left corner, each from a window of `halo` more pixels on every side
+ * (edge-replicated outside the image, as LRSource gives them). An output pixel therefore always
+ * comes from the same call on the same window: the bytes do not depend on which block or preview
+ * asked first, on what was evicted, or on the batch. Computed lazily, a tile at a time, in the
+ * model thread; the tiles live in an LRU bounded in bytes, an evicted one is made again.
+ */
+import { LRUCache } from 'lru-cache';
+import type { LRSource, RequestOptions } from './engine.js';
+import { ModelError, type Model } from './model.js';
+import { toPlanar, fromPlanar } from './pixels.js';
+
+export class BaseUp {
+  readonly tile: number; readonly halo: number; readonly scale: number;
+  private readonly gi: number;
+  private cache: LRUCache<number, Float32Array>;
+  private inflight = new Map<number, Promise<Float32Array>>();
+  /** Tiles computed (an evicted tile made again counts again). */
+  computed = 0;
+
+  constructor(readonly model: Model, readonly src: LRSource, cacheBytes = 64 << 20) {
+    const b = model.manifest.base;
+    if (!b?.enabled) throw new ModelError(`model ${model.manifest.name} has no base super-resolver`);
+    this.tile = b.tile; this.halo = b.halo; this.scale = model.manifest.scale;
+    this.gi = model.manifest.graphs.findIndex(g => g.name === b.graph);
+    const tileBytes = 3 * (this.scale * this.tile) ** 2 * 4;
+    this.cache = new LRUCache({ maxSize: Math.max(cacheBytes, 4 * tileBytes), sizeCalculation: v => v.byteLength });
+  }
+
+  /** Output width and height: the LR's times the scale. */
+  get width() { return this.src.width * this.scale; }
+  get height() { return this.src.height * this.scale; }
+
+  /** Planar CHW float32 in [-1,1] of the base over output pixels [x0,x0+w)×[y0,y0+h), inside the
+   *  grid of tiles (a block or tile of the output; the last tile row and column reach past the image). */
+  async region(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<Float32Array> {
+    const T = this.tile * this.scale;
+    const r0 = Math.floor(y0 / T), r1 = Math.floor((y0 + h - 1) / T), c0 = Math.floor(x0 / T), c1 = Math.floor((x0 + w - 1) / T);
+    const rows = Math.ceil(this.src.height / this.tile), cols = Math.ceil(this.src.width / this.tile);
+    if (x0 < 0 || y0 < 0 || r1 >= rows || c1 >= cols)
+      throw new RangeError(`base region ${w}x${h}+${x0}+${y0} is outside the tile grid (${cols}x${rows} tiles of ${T} px)`);
+    const tiles = new Map<number, Float32Array>();
+    const keys: number[] = [];
+    for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) keys.push(r * 65536 + c);
+    await Promise.all(keys.map(async k => { tiles.set(k, await this.tileAt(Math.floor(k / 65536), k % 65536, opt)); }));
+    const out = new Float32Array(3 * w * h), TT = T * T;
+    for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) {
+      const t = tiles.get(r * 65536 + c)!;
+      const ya = Math.max(y0, r * T), yb = Math.min(y0 + h, (r + 1) * T), xa = Math.max(x0, c * T), xb = Math.min(x0 + w, (c + 1) * T);
+      for (let ch = 0; ch < 3; ch++) for (let y = ya; y < yb; y++) {
+        const s = ch * TT + (y - r * T) * T + (xa - c * T);
+        out.set(t.subarray(s, s + xb - xa), ch * w * h + (y - y0) * w + (xa - x0));
+      }
+    }
+    return out;
+  }
+
+  /** HWC uint8 of the same (the pixels a preview shows), rounded as every final pixel is. */
+  async pixels(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<Uint8Array> {
+    return fromPlanar(await this.region(x0, y0, w, h, opt));
+  }
+
+  private tileAt(r: number, c: number, opt: RequestOptions): Promise<Float32Array> {
+    const k = r * 65536 + c, hit = this.cache.get(k);
+    if (hit) return Promise.resolve(hit);
+    let p = this.inflight.get(k);
+    if (!p) {
+      // the tile is shared by whoever asks next: the first asker's abort must not cancel it
+      p = this.compute(r, c, { priority: opt.priority }).then(t => { this.cache.set(k, t); return t; }).finally(() => this.inflight.delete(k));
+      this.inflight.set(k, p);
+    }
+    return p;
+  }
+
+  private async compute(r: number, c: number, opt: RequestOptions) {
+    const T = this.tile, S = T + 2 * this.halo;
+    const win = await this.src.region(c * T - this.halo, r * T - this.halo, S, S, opt);
+    const { out } = await this.model.run(this.gi, 1, { lr: toPlanar(win) });
+    this.computed++;
+    return out.up as Float32Array;
+  }
+}

@@ -1,0 +1,460 @@
+"""The base under the residual (DESIGN.md §1, issue 38): a small convolutional super-resolver whose
+output is up(LR), the image the diffusion transformer refines.
+
+    /usr/bin/python3 model/base.py set5 --ckpt TEACHER.pth --set5 DIR        # reproduce a published 4x PSNR
+    /usr/bin/python3 model/base.py halo --ckpt TEACHER.pth --data .data      # tiled vs whole image, per halo
+    /usr/bin/python3 model/base.py distill --teacher TEACHER.pth --data .data --ckpt runs/base --minutes 60
+    /usr/bin/python3 model/base.py attach --ckpt runs/base/best.pt --manifest model/release/infdit-s4.json
+
+The family is SAFMN++ (Sun et al., NTIRE 2024 efficient SR; "spatially-adaptive feature modulation"):
+a 3x3 stem, blocks of [feature modulation -> convolutional channel mixer] with a skip, a 3x3 conv to
+scale² · 3 channels and a pixel shuffle, plus the bilinear upsample of the input. Feature modulation
+splits a 3x3 projection's channels: a share is max-pooled over 8x8 cells, filtered depthwise on that
+coarse grid, brought back bilinearly, GELU'd and multiplied into the fine features (a cheap wide
+context); the rest passes through.
+
+Locality. The original pools each image to (h/8, w/8) cells, so its output depends on the whole image
+and its size. Here the base is *defined* on a canonical grid: LR tiles of TILE px from the image's
+top-left corner, each computed from a window of HALO more pixels on every side (edge-replicated outside
+the image), with TILE and HALO multiples of 8 so that every window's pooling cells lie on the image's
+own 8-px grid. An output pixel therefore always comes from the same call on the same window: the bytes
+never depend on which block asked first, batching, caching or the machine's thread count. HALO is
+chosen (`halo`) so that the tiled base is within 1/255 of the whole-image computation inside the
+image, and no tile border shows.
+
+The engine runs the exported graph (one window per batch item) in the model thread
+(lib/engine/base.ts); `tiled()` here is its reference.
+"""
+import argparse, json, math, sys, time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# LR pixels; lib/engine/base.ts reads them from the manifest. HALO 24: SAFMN++'s tiled output within
+# 0.45/255 of the whole image's (16: 2.6/255; `halo`); TILE 128: a window costs (128+48)²/128² = 1.89x
+# its tile (64: 3.06x), and a deepest-zoom DZI tile (256 px at 4x) needs one to four windows.
+TILE, HALO, CELL = 128, 24, 8
+
+
+@dataclass
+class BaseConfig:
+    dim: int = 36
+    blocks: int = 6
+    ffn: float = 1.5          # channel mixer's hidden width / dim
+    pooled: int = 3           # 1/pooled of the projection's channels take the pooled (wide) path
+    scale: int = 4
+
+
+SIZES = {
+    # NTIRE 2024 ESR entry "SAFMN++" (team 23): 0.24 M parameters
+    "safmnpp": BaseConfig(),
+    # the same shape at a third of the cost, for a distilled student
+    "safmnpp-s": BaseConfig(dim=24, blocks=5, ffn=1.5, pooled=3),
+}
+
+
+class FeatureModulation(nn.Module):
+    def __init__(self, dim, pooled):
+        super().__init__()
+        self.wide = dim // pooled
+        self.proj = nn.Conv2d(dim, dim, 3, 1, 1, bias=False)
+        self.coarse = nn.Conv2d(self.wide, self.wide, 3, 1, 1, groups=self.wide, bias=False)
+        self.out = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        wide, rest = self.proj(x).split([self.wide, x.shape[1] - self.wide], 1)
+        # h and w are multiples of CELL (tiled() guarantees it): the original's adaptive pool to
+        # (h/8, w/8) is then exactly this max-pool, and exports as one
+        ctx = self.coarse(F.max_pool2d(wide, CELL))
+        ctx = F.interpolate(ctx, size=(h, w), mode="bilinear", align_corners=False)
+        return self.out(F.gelu(torch.cat([rest, F.gelu(ctx) * wide], 1)))
+
+
+class ChannelMixer(nn.Module):
+    def __init__(self, dim, ffn):
+        super().__init__()
+        hidden = int(dim * ffn)
+        self.expand = nn.Conv2d(dim, hidden, 3, 1, 1, bias=False)
+        self.reduce = nn.Conv2d(hidden, dim, 1, bias=False)
+
+    def forward(self, x):
+        return self.reduce(F.gelu(self.expand(x)))
+
+
+class BaseBlock(nn.Module):
+    def __init__(self, cfg: BaseConfig):
+        super().__init__()
+        self.modulate = FeatureModulation(cfg.dim, cfg.pooled)
+        self.mix = ChannelMixer(cfg.dim, cfg.ffn)
+
+    def forward(self, x):
+        return x + self.mix(self.modulate(x))
+
+
+class BaseNet(nn.Module):
+    """RGB in [0,1] (n,3,H,W), H and W multiples of CELL -> (n,3,sH,sW), not clamped."""
+
+    def __init__(self, cfg: BaseConfig = BaseConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.stem = nn.Conv2d(3, cfg.dim, 3, 1, 1, bias=False)
+        self.body = nn.Sequential(*[BaseBlock(cfg) for _ in range(cfg.blocks)])
+        self.head = nn.Conv2d(cfg.dim, 3 * cfg.scale ** 2, 3, 1, 1, bias=False)
+
+    def forward(self, x):
+        up = F.interpolate(x, scale_factor=self.cfg.scale, mode="bilinear", align_corners=False)
+        return F.pixel_shuffle(self.head(self.body(self.stem(x))), self.cfg.scale) + up
+
+    @property
+    def receptive_radius(self):
+        """LR pixels each side that can reach an output pixel: a block's coarse path sees ±1 cell
+        through the depthwise filter and ±1 more through the bilinear return, plus the 3x3s."""
+        return 2 + self.cfg.blocks * (2 + 2 * CELL + CELL - 1)
+
+
+def from_safmnpp(state):
+    """Our names for a SAFMN++ checkpoint's (`params_ema`, else `params`) tensors."""
+    p = state.get("params_ema", state.get("params", state))
+    names = {"to_feat.weight": "stem.weight", "to_img.0.weight": "head.weight"}
+    rename = {"conv1.proj": "modulate.proj", "conv1.dwconv": "modulate.coarse", "conv1.out": "modulate.out",
+              "conv2.conv1": "mix.expand", "conv2.conv2": "mix.reduce"}
+    out = {}
+    for k, v in p.items():
+        if k in names:
+            out[names[k]] = v
+            continue
+        i, rest = k.split(".", 2)[1:]
+        part, leaf = rest.rsplit(".", 1)
+        out[f"body.{i}.{rename[part]}.{leaf}"] = v
+    return out
+
+
+def load(path, size=None):
+    """A BaseNet from a released/distilled checkpoint ({"config", "ema"}) or a SAFMN++ .pth."""
+    st = torch.load(path, map_location="cpu")
+    if "config" in st:
+        net = BaseNet(BaseConfig(**st["config"]))
+        net.load_state_dict(st["ema"])
+    else:
+        net = BaseNet(SIZES[size or "safmnpp"])
+        net.load_state_dict(from_safmnpp(st))
+    return net.eval()
+
+
+def tiled_tensor(net, lr, tile=TILE, halo=HALO, batch=8):
+    """lr (n,3,H,W) in [-1,1] -> (n,3,sH,sW) in [-1,1]: the canonical tiled base, exactly as the engine
+    computes it (windows of tile+2·halo, edge-replicated outside the image, one window per call)."""
+    assert tile % CELL == 0 and halo % CELL == 0, "tile and halo must be multiples of the pooling cell"
+    n, _, H, W = lr.shape
+    s, ty, tx, S = net.cfg.scale, math.ceil(H / tile), math.ceil(W / tile), tile + 2 * halo
+    pad = F.pad(lr, (halo, tx * tile - W + halo, halo, ty * tile - H + halo), mode="replicate")
+    out = lr.new_empty(n, 3, ty * tile * s, tx * tile * s)
+    win = [(i, r, c) for i in range(n) for r in range(ty) for c in range(tx)]
+    with torch.no_grad():
+        for k in range(0, len(win), batch):
+            part = win[k:k + batch]
+            x = torch.stack([pad[i, :, r * tile:r * tile + S, c * tile:c * tile + S] for i, r, c in part])
+            y = net((x + 1) * 0.5)[:, :, halo * s:(halo + tile) * s, halo * s:(halo + tile) * s] * 2 - 1
+            for j, (i, r, c) in enumerate(part):
+                out[i, :, r * tile * s:(r + 1) * tile * s, c * tile * s:(c + 1) * tile * s] = y[j]
+    return out[:, :, :H * s, :W * s]
+
+
+def tiled(net, lr_u8, tile=TILE, halo=HALO, batch=8):
+    """HWC uint8 LR -> (3, sH, sW) float32 in [0,1] units (not clamped): tiled_tensor on the engine's pixels."""
+    x = torch.from_numpy(np.ascontiguousarray(lr_u8)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return (tiled_tensor(net, x, tile, halo, batch)[0] + 1) * 0.5
+
+
+def crop_up(net, lr, halo=HALO):
+    """The base of training crops (n,3,h,w) in [-1,1]: each crop one window, edge-replicated by halo, so
+    its pixels see what the canonical grid would give them to within the halo's error (`halo`)."""
+    s = net.cfg.scale
+    ph, pw = -lr.shape[2] % CELL, -lr.shape[3] % CELL
+    x = F.pad(lr, (halo, halo + pw, halo, halo + ph), mode="replicate")
+    with torch.no_grad():
+        y = net((x + 1) * 0.5) * 2 - 1
+    return y[:, :, halo * s:(halo + lr.shape[2]) * s, halo * s:(halo + lr.shape[3]) * s]
+
+
+def state_of(net):
+    """What a transformer checkpoint keeps of the base it was trained over."""
+    return {"config": asdict(net.cfg), "ema": net.state_dict()}
+
+
+def from_state(st):
+    net = BaseNet(BaseConfig(**st["config"]))
+    net.load_state_dict(st["ema"])
+    return net.eval().requires_grad_(False)
+
+
+def whole(net, lr_u8):
+    """The untiled computation (the image edge-padded to a multiple of CELL), for comparison."""
+    H, W = lr_u8.shape[:2]
+    ph, pw = -H % CELL, -W % CELL
+    x = torch.from_numpy(np.ascontiguousarray(np.pad(lr_u8, ((0, ph), (0, pw), (0, 0)), mode="edge")))
+    with torch.no_grad():
+        y = net(x.permute(2, 0, 1)[None].float() / 255)[0]
+    s = net.cfg.scale
+    return y[:, :H * s, :W * s]
+
+
+def to_u8(y):
+    """(3,H,W) in [0,1] units -> HWC uint8, the engine's rounding (round half up)."""
+    return torch.floor(y.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def y_psnr(a, b, shave):
+    """PSNR on the BT.601 luma (16-235), `shave` px from every border: the convention SR papers report."""
+    def y(u8):
+        return 16 + (65.481 * u8[..., 0] + 128.553 * u8[..., 1] + 24.966 * u8[..., 2]) / 255.0
+    d = (y(a.astype(np.float64)) - y(b.astype(np.float64)))[shave:-shave, shave:-shave]
+    return float(10 * np.log10(255.0 ** 2 / np.mean(d ** 2)))
+
+
+def cmd_set5(a):
+    net = load(a.ckpt, a.size)
+    root = Path(a.set5)
+    rows = []
+    for hr_path in sorted((root / "Set5").glob("*.bmp")):
+        hr = np.asarray(Image.open(hr_path).convert("RGB"))
+        lr = np.asarray(Image.open(root / "Set5_LR/x4" / f"{hr_path.stem}x4.bmp").convert("RGB"))
+        H, W = lr.shape[0] * 4, lr.shape[1] * 4
+        sr = to_u8(whole(net, lr))
+        bic = np.asarray(Image.fromarray(lr).resize((W, H), Image.BICUBIC))
+        rows.append((hr_path.stem, y_psnr(sr, hr[:H, :W], 4), y_psnr(bic, hr[:H, :W], 4)))
+        print(f"{hr_path.stem:10s} base {rows[-1][1]:.3f} dB   bicubic {rows[-1][2]:.3f} dB")
+    print(f"Set5 x4 mean (Y, shave 4): base {np.mean([r[1] for r in rows]):.3f} dB, bicubic {np.mean([r[2] for r in rows]):.3f} dB")
+
+
+def lr_of(arr, scale=4):
+    """The clean LR of a ground-truth photo as the project makes it (data.degrade, rounded to 8 bits)."""
+    from data import degrade
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    lr = degrade(t, scale)
+    return torch.floor((lr[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).numpy()
+
+
+def cmd_halo(a):
+    """Largest |tiled - whole| (in 1/255) inside the image, per halo, on the validation crops."""
+    from data import load_split, centre_crop
+    net = load(a.ckpt, a.size)
+    imgs = [lr_of(centre_crop(arr, 512, 384)) for _, arr in load_split(a.data, a.split)][: a.n]
+    for halo in [int(h) for h in a.halos.split(",")]:
+        worst, mean = 0.0, []
+        for lr in imgs:
+            d = (tiled(net, lr, a.tile, halo) - whole(net, lr)).abs() * 255
+            # the image's own edge differs by construction (replicated vs the whole image's zero
+            # padding inside the net): compare where the whole image's value is not edge-bound
+            m = d[:, 4 * halo:-4 * halo, 4 * halo:-4 * halo] if halo else d
+            worst = max(worst, float(m.max())); mean.append(float(m.mean()))
+        print(f"tile {a.tile} halo {halo:3d}: max |tiled - whole| {worst:.4f}/255, mean {np.mean(mean):.5f}/255 "
+              f"(window cost {(a.tile + 2 * halo) ** 2 / a.tile ** 2:.2f}x)")
+
+
+def psnr(a, b):
+    return float(10 * np.log10(1.0 / max(float(((a - b) ** 2).mean()), 1e-12)))
+
+
+def val_set(data, split="val", n=None):
+    """(LR uint8, GT (3,H,W) in [0,1]) of the evaluation crops (evaluate.py's centred 512x384)."""
+    from data import load_split, centre_crop
+    out = []
+    for _, arr in load_split(data, split)[:n]:
+        gt = centre_crop(arr, 512, 384)
+        out.append((lr_of(gt), torch.from_numpy(np.ascontiguousarray(gt)).permute(2, 0, 1).float() / 255))
+    return out
+
+
+def measure(net, crops):
+    """Mean PSNR (RGB, [0,1] clamped, after 8-bit rounding as served) of the tiled base over crops."""
+    return float(np.mean([psnr(torch.from_numpy(to_u8(tiled(net, lr)).copy()).permute(2, 0, 1).float() / 255, gt)
+                          for lr, gt in crops]))
+
+
+def cmd_distill(a):
+    """A student of our own, trained on the CPU to give the teacher's output (and the photo's): its
+    weights are the project's, the teacher's never leave the cache they were fetched into."""
+    from data import load_split, CropSampler, degrade
+    torch.manual_seed(a.seed)
+    teacher = load(a.teacher)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    ck = Path(a.ckpt); ck.mkdir(parents=True, exist_ok=True)
+    net = BaseNet(SIZES[a.size])
+    ema = BaseNet(SIZES[a.size]); ema.load_state_dict(net.state_dict())
+    opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(0.9, 0.99))
+    step, spent, best = 0, 0.0, -1.0
+    if a.resume and (ck / "last.pt").exists():
+        st = torch.load(ck / "last.pt", map_location="cpu")
+        net.load_state_dict(st["net"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        step, spent, best = st["step"], st["spent"], st["best"]
+        print(f"resumed at step {step} ({spent / 60:.1f} min spent, best {best:.3f} dB)")
+    sampler = CropSampler(load_split(a.data, "train"), a.crop * 4, torch.device("cpu"), seed=a.seed + step,
+                          scale_max=a.scale_aug)
+    val = val_set(a.data, "val", a.val_n)
+    total = a.minutes * 60
+    m = a.margin
+
+    def save(name, extra=None):
+        st = {"config": asdict(net.cfg), "ema": ema.state_dict(), "step": step, "spent": spent, "best": best,
+              "teacher": str(a.teacher), "recipe": vars(a) | (extra or {})}
+        if name == "last.pt":
+            st |= {"net": net.state_dict(), "opt": opt.state_dict()}
+        tmp = ck / (name + ".tmp"); torch.save(st, tmp); tmp.replace(ck / name)
+
+    t_eval = time.time()
+    while spent < total:
+        t0 = time.time()
+        hr = sampler.sample(a.batch)                                   # [-1,1]
+        lr = torch.floor((degrade(hr, 4).clamp(-1, 1) + 1) * 127.5 + 0.5) / 255   # 8-bit LR in [0,1]
+        gt = (hr + 1) / 2
+        with torch.no_grad():
+            tgt = teacher(lr)
+        for g in opt.param_groups:   # cosine to 2% over the whole budget
+            g["lr"] = a.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(spent / total, 1))))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.cpu_bf16):
+            out = net(lr).float()
+        # the loss leaves out a margin: the engine only ever keeps a window's centre
+        cut = lambda t: t[:, :, 4 * m:-4 * m, 4 * m:-4 * m]
+        loss = F.l1_loss(cut(out), cut(tgt)) + a.gt_weight * F.l1_loss(cut(out), cut(gt))
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        with torch.no_grad():
+            d = min(a.ema, (1 + step) / (10 + step))
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.mul_(d).add_(pn, alpha=1 - d)
+        step += 1; spent += time.time() - t0
+        if step % 20 == 0:
+            print(f"step {step:6d}  loss {loss.item():.5f}  {a.batch * 20 / max(1e-9, spent - getattr(cmd_distill, 'last', 0)):.1f} crops/s  "
+                  f"{spent / 60:.1f}/{a.minutes} min", flush=True)
+            cmd_distill.last = spent
+        if time.time() - t_eval > a.eval_every * 60 or spent >= total:
+            t_eval = time.time()
+            score = measure(ema, val)
+            if score > best:
+                best = score; save("best.pt", {"val_psnr": score})
+            save("last.pt")
+            print(f"eval step {step}: val PSNR {score:.3f} dB (best {best:.3f})", flush=True)
+    save("last.pt")
+
+
+class BaseWindow(nn.Module):
+    """The engine's graph: a batch of windows (n,3,TILE+2·HALO,·) in [-1,1] -> their tiles' base
+    (n,3,s·TILE,s·TILE) in [-1,1], the units the transformer and the pixels use."""
+
+    def __init__(self, net, tile=TILE, halo=HALO):
+        super().__init__()
+        self.net, self.tile, self.halo = net, tile, halo
+
+    def forward(self, lr):
+        s, h, t = self.net.cfg.scale, self.halo, self.tile
+        return self.net((lr + 1) * 0.5)[:, :, h * s:(h + t) * s, h * s:(h + t) * s] * 2 - 1
+
+
+def attach(m, out, ckpt, notes=None, tile=TILE, halo=HALO):
+    """Export a base checkpoint (or a BaseNet) as <out>.base.onnx and describe it in manifest `m` ("base";
+    at most one). The transformer's up(LR) stays what `m["up"]` says (bicubic unless trained over the base)."""
+    from export import _export
+    if isinstance(ckpt, BaseNet):
+        net, st = ckpt.eval(), {}
+    else:
+        net, st = load(ckpt), torch.load(ckpt, map_location="cpu")
+        torch.save({k: st[k] for k in ("config", "ema", "step", "spent", "best", "recipe") if k in st}, f"{out}.base.ckpt.pt")
+    side, s = tile + 2 * halo, net.cfg.scale
+    assert s == m["scale"], f"the base is {s}x, the model {m['scale']}x"
+    ins, outs = [("lr", ["b", 3, side, side], "float32")], [("up", ["b", 3, s * tile, s * tile], "float32")]
+    path = Path(f"{out}.base.onnx")
+    _export(BaseWindow(net, tile, halo).eval(), (torch.rand(2, 3, side, side) * 2 - 1,), ins, outs, path)
+    m["graphs"] = [g for g in m["graphs"] if g["name"] != "base"] + [
+        {"name": "base", "file": path.name, "inputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in ins],
+         "outputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in outs]}]
+    c = net.cfg
+    macs = 9 * 3 * c.dim + c.blocks * (9 * c.dim * c.dim + 9 * (c.dim // c.pooled) / CELL ** 2 + c.dim * c.dim
+                                       + 9 * c.dim * int(c.dim * c.ffn) + int(c.dim * c.ffn) * c.dim) + 9 * c.dim * 3 * s * s
+    m.setdefault("up", "bicubic")
+    m["base"] = {
+        "enabled": True, "graph": "base", "tile": tile, "halo": halo, "cell": CELL,
+        "doc": ("the base super-resolver (model/base.py): the LR is cut into a fixed grid of tile x tile tiles from its "
+                "top-left corner, each run from a window of halo more pixels on every side (edge-replicated outside the "
+                "image); a tile's output is the base's s*tile x s*tile pixels there, in [-1,1]. The viewer's preview is "
+                "the base where it can be had; the transformer's up(LR) is the base only when \"up\" is \"base\""),
+        "architecture": {"kind": "SAFMN++ family (feature modulation over 8x8 max-pooled cells, convolutional channel mixer)",
+                         **asdict(c), "receptive_radius": net.receptive_radius},
+        "params": sum(p.numel() for p in net.parameters()),
+        "flops_per_lr_pixel": int(2 * macs),
+        "provenance": {"steps": st.get("step"), "minutes": round(st.get("spent", 0) / 60, 1), "val_psnr": st.get("best"),
+                       **({"recipe": {k: v for k, v in st["recipe"].items() if k not in ("teacher", "ckpt", "data", "cmd", "resume")}}
+                          if "recipe" in st else {}), **(notes or {})},
+    }
+    return m
+
+
+def cmd_attach(a):
+    mp = Path(a.manifest)
+    notes = json.loads(Path(a.notes).read_text()) if a.notes else None
+    m = attach(json.loads(mp.read_text()), mp.with_suffix(""), a.ckpt, notes)
+    mp.write_text(json.dumps(m, indent=1))
+    print(f"wrote {mp.with_suffix('')}.base.onnx and updated {mp}")
+
+
+FIXTURE_TILE, FIXTURE_HALO = 32, 16
+
+
+def cmd_fixture(a):
+    """test/fixtures/tiny-base.*: the tiny fixture's transformer over a tiny random base (up = "base"),
+    the LR the tests use, and the base's reference output of it (float32 CHW, [-1,1])."""
+    root = Path(__file__).resolve().parent.parent / "test/fixtures"
+    torch.manual_seed(1234)
+    net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2))
+    with torch.no_grad():     # a visible residual: the default init gives an output near the bilinear
+        net.head.weight.mul_(4)
+    m = json.loads((root / "tiny.json").read_text())
+    m["name"] = "tiny-base-fixture"
+    m = attach(m, root / "tiny-base", net, {"data": "none: random weights (seed 1234)"}, FIXTURE_TILE, FIXTURE_HALO)
+    m["up"] = "base"
+    (root / "tiny-base.json").write_text(json.dumps(m, indent=1))
+    yy, xx = np.mgrid[0:44, 0:52]
+    lr = np.stack([128 + 90 * np.sin(xx / (3 + c) + yy / 5) for c in range(3)], -1).round().astype(np.uint8)
+    Image.fromarray(lr).save(root / "tiny-base.lr.png")
+    ref = tiled(net, lr, FIXTURE_TILE, FIXTURE_HALO) * 2 - 1
+    (root / "tiny-base.ref.bin").write_bytes(ref.contiguous().numpy().astype("<f4").tobytes())
+    print(f"wrote {root}/tiny-base.* (LR {lr.shape[1]}x{lr.shape[0]}, reference {tuple(ref.shape)})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("set5"); p.add_argument("--ckpt", required=True); p.add_argument("--size"); p.add_argument("--set5", required=True)
+    p = sub.add_parser("halo"); p.add_argument("--ckpt", required=True); p.add_argument("--size"); p.add_argument("--data", default=".data")
+    p.add_argument("--split", default="val"); p.add_argument("--n", type=int, default=6); p.add_argument("--tile", type=int, default=TILE)
+    p.add_argument("--halos", default="8,16,24,32,40")
+    p = sub.add_parser("distill", help="train a student of our own against a teacher checkpoint")
+    p.add_argument("--teacher", required=True); p.add_argument("--data", default=".data"); p.add_argument("--ckpt", required=True)
+    p.add_argument("--size", default="safmnpp", choices=sorted(SIZES)); p.add_argument("--minutes", type=float, default=60)
+    p.add_argument("--batch", type=int, default=16); p.add_argument("--crop", type=int, default=64, help="LR px a side")
+    p.add_argument("--margin", type=int, default=8, help="LR px each side left out of the loss")
+    p.add_argument("--lr", type=float, default=2e-3); p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--gt-weight", type=float, default=0.5); p.add_argument("--scale-aug", type=float, default=2.0)
+    p.add_argument("--eval-every", type=float, default=6, help="minutes"); p.add_argument("--val-n", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0); p.add_argument("--resume", action="store_true")
+    p.add_argument("--cpu-bf16", action="store_true", help="the student's step in bf16 autocast (1.47x per step, AVX-512 bf16 EPYC)")
+    p = sub.add_parser("attach", help="export a base checkpoint into an exported model (<name>.base.onnx, manifest \"base\")")
+    p.add_argument("--ckpt", required=True); p.add_argument("--manifest", required=True)
+    p.add_argument("--notes", help="JSON file of provenance notes (teacher, data, figures) for the manifest")
+    sub.add_parser("fixture", help="test/fixtures/tiny-base.*")
+    a = ap.parse_args()
+    from train import all_cores   # here, not at the top: train imports this module
+    torch.set_num_threads(all_cores())   # torch 1.13 here defaults to 1
+    {"set5": cmd_set5, "halo": cmd_halo, "distill": cmd_distill, "attach": cmd_attach, "fixture": cmd_fixture}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -139,6 +139,20 @@ test('16× through the queue (stage-2 jobs carry stage-1 pixels made by stage-1 
   } finally { w.proc.kill('SIGKILL'); }
 });
 
+test('a model over the base through the queue at 16×: workers compute the base from their crops (base windows included); same bytes as local', { timeout: 120_000 }, async () => {
+  const dir = tmp('infdit-qbase-'), small = join(dir, 'small.png');
+  const BASE_MODEL = [...MODEL, '--model', FIXTURE + '-base.json'];
+  writeFileSync(small, await wavePng(70, 44));
+  await run(process.execPath, [CLI, 'render', small, '--out', join(dir, 'local'), '--threads', '1', '--scale', '16', ...BASE_MODEL]);
+  const w = await startWorker(['--model', FIXTURE + '-base.json']);
+  try {
+    // regions of 3 blocks: the base's 32-px tiles and 16-px halo reach past the blocks' own cone
+    await run(process.execPath, [CLI, 'render', small, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', '3', '--scale', '16', ...BASE_MODEL]);
+    assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
+    assert.doesNotMatch(w.log, /outside the job's crop/);
+  } finally { w.proc.kill('SIGKILL'); }
+});
+
 test('the JPEG condition through the queue: stage-1 jobs carry the upload\'s quality, stage 2 none; same bytes as local', { timeout: 120_000 }, async () => {
   const dir = tmp('infdit-qjpeg-'), jpg = join(dir, 'small.jpg'), png = join(dir, 'png/small.png');   // the same output names
   const JPEG_MODEL = [...MODEL, '--model', FIXTURE + '-jpeg.json'];

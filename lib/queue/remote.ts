@@ -157,7 +157,10 @@ export class RemoteGenerator {
     if (all) return;
     const plan = rr.render.plan, m = this.model.manifest;
     const lrW = st.o.lr.width, lrH = st.o.lr.height;
-    const crop = lrCrop(region, st.lb, lrW, lrH, reach(plan.count, m.layers));
+    const cone = lrCrop(region, st.lb, lrW, lrH, reach(plan.count, m.layers));
+    // a model over the base reads it for every block: the job carries the LR of every base window
+    // under the cone (the worker computes the base itself, on the same grid)
+    const crop = m.up === 'base' && m.base ? restorerReach(cone.x, cone.y, cone.w, cone.h, lrW, lrH, m.base.tile, m.base.halo) : cone;
     if (s > 0) {
       // the LR of stage s is stage s-1's output: its blocks under the crop first (no slot held
       // while waiting for them: they need slots of their own)

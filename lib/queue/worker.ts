@@ -11,6 +11,7 @@ import { SamplerPlan } from '../engine/sampler.js';
 import type { Model } from '../engine/model.js';
 import { cropClamped, type RGBImage } from '../engine/pixels.js';
 import { RestoredLR } from '../engine/restore.js';
+import { BaseUp } from '../engine/base.js';
 import { JobData, PROTOCOL, QUEUE_NAME, fromPng, toPng, redisConnection, type JobResult } from './protocol.js';
 
 /** The stage's LR image at its full size, of which only the job's crop is at hand: asked for a
@@ -53,7 +54,9 @@ export async function runJob(model: Model, data: JobData, o: { batch: number; kv
   }
   if (m.jpeg.enabled && data.jq === undefined) throw new UnrecoverableError('this model uses the JPEG condition; the job has no jq');
   const store = new MemoryBlockStore();
-  const stage = new Stage({ model, lr, seed: data.seed, stage: data.stage, plan, batch: o.batch, kv: new KVStore(o.kvBytes), store, thumb, jq: data.jq });
+  // a model over the base computes it here from the job's LR, on the image's grid (the crop holds its windows)
+  const base = m.up === 'base' ? new BaseUp(model, lr) : undefined;
+  const stage = new Stage({ model, lr, seed: data.seed, stage: data.stage, plan, batch: o.batch, kv: new KVStore(o.kvBytes), store, thumb, jq: data.jq, base });
   const { r0, c0, r1, c1 } = data.region;
   if (r1 > stage.R || c1 > stage.C) throw new UnrecoverableError(`region ${r0}..${r1}×${c0}..${c1} is outside the ${stage.R}×${stage.C} block grid`);
   const blocks: [number, number][] = [];

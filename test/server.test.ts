@@ -12,7 +12,7 @@ import { ImageService } from '../lib/tiles/service.js';
 import { loadConfig, ConfigError, parseArgs } from '../config/index.js';
 import { FIXTURE, ROOT, wavePng } from './helpers.js';
 
-const settings = { model: FIXTURE + '.json', tileSize: 64, tileOverlap: 0, backgroundFill: false, demo: false, threads: 1, tileWaitMs: 0, uploadMaxPixels: 1_000_000 };
+const settings = { model: FIXTURE + '.json', tileSize: 64, backgroundFill: false, demo: false, threads: 1, tileWaitMs: 0, uploadMaxPixels: 1_000_000 };
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
 
 const photo = wavePng;
@@ -62,8 +62,9 @@ test('final tiles: strong ETag, immutable, 304; previews never immutable', async
   // once final, the preview URL serves the final tile too
   const after = await request(app).get(url + '?preview=1').expect(200);
   assert.equal(after.headers['x-infdit-tile'], 'final');
+  // tile (1, 0) of 64 px with the default 1-px overlap on its interior edges: left, right and bottom
   const meta = await sharp(fin.body).metadata();
-  assert.deepEqual([meta.width, meta.height], [64, 64]);
+  assert.deepEqual([meta.width, meta.height], [66, 65]);
 });
 
 test('source levels are the upload itself', async () => {
@@ -183,12 +184,13 @@ test('previews: the base super-resolver where the model has one (its own pixels 
   const url = `/images/${up.body.id}_files/${st.body.maxLevel}/1_0.png`;
   const pre = await request(a).get(url + '?preview=1').expect(200);
   assert.equal(pre.headers['x-infdit-preview'], 'base');
-  // at the model's own 4× the preview is the base's pixels, unresized: tile (1,0) of 64 px is x 64..128
+  // at the model's own 4× the preview is the base's pixels, unresized: tile (1,0) of 64 px with its 1-px
+  // overlap is x 63..129, y 0..64
   const lr = await sharp(img).raw().toBuffer({ resolveWithObject: true });
   const { BaseUp } = await import('../lib/engine/base.js');
   const { ImageLR } = await import('../lib/engine/render.js');
   const { MemoryPixels } = await import('../lib/engine/pixels.js');
-  const want = await new BaseUp(s.model, new ImageLR(new MemoryPixels({ width: lr.info.width, height: lr.info.height, data: new Uint8Array(lr.data) }))).pixels(64, 0, 64, 64);
+  const want = await new BaseUp(s.model, new ImageLR(new MemoryPixels({ width: lr.info.width, height: lr.info.height, data: new Uint8Array(lr.data) }))).pixels(63, 0, 66, 65);
   const got = await sharp(pre.body).raw().toBuffer();
   assert.ok(Buffer.from(want).equals(got), 'the 4× preview is not the base\'s pixels');
   const lz = await request(a).get(url + '?preview=lanczos').expect(200);

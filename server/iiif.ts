@@ -9,6 +9,7 @@ import { HttpError, baseUrl, clientGone, sendImmutable } from './respond.js';
 import sharp from 'sharp';
 import type { ImageService } from '../lib/tiles/service.js';
 import { maxLevel, levelSize, tileRect, tileCount } from '../lib/tiles/pyramid.js';
+import { encode } from '../lib/tiles/image.js';
 
 const CONTEXT = 'http://iiif.io/api/image/3/context.json';
 const EXT: Record<string, string> = { jpeg: 'jpg', png: 'png', webp: 'webp' };
@@ -92,7 +93,9 @@ export function iiifRoutes(app: Express, service: ImageService) {
     if (g.overlap === 0) return sendImmutable(req, res, `image/${cfg.tileFormat}`, t);
     const rect = tileRect(g, L, c, r);
     const want = { left: c * g.tileSize - rect.x, top: r * g.tileSize - rect.y, width: Math.ceil(w / s), height: Math.ceil(h / s) };
-    const bytes = await sharp(t.bytes).extract(want).toFormat(cfg.tileFormat, { quality: cfg.tileQuality }).toBuffer();
+    // decoded, cut and encoded as every tile is (lib/tiles/image.ts: a PNG's quality option would make it a palette)
+    const { data, info } = await sharp(t.bytes).extract(want).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    const bytes = await encode({ width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) }, cfg.tileFormat, cfg.tileQuality);
     sendImmutable(req, res, `image/${cfg.tileFormat}`, { bytes, etag: `"${t.etag.slice(1, -1)}-c"` });
   });
 }

@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import request from 'supertest';
+import sharp from 'sharp';
 import { createApp } from '../server/app.js';
 import { ImageService } from '../lib/tiles/service.js';
 import { loadConfig } from '../config/index.js';
@@ -82,7 +83,8 @@ test('a request cancelled by the client stops costing work; the work done is kep
 });
 
 test('IIIF level 0: info.json and tiles; anything else gets 400/501, never a crash', async () => {
-  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir: tmp('infdit-iiif-'), tileSize: 64, backgroundFill: false, demo: false, threads: 1 }));
+  // overlap 0: IIIF tiles are the DZI tiles' very bytes (with an overlap they are cut from them: below)
+  const service = await ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir: tmp('infdit-iiif-'), tileSize: 64, tileOverlap: 0, backgroundFill: false, demo: false, threads: 1 }));
   const app = createApp(service);
   const meta = await service.add(await photo(40, 24), 'i.png');
   const id = meta.id;
@@ -113,6 +115,14 @@ test('IIIF level 0: info.json and tiles; anything else gets 400/501, never a cra
   }
   await request(app).get(`/iiif/0123456789abcdef/info.json`).expect(404);
   await request(app).get(`/iiif/..%2f..%2fetc/info.json`).expect(404);
+  // the default 1-px overlap: an IIIF tile is its DZI tile without the overlap, pixel for pixel (PNG)
+  const s2 = await ImageService.open(loadConfig({ model: FIXTURE + '.json', dataDir: tmp('infdit-iiif-'), tileSize: 64, tileFormat: 'png', backgroundFill: false, demo: false, threads: 1 }));
+  const app2 = createApp(s2), id2 = (await s2.add(await photo(40, 24), 'i.png')).id;
+  const iiif = await sharp((await request(app2).get(`/iiif/${id2}/64,0,64,64/64,64/0/default.png`).expect(200)).body).raw().toBuffer({ resolveWithObject: true });
+  const dzi = await sharp((await request(app2).get(`/images/${id2}_files/8/1_0.png`).expect(200)).body);
+  assert.deepEqual([(await dzi.metadata()).width, (await dzi.metadata()).height], [66, 65]);
+  assert.deepEqual([iiif.info.width, iiif.info.height], [64, 64]);
+  assert.ok(iiif.data.equals(await dzi.extract({ left: 1, top: 0, width: 64, height: 64 }).raw().toBuffer()), 'the IIIF tile is not its DZI tile less the overlap');
 });
 
 test('pyramid download: a tar of the .dzi and every tile', async () => {

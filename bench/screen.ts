@@ -12,6 +12,8 @@
  *
  * --workers: --model-workers values (1: the default).
  * modelBusy: the model threads' summed time in block evaluations over the wall time (2 = two threads busy).
+ * secondsAllPreviews: every tile of the view asked as a preview at once, as the viewer does, until all are
+ * answered; previews: what they were (base, lanczos). baseShare: the base's part of the model threads' time.
  * Prints figures (JSON, kept in bench/results/); never fails on time.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -62,6 +64,15 @@ async function one(model: string, w: number, fill: boolean, batch: number) {
     const stated = await state();
     const tiles: [number, number, number][] = stated.tiles;
     const renew = setInterval(() => { state().catch(() => {}); }, stated.leaseMs / 3);
+    // what a person sees first: every tile of the view asked as its preview at once, as the bundled
+    // viewer does; seconds until all are answered, and what they were (the base, or Lanczos3)
+    const kinds: Record<string, number> = {};
+    const previews = Promise.all(tiles.map(async ([L, c, r]) => {
+      const res = await fetch(`${base}/images/${id}_files/${L}/${c}_${r}.${st.format}?preview=1`);
+      await res.arrayBuffer();
+      const k = res.headers.get('x-infdit-preview') ?? res.headers.get('x-infdit-tile') ?? '?';
+      kinds[k] = (kinds[k] ?? 0) + 1;
+    })).then(() => (performance.now() - t0) / 1000);
     // A top-level tile is final when every block under it is done: read from the block map (GET
     // /api/images/<id>/blocks), as cheap as the viewer's events. Asking the tiles with ?preview instead
     // made a Lanczos preview per tile per poll, CPU taken from the model (a first try: 42 s, not 27).
@@ -78,12 +89,17 @@ async function one(model: string, w: number, fill: boolean, batch: number) {
       if (final.size < tiles.length) await sleep(200);
     }
     const secs = (performance.now() - t0) / 1000;
+    const previewSecs = await previews;
     clearInterval(renew);
     st = await get();
     const d = (k: number) => (st.engine.byClass[k] ?? 0) - (before.byClass[k] ?? 0);
     const nodes = st.engine.nodes - before.nodes;
     return { model: model.replace(ROOT + '/', ''), modelId: st.model.id, modelWorkers: w, batch, backgroundFill: fill, tiles: tiles.length,
+      secondsAllPreviews: +previewSecs.toFixed(2), previews: kinds,
       secondsAllFinal: +secs.toFixed(2), firstTile: +firstAt[0].toFixed(2), layerSteps: nodes, fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0,
+      // the base's share of the model threads' time over the screenful (its tiles: previews, and up(LR) over the base)
+      baseTiles: st.engine.base.tiles - before.base.tiles,
+      baseShare: +((st.engine.base.ms - before.base.ms) / Math.max(1, st.engine.base.ms - before.base.ms + st.engine.modelMs - before.modelMs)).toFixed(3),
       modelBusy: +((st.engine.modelMs - before.modelMs) / 1000 / secs).toFixed(3), msPerLayerStep: +(secs * 1000 / nodes).toFixed(2) };
   } finally {
     proc.kill('SIGTERM');

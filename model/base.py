@@ -25,7 +25,7 @@ image, and no tile border shows.
 The engine runs the exported graph (one window per batch item) in the model thread
 (lib/engine/base.ts); `tiled()` here is its reference.
 """
-import argparse, json, math, sys, time
+import argparse, copy, json, math, sys, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -285,33 +285,35 @@ def cmd_distill(a):
     weights are the project's, the teacher's never leave the cache they were fetched into."""
     from data import load_split, CropSampler, degrade
     torch.manual_seed(a.seed)
-    teacher = load(a.teacher)
+    dev = torch.device(a.device)
+    teacher = load(a.teacher).to(dev)
     for p in teacher.parameters():
         p.requires_grad_(False)
     ck = Path(a.ckpt); ck.mkdir(parents=True, exist_ok=True)
-    net = BaseNet(SIZES[a.size])
-    ema = BaseNet(SIZES[a.size]); ema.load_state_dict(net.state_dict())
+    net = BaseNet(SIZES[a.size]).to(dev)
+    ema = BaseNet(SIZES[a.size]).to(dev); ema.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(0.9, 0.99))
     step, spent, best = 0, 0.0, -1.0
     if a.resume and (ck / "last.pt").exists():
-        st = torch.load(ck / "last.pt", map_location="cpu")
+        st = torch.load(ck / "last.pt", map_location=dev)
         net.load_state_dict(st["net"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, spent, best = st["step"], st["spent"], st["best"]
         print(f"resumed at step {step} ({spent / 60:.1f} min spent, best {best:.3f} dB)")
-    sampler = CropSampler(load_split(a.data, "train"), a.crop * 4, torch.device("cpu"), seed=a.seed + step,
+    sampler = CropSampler(load_split(a.data, "train"), a.crop * 4, dev, seed=a.seed + step,
                           scale_max=a.scale_aug)
     val = val_set(a.data, "val", a.val_n)
     total = a.minutes * 60
     m = a.margin
 
     def save(name, extra=None):
-        st = {"config": asdict(net.cfg), "ema": ema.state_dict(), "step": step, "spent": spent, "best": best,
+        cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
+        st = {"config": asdict(net.cfg), "ema": cpu(ema.state_dict()), "step": step, "spent": spent, "best": best,
               "teacher": str(a.teacher), "recipe": vars(a) | (extra or {})}
         if name == "last.pt":
             st |= {"net": net.state_dict(), "opt": opt.state_dict()}
         tmp = ck / (name + ".tmp"); torch.save(st, tmp); tmp.replace(ck / name)
 
-    t_eval = time.time()
+    t_eval = t_save = time.time()
     while spent < total:
         t0 = time.time()
         hr = sampler.sample(a.batch)                                   # [-1,1]
@@ -321,7 +323,7 @@ def cmd_distill(a):
             tgt = teacher(lr)
         for g in opt.param_groups:   # cosine to 2% over the whole budget
             g["lr"] = a.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(spent / total, 1))))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.cpu_bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.cpu_bf16 or dev.type == "cuda"):
             out = net(lr).float()
         # the loss leaves out a margin: the engine only ever keeps a window's centre
         cut = lambda t: t[:, :, 4 * m:-4 * m, 4 * m:-4 * m]
@@ -336,9 +338,11 @@ def cmd_distill(a):
             print(f"step {step:6d}  loss {loss.item():.5f}  {a.batch * 20 / max(1e-9, spent - getattr(cmd_distill, 'last', 0)):.1f} crops/s  "
                   f"{spent / 60:.1f}/{a.minutes} min", flush=True)
             cmd_distill.last = spent
+        if time.time() - t_save > 120:   # a killed run loses two minutes at most
+            save("last.pt"); t_save = time.time()
         if time.time() - t_eval > a.eval_every * 60 or spent >= total:
             t_eval = time.time()
-            score = measure(ema, val)
+            score = measure(copy.deepcopy(ema).cpu(), val)
             if score > best:
                 best = score; save("best.pt", {"val_psnr": score})
             save("last.pt")
@@ -446,6 +450,7 @@ def main():
     p.add_argument("--eval-every", type=float, default=6, help="minutes"); p.add_argument("--val-n", type=int, default=6)
     p.add_argument("--seed", type=int, default=0); p.add_argument("--resume", action="store_true")
     p.add_argument("--cpu-bf16", action="store_true", help="the student's step in bf16 autocast (1.47x per step, AVX-512 bf16 EPYC)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (bf16 autocast there)")
     p = sub.add_parser("attach", help="export a base checkpoint into an exported model (<name>.base.onnx, manifest \"base\")")
     p.add_argument("--ckpt", required=True); p.add_argument("--manifest", required=True)
     p.add_argument("--notes", help="JSON file of provenance notes (teacher, data, figures) for the manifest")

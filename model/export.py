@@ -535,6 +535,14 @@ def main():
     if a.restorer:
         mp = out.with_suffix(".json")
         mp.write_text(json.dumps(attach_restorer(json.loads(mp.read_text()), out, a.restorer), indent=1))
+    if model.base is not None:
+        # trained over a base (train.py --base): its graph goes with the model, and up(LR) is its output
+        import base
+        mp = out.with_suffix(".json")
+        torch.save(base.state_of(model.base), f"{out}.base.ckpt.pt")
+        m = base.attach(json.loads(mp.read_text()), out, f"{out}.base.ckpt.pt", st.get("base_notes"))
+        m["up"] = "base"
+        mp.write_text(json.dumps(m, indent=1))
     size = sum(p.stat().st_size for p in out.parent.glob(out.name + ".*.onnx"))
     print(f"wrote {out}.{{input,layer0…}}.onnx ({size / 1e6:.1f} MB) and {out}.json")
 

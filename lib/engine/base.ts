@@ -20,8 +20,9 @@ export class BaseUp {
   private readonly gi: number;
   private cache: LRUCache<number, Float32Array>;
   private inflight = new Map<number, Promise<Float32Array>>();
-  /** Tiles computed (an evicted tile made again counts again). */
+  /** Tiles computed (an evicted tile made again counts again), and the model thread's time in them (ms). */
   computed = 0;
+  ms = 0;
 
   constructor(readonly model: Model, readonly src: LRSource, cacheBytes = 64 << 20) {
     const b = model.manifest.base;
@@ -80,8 +81,8 @@ export class BaseUp {
   private async compute(r: number, c: number, opt: RequestOptions) {
     const T = this.tile, S = T + 2 * this.halo;
     const win = await this.src.region(c * T - this.halo, r * T - this.halo, S, S, opt);
-    const { out } = await this.model.run(this.gi, 1, { lr: toPlanar(win) });
-    this.computed++;
+    const { out, ms } = await this.model.run(this.gi, 1, { lr: toPlanar(win) });
+    this.computed++; this.ms += ms;
     return out.up as Float32Array;
   }
 }

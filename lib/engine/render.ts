@@ -61,6 +61,8 @@ export class Render {
   /** The base over stage 1's LR (a model with a base whose graphs run here): the previews', and the
    *  transformer's up(LR) when the model was trained over it. */
   readonly base?: BaseUp;
+  /** Every stage's base (stage 1's, and later stages' for a model over the base). */
+  readonly bases: BaseUp[] = [];
 
   constructor(readonly o: RenderOptions) {
     const m = o.model.manifest;
@@ -86,6 +88,7 @@ export class Render {
       // the base of each stage reads that stage's LR (after the restorer: restorer, base, transformer)
       const base = withBase && (s === 1 || m.up === 'base') ? new BaseUp(o.model, lr, o.baseBytes) : undefined;
       if (s === 1) this.base = base;
+      if (base) this.bases.push(base);
       const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb, jq,
         base: m.up === 'base' ? base : undefined });
       this.stages.push(st);

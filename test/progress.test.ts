@@ -71,14 +71,14 @@ test('the time-left estimate is steady while blocks finish in bursts and pauses,
     const t = times.slice(Math.max(0, done - 50), done);
     return t.length >= 2 ? (total - done) / ((t.length - 1) / ((t[t.length - 1] - t[0]) / 1000)) : null;
   };
-  let done = 0, prev: number | null = null, prevOld: number | null = null, worst = 1, worstOld = 1;
+  let done = 0, prev: number | null = null, prevOld: number | null = null, worst = 1, worstOld = 1, rises = 0;
   const errs: number[] = [];
   for (let now = 1000; now < 400_000; now += 3000) {
     while (done < total && times[done] <= now) meter.tick(times[done++]);
     const eta = meter.estimate(total - done, now), old = last50(done, now);
     if (now > 30_000 && done < total - 200) {
       assert.ok(eta !== null);
-      if (prev) worst = Math.max(worst, eta! / prev, prev / eta!);
+      if (prev) { worst = Math.max(worst, eta! / prev, prev / eta!); if (eta! > prev) rises++; }
       if (prevOld && old) worstOld = Math.max(worstOld, old / prevOld, prevOld / old);
       const real = (times[total - 1] - now) / 1000;
       errs.push(Math.abs(eta! - real) / real);
@@ -87,8 +87,16 @@ test('the time-left estimate is steady while blocks finish in bursts and pauses,
   }
   assert.ok(worstOld > 2, `the old estimate was steady here (${worstOld.toFixed(2)}×): the test shows nothing`);
   assert.ok(worst < 1.25, `the estimate moved ${worst.toFixed(2)}× between two polls 3 s apart`);
+  // the same work all along: the figure only ever falls (issue 40: 7 → 17 → 9 min in one image)
+  assert.equal(rises, 0, `the estimate rose ${rises} times while the work stayed the same`);
   errs.sort((a, b) => a - b);
   assert.ok(errs[Math.floor(errs.length / 2)] < 0.15, `median error ${(100 * errs[Math.floor(errs.length / 2)]).toFixed(0)}% of the real time left`);
+  console.log(`time left: median error ${(100 * errs[Math.floor(errs.length / 2)]).toFixed(1)}%, 90th percentile ${(100 * errs[Math.floor(0.9 * errs.length)]).toFixed(1)}% over the image`);
+  // new work (the remaining blocks doubled): the figure rises to say so
+  const m2 = new EtaMeter();
+  for (let i = 0; i < 100; i++) m2.tick(i * 100);
+  const a = m2.estimate(1000, 10_000)!, b = m2.estimate(2000, 10_500)!;
+  assert.ok(b > 1.5 * a, `the estimate did not rise with the work: ${a} → ${b} s`);
   assert.equal(new EtaMeter().estimate(10), null, 'no rate yet: no figure');
   assert.equal(meter.estimate(0), 0);
 });

@@ -47,41 +47,37 @@ export function decodeRuns(b64: string, total: number): Uint8Array {
 }
 
 /**
- * A steady time-left estimate. Blocks finish in bursts (a tile's cone, a band of the fill, a
- * viewer's tiles overtaking the fill), so the rate of the last few dozen blocks swung the ETA
- * from minutes to seconds and back (2 min → 46 s → 26 s → 29 s → 8 s). Here the rate is taken
- * over a time window ending now (a pause lowers it), and the estimate runs down with the clock
- * and moves towards the new figure with a time constant instead of jumping to it.
+ * A time-left estimate that runs down with the clock. Blocks finish in bursts (a tile's cone, a band
+ * of the fill, a viewer's tiles overtaking the fill), so the rate of the last few dozen blocks swung
+ * the ETA from minutes to seconds and back, and even a minute's window smoothed towards its figure
+ * swung 7 → 17 → 9 min over one 5-minute image (issue 40). Here the rate is the whole run's (blocks
+ * since the first over the time since), which bursts and pauses barely move, and the figure shown
+ * only falls: it runs down with the clock, drops to a lower estimate at once, and rises only when the
+ * estimate is well over it (`riseOver`, e.g. new work: another image's demand, or a slower phase),
+ * never for the small wobble of a steady render.
  */
 export class EtaMeter {
-  private times: number[] = [];
+  private first = -1;
+  private n = 0;
   private eta: number | null = null;
   private at = 0;
-  constructor(readonly windowMs = 60_000, readonly tauMs = 20_000) {}
+  constructor(readonly riseOver = 1.3) {}
 
   /** One block finished at `now`. */
   tick(now = Date.now()) {
-    this.times.push(now);
-    if (this.times.length > 4096) this.prune(now);
-  }
-
-  private prune(now: number) {
-    let i = 0;
-    while (i < this.times.length - 2 && this.times[i] < now - this.windowMs) i++;
-    if (i) this.times.splice(0, i);
+    if (this.first < 0) this.first = now;
+    this.n++;
   }
 
   /** Seconds until `remaining` more blocks are done; null until there is a rate to go by. */
   estimate(remaining: number, now = Date.now()): number | null {
     if (remaining <= 0) return 0;
-    this.prune(now);
-    const t = this.times;
-    if (t.length < 2 || now <= t[0]) return this.eta === null ? null : Math.round(this.eta);
-    const raw = remaining / ((t.length - 1) / ((now - t[0]) / 1000));
+    if (this.n < 2 || now <= this.first) return this.eta === null ? null : Math.round(this.eta);
+    const raw = remaining / ((this.n - 1) / ((now - this.first) / 1000));
     if (this.eta === null) this.eta = raw;
     else {
-      const dt = Math.max(0, now - this.at), ran = Math.max(0, this.eta - dt / 1000);
-      this.eta = ran + (1 - Math.exp(-dt / this.tauMs)) * (raw - ran);
+      const ran = Math.max(0, this.eta - Math.max(0, now - this.at) / 1000);
+      this.eta = raw < ran || raw > this.riseOver * ran + 10 ? raw : ran;
     }
     this.at = now;
     return Math.round(this.eta);

@@ -138,7 +138,13 @@ test('OpenSeadragon opens the IIIF URL and loads top-level tiles equal to the DZ
   assert.ok(top.length > 0, `no IIIF tile loaded: ${loaded.urls.join(' ')}`);
   const a = Buffer.from(await (await fetch(`${base}/iiif/${id}/0,0,64,64/64,64/0/default.jpg`)).arrayBuffer());
   const b = Buffer.from(await (await fetch(`${base}/images/${id}_files/${info.width > 256 ? 9 : 8}/0_0.jpeg`)).arrayBuffer());
-  assert.ok(a.equals(b), 'IIIF tile bytes differ from the DZI tile');
+  // the DZI tile has the 1-px overlap on its interior edges; the IIIF tile is it less that, JPEG-encoded again
+  const da = await sharp(a).raw().toBuffer({ resolveWithObject: true });
+  const db = await sharp(b).extract({ left: 0, top: 0, width: da.info.width, height: da.info.height }).raw().toBuffer();
+  let sum = 0;
+  for (let i = 0; i < db.length; i++) sum += Math.abs(da.data[i] - db[i]);
+  assert.equal(da.info.width, 64);
+  assert.ok(sum / db.length < 2, `IIIF tile differs from the DZI tile's pixels by ${(sum / db.length).toFixed(2)} levels on average`);
 });
 
 test('the page opens at once while the released model generates the demo', async () => {
@@ -228,4 +234,28 @@ test('the block map stays readable and cheap at 200,000 blocks', async () => {
   assert.ok(r.w <= 160 && r.h <= 120 && r.w > 100, `block map ${r.w}×${r.h}`);
   assert.equal(r.label, `Generated blocks: ${r.done} of 200000`);
   assert.ok(r.ms < 10 * r.refMs, `one progress redraw took ${r.ms.toFixed(1)} ms at 200,000 blocks, ${(r.ms / r.refMs).toFixed(1)}× one pass over them (${r.refMs.toFixed(1)} ms)`);
+});
+
+test('the page fits the window from 1280×720 up: the viewer and the block map in view, nothing moves it when the view line fills', async () => {
+  const p = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  try {
+    await p.goto(base + '/');
+    await p.waitForFunction(() => !!(window as any).infdit, null, { timeout: 20000 });
+    for (const [w, h] of [[1280, 720], [1600, 1000], [1920, 1080]]) {
+      await p.setViewportSize({ width: w, height: h });
+      // (no named helper in the page: the test compiler's __name is not there)
+      const box = await p.evaluate(() => {
+        const o = document.querySelector('#osd')!.getBoundingClientRect(), c = document.querySelector('#blocks-caption')!.getBoundingClientRect();
+        return { osdTop: o.top, osdBottom: o.bottom, osdHeight: o.height, caption: c.bottom, scroll: document.scrollingElement!.scrollHeight, inner: innerHeight };
+      });
+      assert.ok(box.osdBottom <= box.inner && box.caption <= box.inner && box.scroll <= box.inner,
+        `at ${w}×${h} the page is taller than the window: ${JSON.stringify(box)}`);
+      assert.ok(box.osdHeight >= 0.5 * h, `at ${w}×${h} the viewer is only ${box.osdHeight} px high`);
+      // the view's status line appearing later does not push the viewer down
+      const before = box.osdTop;
+      await p.evaluate(() => { document.querySelector('#view-state')!.textContent = 'In view: all 12 tiles done'; });
+      assert.equal(await p.evaluate(() => document.querySelector('#osd')!.getBoundingClientRect().top), before);
+      await p.evaluate(() => { document.querySelector('#view-state')!.textContent = ''; });
+    }
+  } finally { await p.close(); }
 });

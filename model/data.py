@@ -32,9 +32,12 @@ def pack(cache, out, downscale=2):
     for e in man:
         im = Image.open(Path(cache) / "photos" / e["file"]).convert("RGB")
         ds = e.get("downscale", downscale)   # the held-out set's manifest gives each photo its own (data_fetch.py)
-        if ds > 1:
-            im = im.resize((im.width // ds, im.height // ds), Image.LANCZOS)
-        name = f"{e['split']}/{e['package']}--{Path(e['file']).stem}.jpg"
+        if ds > 1:   # floor, as w // ds always gave (a source may reduce by 1.5 or 2.5: data_fetch.REPOS)
+            im = im.resize((int(im.width // ds), int(im.height // ds)), Image.LANCZOS)
+        stem = Path(e["file"]).stem
+        if e["package"].startswith("repo:"):   # repo:owner/name, and subfolders whose files share names (dreambooth's 00.jpg)
+            stem = "-".join(Path(e["file"]).with_suffix("").parts[1:])
+        name = f"{e['split']}/{e['package'].replace('/', '+').replace(':', '-')}--{stem}.jpg"
         (out / e["split"]).mkdir(parents=True, exist_ok=True)
         im.save(out / name, quality=95)
         index.append({**e, "packed": name, "packed_size": [im.width, im.height], "downscale": ds})

@@ -2,6 +2,7 @@
 
     /usr/bin/python3 model/data_fetch.py [--cache DIR]
     /usr/bin/python3 model/data_fetch.py --heldout [--cache DIR]     # the independent set, never trained on
+    /usr/bin/python3 model/data_fetch.py --repos [MIRRORS]           # round 4: REPOS' photos too (fetched mirrors)
 
 Downloads each package with `apt-get download`, unpacks it with `dpkg -x`, and collects the
 photos into DIR/photos/<package>/ with DIR/photos/manifest.json (file, size, package, license).
@@ -11,8 +12,9 @@ rather than parse the containers: Enlightenment's `.edj` (Eet) stores its `edje/
 entries as plain JPEG streams, and Qt's `.rcc` stores WebP files uncompressed (zlib gains
 nothing on them). For `.edj` the largest decodable JPEG is the full-size entry `edje/images/0`.
 """
-import argparse, io, json, os, shutil, struct, subprocess, sys
+import argparse, hashlib, io, json, os, shutil, struct, subprocess, sys
 from pathlib import Path
+import numpy as np
 from PIL import Image
 
 Image.MAX_IMAGE_PIXELS = 80_000_000
@@ -82,6 +84,104 @@ HELDOUT = {
 HELDOUT_CROP = (512, 384)   # evaluate.py's crop: the reduction leaves at least this
 MIN_SIDE = 700          # gcompris: skip sprites and icons; photos are ≥ 1280 wide
 VALIDATION_PACKAGE = "lxqt-themes"
+
+
+# Round 4 (issue 39): photographs of every kind from public repositories, read from mirrors the `fetch`
+# tool brought here (nothing is downloaded at run time, nothing goes into git). Each: the folder at a fixed
+# commit, the terms, and the reduction `data.py pack` gives its photos so that their codec does not become
+# detail the model learns (a JPEG at q≈90 needs more than one at q≈96: ImageNet's ~500×375 at q≈96 are
+# reduced by 1.25, the most that leaves a 256-px crop; Kodak's PNGs are lossless).
+# Never the standard SR test sets: of BSDS500 only `train/`, and not 302003.jpg (a standard test image).
+REPOS = {
+    "EliSchwartz/imagenet-sample-images": {"commit": "bc69043e2862758a1906c6a24a792bb28c6bb2ff", "folder": "", "glob": "*.JPEG",
+        "terms": "ImageNet's (non-commercial research and education)", "downscale": 1.25, "exclude": set()},
+    "ajschumacher/imagen": {"commit": "2e8718956e3bb046db9a8e488c2254fd9846b6c5", "folder": "imagen", "glob": "*.jpg",
+        "terms": "ImageNet's (non-commercial research and education)", "downscale": 1.25, "exclude": set()},
+    "google/dreambooth": {"commit": "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0", "folder": "dataset", "glob": "*/*.jpg",
+        "terms": "per image in dataset/references_and_licenses.txt (Unsplash license, or photos by the authors, CC BY 4.0)",
+        "downscale": 2.5, "exclude": set()},
+    "BIDS/BSDS500": {"commit": "a04b7c6c3a9f0ace74bf205c72a43d32e1c72722", "folder": "BSDS500/data/images/train", "glob": "*.jpg",
+        "terms": "Berkeley Segmentation Dataset: research use", "downscale": 1.25, "exclude": {"302003.jpg"}},
+    "MohamedBakrAli/Kodak-Lossless-True-Color-Image-Suite": {"commit": "dd2e1105fe8d9afe1120cd7e4c0e5e41f509a81b",
+        "folder": "PhotoCD_PCD0992", "glob": "*.png", "terms": "Kodak's, released for unrestricted use", "downscale": 1, "exclude": set()},
+}
+REPO_MIN_SIDE = 256            # after the source's reduction a 256-px training crop still fits
+# The mixed validation split (issue 39), fixed before any run: every 10th ImageNet sample by file name (100),
+# three dreambooth subjects, and the lxqt-themes photos (VALIDATION_PACKAGE) as before.
+VAL_IMAGENET_EVERY = 10
+VAL_DREAMBOOTH = {"backpack", "cat", "dog"}
+
+
+def ahash(im, side=16):
+    """A 256-bit average hash of the photo's luma at side×side and its 32×32 thumbnail: near duplicates
+    (a re-encoding, a resize, a crop's few pixels) land within a few bits, and their thumbnails agree."""
+    a = np.asarray(im.convert("L").resize((side, side), Image.BILINEAR), np.float32)
+    return (a > a.mean()).ravel(), np.asarray(im.convert("L").resize((32, 32), Image.BILINEAR), np.float32)
+
+
+def same_photo(a, b, near):
+    """Hashes within `near` bits and thumbnails within 6 grey levels on average: a flat photo's hash alone
+    matches too much (two skies), the thumbnail tells them apart."""
+    return int((a[0] != b[0]).sum()) <= near and float(np.abs(a[1] - b[1]).mean()) < 6
+
+
+def repo_split(repo, name):
+    if repo == "EliSchwartz/imagenet-sample-images":
+        return "val" if name in repo_split.imagenet_val else "train"
+    if repo == "google/dreambooth":
+        return "val" if name.split("/")[0] in VAL_DREAMBOOTH else "train"
+    return "train"
+
+
+def collect_repos(cache, mirrors, near=12):
+    """Add REPOS' photos to cache/photos (package "repo:<owner>/<name>") and its manifest, leaving out exact
+    duplicates (same pixels) and near ones (average hashes within `near` of 256 bits) of any photo already
+    there, Debian's included; each with its source, commit, terms, split and reduction. Idempotent."""
+    _, _, photos = cache_dirs(cache)
+    mf = photos / "manifest.json"
+    manifest = [e for e in (json.loads(mf.read_text()) if mf.exists() else []) if not e["package"].startswith("repo:")]
+    hashes, names, digests, dropped = [], [], set(), []
+    for e in manifest:
+        with Image.open(photos / e["file"]) as im:
+            im = im.convert("RGB")
+            hashes.append(ahash(im)); names.append(e["file"]); digests.add(hashlib.sha256(im.tobytes()).hexdigest())
+    for repo, src in REPOS.items():
+        git = Path(mirrors) / repo.replace("/", "+") / "repo"
+        if not git.exists():
+            raise SystemExit(f"{repo}: no mirror at {git} (bring it with the fetch tool: github:{repo})")
+        dest = photos / ("repo-" + repo.replace("/", "+"))
+        if not dest.exists():
+            tmp = dest.with_name(dest.name + ".part")
+            shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+            # a folder's archive, not the root's: the snapshot may lack some large blob elsewhere
+            arch = subprocess.run(["git", f"--git-dir={git}", "archive", f"{src['commit']}:{src['folder']}" if src["folder"] else src["commit"]],
+                                  check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tmp)], input=arch, check=True)
+            tmp.rename(dest)
+        files = sorted(dest.glob(src["glob"]))
+        if repo == "EliSchwartz/imagenet-sample-images":
+            repo_split.imagenet_val = {f.name for f in files[::VAL_IMAGENET_EVERY]}
+        for f in files:
+            rel = str(f.relative_to(dest))
+            if f.name in src["exclude"]:
+                dropped.append((repo, rel, "a standard test image", "")); continue
+            with Image.open(f) as im:   # dreambooth's MPO files decode as their first (JPEG) frame
+                im = im.convert("RGB")
+            w, h = im.size
+            if min(w, h) / src["downscale"] < REPO_MIN_SIDE:
+                dropped.append((repo, rel, "too small", f"{w}x{h}: under {REPO_MIN_SIDE} px after its 1/{src['downscale']} reduction")); continue
+            d = hashlib.sha256(im.tobytes()).hexdigest()
+            hsh = ahash(im)
+            twin = next((names[i] for i, o in enumerate(hashes) if same_photo(hsh, o, near)), None)
+            if d in digests or twin:
+                dropped.append((repo, rel, "a duplicate", f"of {twin or 'a photo already in (same pixels)'}")); continue
+            digests.add(d); hashes.append(hsh); names.append(f"{dest.name}/{rel}")
+            manifest.append({"file": f"{dest.name}/{rel}", "width": w, "height": h, "package": f"repo:{repo}",
+                             "source": f"github:{repo}@{src['commit'][:8]}:{(src['folder'] + '/' if src['folder'] else '') + rel}",
+                             "license": src["terms"], "split": repo_split(repo, rel), "downscale": src["downscale"]})
+    mf.write_text(json.dumps(manifest, indent=1))
+    (photos / "dropped.json").write_text(json.dumps([{"repo": r, "file": f, "why": y, "detail": d} for r, f, y, d in dropped], indent=1))
+    return manifest, dropped
 
 
 def carve_jpegs(blob):
@@ -241,8 +341,21 @@ if __name__ == "__main__":
     ap.add_argument("--cache", help="default: ~/.cache/infdit-data ($INFDIT_DATA); with --heldout ~/.cache/infdit-heldout "
                     "(its own cache, so no pack of the training cache can take in a held-out photo)")
     ap.add_argument("--heldout", action="store_true", help="fetch the independent evaluation set instead (HELDOUT)")
+    ap.add_argument("--repos", metavar="MIRRORS", nargs="?", const="/work/.mirror",
+                    help="also add REPOS' photos from the fetched mirrors in MIRRORS (default /work/.mirror), near duplicates left out")
     a = ap.parse_args()
-    if a.heldout:
+    if a.repos and a.heldout:
+        ap.error("--repos adds training and validation photos; the held-out set stays Debian's kept-apart packages")
+    if a.repos:
+        cache = Path(a.cache or os.environ.get("INFDIT_DATA", str(Path.home() / ".cache/infdit-data")))
+        if not (cache / "photos/manifest.json").exists():
+            collect(cache)
+        m, dropped = collect_repos(cache, a.repos)
+        for why in sorted({d[2] for d in dropped}):
+            print(f"left out: {sum(1 for d in dropped if d[2] == why)} ({why}; {cache}/photos/dropped.json lists them)")
+        for split in ("train", "val"):
+            print(f"{split}: {sum(1 for e in m if e['split'] == split)} photos")
+    elif a.heldout:
         cache = Path(a.cache or Path.home() / ".cache/infdit-heldout")
         if (cache / "photos/manifest.json").exists() and any(
                 e["split"] != "heldout" for e in json.loads((cache / "photos/manifest.json").read_text())):

@@ -1,0 +1,79 @@
+"""data_fetch.collect_repos (issue 39) on a mirror made here: a folder at a commit is read with git archive;
+exact and near duplicates (of a photo already in, Debian's included), photos too small for a training crop
+after their source's reduction, and named exclusions are left out and listed; each photo keeps its source,
+commit, terms, split and reduction; a second run gives the same manifest."""
+import io, json, subprocess, sys, tempfile, unittest
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MODEL = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(MODEL))
+import data_fetch  # noqa: E402
+
+
+def photo(seed, w, h):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * (seed + 1) / 3) % 256, (y * 2 + seed * 40) % 256, (x + y) % 256], -1)
+    return Image.fromarray(np.clip(base + rng.integers(0, 60, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+class CollectReposTest(unittest.TestCase):
+    def test_sources_duplicates_and_provenance(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            work = tmp / "work"; (work / "imgs").mkdir(parents=True)
+            photo(1, 400, 340).save(work / "imgs/a.jpg", quality=95)
+            photo(2, 420, 350).save(work / "imgs/b.jpg", quality=95)
+            photo(1, 400, 340).resize((396, 337)).save(work / "imgs/z-a-again.jpg", quality=80)   # near duplicate of a
+            photo(3, 200, 150).save(work / "imgs/small.jpg", quality=95)                          # too small
+            photo(4, 400, 340).save(work / "imgs/testset.jpg", quality=95)                        # excluded by name
+            photo(5, 400, 340).save(work / "imgs/debian-twin.jpg", quality=95)                     # already in, from "Debian"
+            (work / "README").write_text("not a photo")
+            git = lambda *a: subprocess.run(["git", "-C", str(work), *a], check=True, capture_output=True, text=True).stdout
+            git("init", "-q"); git("add", "."); git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "photos")
+            commit = git("rev-parse", "HEAD").strip()
+            mirrors = tmp / "mirrors"; (mirrors / "someone+photos").mkdir(parents=True)
+            subprocess.run(["git", "clone", "-q", "--bare", str(work), str(mirrors / "someone+photos/repo")], check=True)
+            cache = tmp / "cache"; (cache / "photos/deb").mkdir(parents=True)
+            photo(5, 400, 340).save(cache / "photos/deb/twin.png")
+            (cache / "photos/manifest.json").write_text(json.dumps([{"file": "deb/twin.png", "width": 400, "height": 340,
+                                                                     "package": "deb", "license": "x", "split": "train"}]))
+            repos = {"someone/photos": {"commit": commit, "folder": "imgs", "glob": "*.jpg", "terms": "the owner's terms",
+                                        "downscale": 1.25, "exclude": {"testset.jpg"}}}
+            old = data_fetch.REPOS
+            data_fetch.REPOS = repos
+            try:
+                m, dropped = data_fetch.collect_repos(cache, mirrors)
+                again, _ = data_fetch.collect_repos(cache, mirrors)
+            finally:
+                data_fetch.REPOS = old
+            got = {Path(e["file"]).name: e for e in m if e["package"] == "repo:someone/photos"}
+            self.assertEqual(sorted(got), ["a.jpg", "b.jpg"])
+            why = {d[1]: d[2] for d in dropped}
+            self.assertEqual(why, {"z-a-again.jpg": "a duplicate", "small.jpg": "too small", "testset.jpg": "a standard test image",
+                                   "debian-twin.jpg": "a duplicate"})
+            e = got["a.jpg"]
+            self.assertEqual(e["source"], f"github:someone/photos@{commit[:8]}:imgs/a.jpg")
+            self.assertEqual((e["license"], e["split"], e["downscale"], e["width"]), ("the owner's terms", "train", 1.25, 400))
+            self.assertEqual([x["file"] for x in m], [x["file"] for x in again], "a second run changed the manifest")
+            self.assertEqual(sum(1 for x in m if x["package"] == "deb"), 1, "Debian's photo was lost")
+            listed = json.loads((cache / "photos/dropped.json").read_text())
+            self.assertIn({"repo": "someone/photos", "file": "debian-twin.jpg", "why": "a duplicate", "detail": "of deb/twin.png"}, listed)
+
+    def test_the_mixed_validation_split_is_fixed_by_name(self):
+        data_fetch.repo_split.imagenet_val = {"n0_a.JPEG"}
+        self.assertEqual(data_fetch.repo_split("EliSchwartz/imagenet-sample-images", "n0_a.JPEG"), "val")
+        self.assertEqual(data_fetch.repo_split("EliSchwartz/imagenet-sample-images", "n1_b.JPEG"), "train")
+        self.assertEqual(data_fetch.repo_split("google/dreambooth", "dog/00.jpg"), "val")
+        self.assertEqual(data_fetch.repo_split("google/dreambooth", "dog2/00.jpg"), "train")
+        self.assertEqual(data_fetch.repo_split("BIDS/BSDS500", "100075.jpg"), "train")
+        self.assertNotIn("302003.jpg", set().union(*[r["exclude"] for k, r in data_fetch.REPOS.items() if k != "BIDS/BSDS500"]))
+        self.assertIn("302003.jpg", data_fetch.REPOS["BIDS/BSDS500"]["exclude"])
+        self.assertTrue(data_fetch.REPOS["BIDS/BSDS500"]["folder"].endswith("/train"), "only BSDS500's train/ may be read")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,6 +1,7 @@
 """Training data: pack the fetched photos into one carryable folder, and sample degraded crops.
 
     /usr/bin/python3 model/data.py pack [--cache DIR] [--out DIR] [--downscale 2]
+    /usr/bin/python3 model/data.py crops --packed .data-r4 --out .data-r4-crops [--side 320] [--max-mb 40]
 
 `pack` writes OUT/{train,val}/*.jpg (quality 95) of every photo downscaled by `--downscale`
 (antialiased): many photos are JPEG/WebP-compressed or soft at full size, and a 2× reduction
@@ -12,7 +13,7 @@ crops (random offset, flip, transpose) so block borders fall everywhere in the p
 the antialiased bicubic 4× downscale of the crop ("bicubic" task) or that plus light blur,
 noise ("real" task).
 """
-import argparse, json, os
+import argparse, io, json, os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,41 @@ def pack(cache, out, downscale=2):
         index.append({**e, "packed": name, "packed_size": [im.width, im.height], "downscale": ds})
     (out / "index.json").write_text(json.dumps(index, indent=1))
     return index
+
+
+def crops(packed, out, side=320, max_mb=40, seed=0):
+    """A carryable training set for a device run (its files travel within 64 MiB in all): random side×side
+    crops of the packed training photos, one per photo in a seeded order until max_mb is reached (then a
+    second round), JPEG q95 as `pack` writes; the validation photos whole. OUT/index.json as `pack`'s, each
+    crop naming its photo. Training draws its smaller crops inside them."""
+    packed, out = Path(packed), Path(out)
+    index = json.loads((packed / "index.json").read_text())
+    rng = np.random.default_rng(seed)
+    train = [e for e in index if e["split"] == "train" and min(e["packed_size"]) >= side]
+    order = rng.permutation(len(train))
+    res, used, budget = [], 0, max_mb * 2 ** 20
+    for e in index:   # the validation photos first, whole: every figure is measured on them
+        if e["split"] != "train":
+            (out / e["split"]).mkdir(parents=True, exist_ok=True)
+            data = (packed / e["packed"]).read_bytes()
+            (out / e["packed"]).write_bytes(data); used += len(data); res.append(e)
+    for rnd in range(4):
+        for i in order:
+            e = train[i]
+            im = Image.open(packed / e["packed"])
+            x, y = int(rng.integers(0, im.width - side + 1)), int(rng.integers(0, im.height - side + 1))
+            buf = io.BytesIO(); im.crop((x, y, x + side, y + side)).save(buf, format="JPEG", quality=95)
+            if used + buf.tell() > budget:
+                break
+            name = f"train/{Path(e['packed']).stem}--{rnd}.jpg"
+            (out / "train").mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(buf.getvalue()); used += buf.tell()
+            res.append({**e, "packed": name, "packed_size": [side, side], "crop_of": e["packed"], "crop_at": [x, y]})
+        else:
+            continue
+        break
+    (out / "index.json").write_text(json.dumps(res, indent=1))
+    return res, used
 
 
 def load_split(folder, split):
@@ -120,10 +156,18 @@ class CropSampler:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["pack"])
+    ap.add_argument("cmd", choices=["pack", "crops"])
+    ap.add_argument("--packed", default=".data-r4", help="crops: the packed folder to cut from")
+    ap.add_argument("--side", type=int, default=320, help="crops: px a side")
+    ap.add_argument("--max-mb", type=float, default=40, help="crops: the folder's size at most (a device run carries 64 MiB in all)")
     ap.add_argument("--cache", default=os.environ.get("INFDIT_DATA", str(Path.home() / ".cache/infdit-data")))
     ap.add_argument("--out", default=".data")
     ap.add_argument("--downscale", type=int, default=2)
     a = ap.parse_args()
-    idx = pack(a.cache, a.out, a.downscale)
-    print(f"packed {len(idx)} photos into {a.out}")
+    if a.cmd == "crops":
+        idx, used = crops(a.packed, a.out, a.side, a.max_mb)
+        print(f"{sum(1 for e in idx if e['split'] == 'train')} training crops of {len({e.get('crop_of') for e in idx if e['split'] == 'train'})} "
+              f"photos and {sum(1 for e in idx if e['split'] != 'train')} validation photos into {a.out} ({used / 2 ** 20:.1f} MiB)")
+    else:
+        idx = pack(a.cache, a.out, a.downscale)
+        print(f"packed {len(idx)} photos into {a.out}")

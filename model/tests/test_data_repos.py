@@ -75,5 +75,29 @@ class CollectReposTest(unittest.TestCase):
         self.assertTrue(data_fetch.REPOS["BIDS/BSDS500"]["folder"].endswith("/train"), "only BSDS500's train/ may be read")
 
 
+class CropsTest(unittest.TestCase):
+    def test_a_carryable_set_within_its_budget(self):
+        import data
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp); (tmp / "p/train").mkdir(parents=True); (tmp / "p/val").mkdir()
+            index = []
+            for i in range(6):
+                photo(i, 500, 400).save(tmp / f"p/train/t{i}.jpg", quality=95)
+                index.append({"packed": f"train/t{i}.jpg", "packed_size": [500, 400], "split": "train", "source": f"s{i}"})
+            photo(9, 600, 400).save(tmp / "p/val/v.jpg", quality=95)
+            index.append({"packed": "val/v.jpg", "packed_size": [600, 400], "split": "val"})
+            (tmp / "p/index.json").write_text(json.dumps(index))
+            val_bytes = (tmp / "p/val/v.jpg").stat().st_size
+            res, used = data.crops(tmp / "p", tmp / "c", side=128, max_mb=(val_bytes + 8 * 9000) / 2 ** 20)
+            files = sum(f.stat().st_size for f in (tmp / "c").rglob("*.jpg"))
+            self.assertEqual(files, used)
+            self.assertLessEqual(used, (val_bytes + 8 * 9000))
+            self.assertEqual((tmp / "c/val/v.jpg").read_bytes(), (tmp / "p/val/v.jpg").read_bytes(), "a validation photo was cut")
+            tr = [e for e in res if e["split"] == "train"]
+            self.assertGreater(len(tr), 0)
+            self.assertTrue(all(Image.open(tmp / "c" / e["packed"]).size == (128, 128) and e["crop_of"].startswith("train/t") for e in tr))
+            self.assertEqual(len(data.load_split(tmp / "c", "train")), len(tr))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,7 +1,7 @@
 """Training data: pack the fetched photos into one carryable folder, and sample degraded crops.
 
     /usr/bin/python3 model/data.py pack [--cache DIR] [--out DIR] [--downscale 2]
-    /usr/bin/python3 model/data.py crops --packed .data-r4 --out .data-r4-crops [--side 320] [--max-mb 40]
+    /usr/bin/python3 model/data.py crops --packed .data-r4 --out .data-r4-crops [--side 256] [--max-mb 40]
 
 `pack` writes OUT/{train,val}/*.jpg (quality 95) of every photo downscaled by `--downscale`
 (antialiased): many photos are JPEG/WebP-compressed or soft at full size, and a 2× reduction
@@ -46,7 +46,7 @@ def pack(cache, out, downscale=2):
     return index
 
 
-def crops(packed, out, side=320, max_mb=40, seed=0):
+def crops(packed, out, side=256, max_mb=40, seed=0):
     """A carryable training set for a device run (its files travel within 64 MiB in all): random side×side
     crops of the packed training photos, one per photo in a seeded order until max_mb is reached (then a
     second round), JPEG q95 as `pack` writes; the validation photos whole. OUT/index.json as `pack`'s, each
@@ -158,7 +158,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["pack", "crops"])
     ap.add_argument("--packed", default=".data-r4", help="crops: the packed folder to cut from")
-    ap.add_argument("--side", type=int, default=320, help="crops: px a side")
+    ap.add_argument("--side", type=int, default=256, help="crops: px a side (the training crop: every packed photo holds one)")
     ap.add_argument("--max-mb", type=float, default=40, help="crops: the folder's size at most (a device run carries 64 MiB in all)")
     ap.add_argument("--cache", default=os.environ.get("INFDIT_DATA", str(Path.home() / ".cache/infdit-data")))
     ap.add_argument("--out", default=".data")

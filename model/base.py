@@ -409,6 +409,62 @@ def cmd_attach(a):
     print(f"wrote {mp.with_suffix('')}.base.onnx and updated {mp}")
 
 
+def cmd_measure(a):
+    """The base alone against Lanczos3 on a split, as evaluate.py measures (the same crops, LR, PSNR,
+    seams at 32/64/128 px, LR-pixel grid ratio, fine-detail energy): clean and JPEG q75 LR (through the
+    released restorer, as the engine reads a JPEG's), at 4x, and at 16x the base applied twice (8-bit
+    between, the cascade's rule). Seconds; no transformer. Prints a line per base and variant."""
+    import io
+    import evaluate as ev
+    from data import load_split, centre_crop, degrade
+    from restore import load as load_restorer, restore_image
+    nets = {Path(c).name if len(a.ckpt) == 1 else f"{i}:{Path(c).name}": load(c) for i, c in enumerate(a.ckpt)}
+    restorer = load_restorer(a.restorer)[0] if a.restorer else None
+    S = a.scale
+    cw, ch = (768, 512) if S == 16 else (512, 384)
+    out = {}
+    for variant in a.variants.split(","):
+        rows = {}
+        for entry, arr in load_split(a.data, a.split)[: a.limit or None]:
+            gt = centre_crop(arr, cw, ch)
+            clean = ev.to_u8(degrade(torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, S))
+            lr = clean
+            if variant != "clean":
+                q = int(variant[4:])
+                buf = io.BytesIO(); Image.fromarray(clean).save(buf, format="JPEG", quality=q)
+                lr = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            seen = restore_image(restorer, lr, q) if variant != "clean" and restorer is not None else lr
+            outs = {"lanczos3": np.asarray(Image.fromarray(lr).resize((cw, ch), Image.LANCZOS))}
+            for name, net in nets.items():
+                y = torch.from_numpy(seen.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+                for _ in range(2 if S == 16 else 1):   # a stage per 4x
+                    y = torch.from_numpy(ev.to_u8(tiled_tensor(net, y)).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+                outs[name] = ev.to_u8(y)
+            for name, img in list(outs.items()) + [("ground_truth", gt)]:
+                r = rows.setdefault(name, {"psnr": [], "seams": 0, "phases": 0, "fine": 0.0})
+                if name != "ground_truth":
+                    r["psnr"].append(ev.psnr(img, gt))
+                r["seams"] = r["seams"] + np.stack([ev.seam_sums(img, p, S) for p in ev.PERIODS])
+                r["phases"] = r["phases"] + ev.phase_sums(img, S)
+                r["fine"] += ev.fine_power(img, S)
+        g = rows["ground_truth"]
+        ref = float(np.mean(rows["lanczos3"]["psnr"]))
+        res = {}
+        for name, r in rows.items():
+            if name == "ground_truth":
+                continue
+            res[name] = {"psnr": float(np.mean(r["psnr"])), "vs_lanczos3": float(np.mean(r["psnr"])) - ref,
+                         "seams": [float(ev.ratio(r["seams"][i]) / ev.ratio(g["seams"][i])) for i in range(len(ev.PERIODS))],
+                         "grid": ev.grid_ratio(r["phases"]) / ev.grid_ratio(g["phases"]), "fine": r["fine"] / g["fine"],
+                         "better_than_lanczos3": int(sum(p > q for p, q in zip(r["psnr"], rows["lanczos3"]["psnr"])))}
+            print(f"{S}x {a.split} {variant:7s} {name:26s} PSNR {res[name]['psnr']:6.2f} dB ({res[name]['vs_lanczos3']:+.2f} vs Lanczos3, "
+                  f"better on {res[name]['better_than_lanczos3']}/{len(r['psnr'])})  seams " + " / ".join(f"{v:.3f}" for v in res[name]["seams"])
+                  + f"  grid {res[name]['grid']:.3f}  fine {res[name]['fine']:.3f}", flush=True)
+        out[variant] = res
+    if a.out:
+        Path(a.out).write_text(json.dumps({"split": a.split, "scale": S, "ckpts": a.ckpt, "restorer": a.restorer, "results": out}, indent=1))
+
+
 FIXTURE_TILE, FIXTURE_HALO = 32, 16
 
 
@@ -455,10 +511,15 @@ def main():
     p.add_argument("--ckpt", required=True); p.add_argument("--manifest", required=True)
     p.add_argument("--notes", help="JSON file of provenance notes (teacher, data, figures) for the manifest")
     sub.add_parser("fixture", help="test/fixtures/tiny-base.*")
+    p = sub.add_parser("measure", help="the base alone against Lanczos3 on a split (evaluate.py's measures), no transformer")
+    p.add_argument("--ckpt", action="append", required=True, help="a base checkpoint or SAFMN++ .pth (repeat to compare)")
+    p.add_argument("--data", default=".data"); p.add_argument("--split", default="val"); p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--scale", type=int, default=4, choices=(4, 16)); p.add_argument("--variants", default="clean,jpeg75")
+    p.add_argument("--restorer", default="model/release/infdit-s4.restore.ckpt.pt"); p.add_argument("--out")
     a = ap.parse_args()
     from train import all_cores   # here, not at the top: train imports this module
     torch.set_num_threads(all_cores())   # torch 1.13 here defaults to 1
-    {"set5": cmd_set5, "halo": cmd_halo, "distill": cmd_distill, "attach": cmd_attach, "fixture": cmd_fixture}[a.cmd](a)
+    {"set5": cmd_set5, "halo": cmd_halo, "distill": cmd_distill, "attach": cmd_attach, "fixture": cmd_fixture, "measure": cmd_measure}[a.cmd](a)
 
 
 if __name__ == "__main__":

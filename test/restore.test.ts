@@ -86,7 +86,8 @@ test('a malformed restorer in a manifest is refused, naming the field', () => {
   const edit = (f: (m: any) => void) => { const m = structuredClone(base); f(m); return () => validateManifest(m); };
   assert.throws(edit(m => { m.restorer.tile = 0; }), /"restorer" must be \{enabled: true, graph: "restore", tile/);
   assert.throws(edit(m => { m.restorer.halo = -1; }), /"restorer"/);
-  assert.throws(edit(m => { m.graphs.pop(); }), /"graphs" must list \[input,layer0,.*,layer7,restore\]/);
-  assert.throws(edit(m => { delete m.restorer; }), /"graphs" must list \[input,layer0,.*,layer7\] in that order/);
+  // the release's graphs end restore, base (the base super-resolver, since 2026-12-07)
+  assert.throws(edit(m => { m.graphs.splice(-2, 1); }), /"graphs" must list \[input,layer0,.*,layer7,restore,base\]/);
+  assert.throws(edit(m => { delete m.restorer; }), /"graphs" must list \[input,layer0,.*,layer7,base\] in that order/);
   validateManifest(structuredClone(base));
 });

@@ -9,11 +9,13 @@
  *
  *   node --import tsx bench/screen.ts [--models model/release/infdit-s4.json[,other.json…]]
  *        [--workers 1,2] [--fill off,on] [--batch 8[,16…]] [--photo 8000x6000] [--at 0.6,0.7] [--screen 1920x1080] [--no-graphs]
+ *        [--overlap N] [--previews off]
  *
  * --workers: --model-workers values (1: the default).
  * modelBusy: the model threads' summed time in block evaluations over the wall time (2 = two threads busy).
  * secondsAllPreviews: every tile of the view asked as a preview at once, as the viewer does, until all are
- * answered; previews: what they were (base, lanczos). baseShare: the base's part of the model threads' time.
+ * answered; previews: what they were (base, lanczos). baseTiles: the base's windows computed (each ~0.13 s on
+ * 2 cores, bench/base.ts).
  * Prints figures (JSON, kept in bench/results/); never fails on time.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -37,6 +39,11 @@ const screen = /^(\d+)x(\d+)$/.exec(arg('--screen', '1920x1080')) ?? fail(`--scr
 const at = arg('--at', '0.6,0.7').split(',').map(Number);
 if (at.length !== 2 || !at.every(f => f >= 0 && f <= 1)) fail(`--at takes fx,fy, fractions of the output from 0 to 1, got "${arg('--at', '')}"`);
 const log = (s: string) => process.stderr.write(s + '\n');
+// --overlap N: the server's --tile-overlap (default: its own, 1); --previews off: ask no previews (the
+// figures before the base: what the previews' base tiles cost the screenful)
+const overlap = arg('--overlap', '');
+if (overlap && !/^\d{1,2}$/.test(overlap)) fail(`--overlap takes a --tile-overlap in px, got "${overlap}"`);
+const askPreviews = arg('--previews', 'on') !== 'off';
 
 const photo = await sharp(readFileSync(join(ROOT, 'viewer/demo.jpg'))).resize(Number(size[1]), Number(size[2]), { kernel: 'lanczos3', fit: 'fill' }).jpeg({ quality: 92 }).toBuffer();
 const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
@@ -44,7 +51,7 @@ const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
 async function one(model: string, w: number, fill: boolean, batch: number) {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-bench-screen-'));
   const { proc, base } = await spawnServe(['--model', model, '--data-dir', dataDir, '--demo', 'false', '--model-workers', String(w), '--batch', String(batch),
-    ...(fill ? [] : ['--no-background-fill'])]);
+    ...(fill ? [] : ['--no-background-fill']), ...(overlap ? ['--tile-overlap', overlap] : [])]);
   try {
     const fd = new FormData();
     fd.append('image', new Blob([new Uint8Array(photo)]), 'screen.jpg');
@@ -67,7 +74,7 @@ async function one(model: string, w: number, fill: boolean, batch: number) {
     // what a person sees first: every tile of the view asked as its preview at once, as the bundled
     // viewer does; seconds until all are answered, and what they were (the base, or Lanczos3)
     const kinds: Record<string, number> = {};
-    const previews = Promise.all(tiles.map(async ([L, c, r]) => {
+    const previews = Promise.all((askPreviews ? tiles : []).map(async ([L, c, r]) => {
       const res = await fetch(`${base}/images/${id}_files/${L}/${c}_${r}.${st.format}?preview=1`);
       await res.arrayBuffer();
       const k = res.headers.get('x-infdit-preview') ?? res.headers.get('x-infdit-tile') ?? '?';
@@ -97,9 +104,8 @@ async function one(model: string, w: number, fill: boolean, batch: number) {
     return { model: model.replace(ROOT + '/', ''), modelId: st.model.id, modelWorkers: w, batch, backgroundFill: fill, tiles: tiles.length,
       secondsAllPreviews: +previewSecs.toFixed(2), previews: kinds,
       secondsAllFinal: +secs.toFixed(2), firstTile: +firstAt[0].toFixed(2), layerSteps: nodes, fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0,
-      // the base's share of the model threads' time over the screenful (its tiles: previews, and up(LR) over the base)
+      // the base's tiles made for the screenful (previews, and up(LR) over the base); their cost: bench/base.ts's per window
       baseTiles: st.engine.base.tiles - before.base.tiles,
-      baseShare: +((st.engine.base.ms - before.base.ms) / Math.max(1, st.engine.base.ms - before.base.ms + st.engine.modelMs - before.modelMs)).toFixed(3),
       modelBusy: +((st.engine.modelMs - before.modelMs) / 1000 / secs).toFixed(3), msPerLayerStep: +(secs * 1000 / nodes).toFixed(2) };
   } finally {
     proc.kill('SIGTERM');

@@ -341,7 +341,8 @@ export class ImageService {
       engine: { ...e.render!.stages.reduce((a, st) => ({ nodes: a.nodes + st.stats.nodes, calls: a.calls + st.stats.calls, reruns: a.reruns + st.stats.reruns,
         modelMs: a.modelMs + Math.round(st.stats.modelMs), byClass: mergeCounts(a.byClass, st.stats.byClass) }), { nodes: 0, calls: 0, reruns: 0, modelMs: 0, byClass: {} as Record<number, number> }),
         wanted: this.demand(e, 0),
-        // the base super-resolver's tiles (previews, and up(LR) of a model over it) and the model thread's time in them
+        // the base super-resolver's tiles (previews, and up(LR) of a model over it) and its calls' summed time (calls
+        // queued side by side overlap: not a share of the CPU; bench/base.ts times one window alone)
         base: { tiles: e.render!.bases.reduce((a, b) => a + b.computed, 0), ms: Math.round(e.render!.bases.reduce((a, b) => a + b.ms, 0)) } },
     };
   }

@@ -27,7 +27,7 @@ export function accessControl(cfg: Config) {
   const cors: RequestHandler = (req, res, next) => {
     if (READS.has(req.method) || req.method === 'OPTIONS') {
       res.set('Access-Control-Allow-Origin', '*');
-      res.set('Access-Control-Expose-Headers', 'ETag, X-Infdit-Tile');
+      res.set('Access-Control-Expose-Headers', 'ETag, X-Infdit-Tile, X-Infdit-Preview');
     }
     if (req.method === 'OPTIONS') { res.set('Access-Control-Allow-Methods', 'GET, HEAD').status(204).end(); return; }
     next();

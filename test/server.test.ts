@@ -184,6 +184,7 @@ test('previews: the base super-resolver where the model has one (its own pixels 
   const url = `/images/${up.body.id}_files/${st.body.maxLevel}/1_0.png`;
   const pre = await request(a).get(url + '?preview=1').expect(200);
   assert.equal(pre.headers['x-infdit-preview'], 'base');
+  assert.match(pre.headers['access-control-expose-headers'], /X-Infdit-Preview/, 'a page on another origin cannot read which preview it got');
   // at the model's own 4× the preview is the base's pixels, unresized: tile (1,0) of 64 px with its 1-px
   // overlap is x 63..129, y 0..64
   const lr = await sharp(img).raw().toBuffer({ resolveWithObject: true });

@@ -11,7 +11,7 @@ from test_train import make_split, TCMALLOC  # noqa: E402
 def speed(*args):
     env = dict(os.environ, **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
     return subprocess.run([sys.executable, str(MODEL / "speed.py"), "--device", "cpu", *args], cwd=MODEL.parent,
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=3600)
 
 
 class SpeedProbeTest(unittest.TestCase):
@@ -27,9 +27,11 @@ class SpeedProbeTest(unittest.TestCase):
             index = (data / "index.json").read_text().replace('"split": "train", "packed": "train/synthetic-1.png"',
                                                               '"split": "val", "packed": "train/synthetic-1.png"')
             (data / "index.json").write_text(index)
-            # --crop 128: train.py's crops, 2 blocks a side (the seam loss needs a boundary inside)
+            # --crop 128: train.py's crops, 2 blocks a side (the seam loss needs a boundary inside). --seconds and
+            # --per-variant are a GPU's limits: here no assertion may depend on how fast this CPU is (a fresh,
+            # slower machine ran out of the 120 s a variant had and printed no figure)
             r = speed("--data", str(data), "--ckpt", str(Path(tmp) / "ck"), "--variants", "1:fold:auto,1:mask:auto:compile",
-                      "--skip", "1", "--steps", "1", "--per-variant", "120", "--seconds", "300", "--crop", "128")
+                      "--skip", "1", "--steps", "1", "--per-variant", "100000", "--seconds", "100000", "--crop", "128")
             self.assertEqual(r.returncode, 0, (r.stdout + r.stderr)[-3000:])
             self.assertRegex(r.stdout, r"evaluation path on cpu, bias fold: max \|Δ\| vs CPU [0-9.e+-]+")
             self.assertRegex(r.stdout, r"batch 1 bias fold sdpa auto: [0-9.]+ crops/s")

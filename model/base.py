@@ -22,8 +22,8 @@ never depend on which block asked first, batching, caching or the machine's thre
 chosen (`halo`) so that the tiled base is within 1/255 of the whole-image computation inside the
 image, and no tile border shows.
 
-The engine runs the exported graph (one window per batch item) in the model thread
-(lib/engine/base.ts); `tiled()` here is its reference.
+The engine runs the exported graph (`BaseWindow`, one window per call) in the model thread
+(lib/engine/base.ts); `tiled_tensor()` here is its reference.
 """
 import argparse, copy, json, math, sys, time
 from dataclasses import dataclass, asdict
@@ -38,8 +38,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 
 # LR pixels; lib/engine/base.ts reads them from the manifest. HALO 24: SAFMN++'s tiled output within
-# 0.45/255 of the whole image's (16: 2.6/255; `halo`); TILE 128: a window costs (128+48)²/128² = 1.89x
-# its tile (64: 3.06x), and a deepest-zoom DZI tile (256 px at 4x) needs one to four windows.
+# 0.54/255 of the whole image's, the shipped student's 0.15/255 (16: 1.87 and 0.73; `halo`,
+# model/results/base-halo-*.txt); TILE 128: a window costs (128+48)²/128² = 1.89x its tile (64: 3.06x),
+# and a deepest-zoom DZI tile (256 px at 4x) needs one to four windows.
 TILE, HALO, CELL = 128, 24, 8
 
 
@@ -53,10 +54,8 @@ class BaseConfig:
 
 
 SIZES = {
-    # NTIRE 2024 ESR entry "SAFMN++" (team 23): 0.24 M parameters
+    # NTIRE 2024 ESR entry "SAFMN++" (team 23): 0.21 M parameters
     "safmnpp": BaseConfig(),
-    # the same shape at a third of the cost, for a distilled student
-    "safmnpp-s": BaseConfig(dim=24, blocks=5, ffn=1.5, pooled=3),
 }
 
 
@@ -141,12 +140,10 @@ def load(path, size=None):
     """A BaseNet from a released/distilled checkpoint ({"config", "ema"}) or a SAFMN++ .pth."""
     st = torch.load(path, map_location="cpu")
     if "config" in st:
-        net = BaseNet(BaseConfig(**st["config"]))
-        net.load_state_dict(st["ema"])
-    else:
-        net = BaseNet(SIZES[size or "safmnpp"])
-        net.load_state_dict(from_safmnpp(st))
-    return net.eval()
+        return from_state(st)
+    net = BaseNet(SIZES[size or "safmnpp"])
+    net.load_state_dict(from_safmnpp(st))
+    return net.eval().requires_grad_(False)
 
 
 def tiled_tensor(net, lr, tile=TILE, halo=HALO, batch=8):
@@ -158,11 +155,11 @@ def tiled_tensor(net, lr, tile=TILE, halo=HALO, batch=8):
     pad = F.pad(lr, (halo, tx * tile - W + halo, halo, ty * tile - H + halo), mode="replicate")
     out = lr.new_empty(n, 3, ty * tile * s, tx * tile * s)
     win = [(i, r, c) for i in range(n) for r in range(ty) for c in range(tx)]
+    graph = BaseWindow(net, tile, halo)
     with torch.no_grad():
         for k in range(0, len(win), batch):
             part = win[k:k + batch]
-            x = torch.stack([pad[i, :, r * tile:r * tile + S, c * tile:c * tile + S] for i, r, c in part])
-            y = net((x + 1) * 0.5)[:, :, halo * s:(halo + tile) * s, halo * s:(halo + tile) * s] * 2 - 1
+            y = graph(torch.stack([pad[i, :, r * tile:r * tile + S, c * tile:c * tile + S] for i, r, c in part]))
             for j, (i, r, c) in enumerate(part):
                 out[i, :, r * tile * s:(r + 1) * tile * s, c * tile * s:(c + 1) * tile * s] = y[j]
     return out[:, :, :H * s, :W * s]
@@ -172,6 +169,16 @@ def tiled(net, lr_u8, tile=TILE, halo=HALO, batch=8):
     """HWC uint8 LR -> (3, sH, sW) float32 in [0,1] units (not clamped): tiled_tensor on the engine's pixels."""
     x = torch.from_numpy(np.ascontiguousarray(lr_u8)).permute(2, 0, 1)[None].float() / 127.5 - 1
     return (tiled_tensor(net, x, tile, halo, batch)[0] + 1) * 0.5
+
+
+def cascade(net, lr, stages):
+    """The base at each stage of a cascade, as the engine runs it: lr (1,3,h,w) in [-1,1] -> the last stage's
+    output in [-1,1], each earlier stage's rounded to 8 bits (the next stage's LR is pixels)."""
+    from network import to_8bit
+    y = tiled_tensor(net, lr)
+    for _ in range(stages - 1):
+        y = tiled_tensor(net, to_8bit(y))
+    return y
 
 
 def crop_up(net, lr, halo=HALO):
@@ -235,19 +242,12 @@ def cmd_set5(a):
     print(f"Set5 x4 mean (Y, shave 4): base {np.mean([r[1] for r in rows]):.3f} dB, bicubic {np.mean([r[2] for r in rows]):.3f} dB")
 
 
-def lr_of(arr, scale=4):
-    """The clean LR of a ground-truth photo as the project makes it (data.degrade, rounded to 8 bits)."""
-    from data import degrade
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    lr = degrade(t, scale)
-    return torch.floor((lr[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).numpy()
-
-
 def cmd_halo(a):
     """Largest |tiled - whole| (in 1/255) inside the image, per halo, on the validation crops."""
     from data import load_split, centre_crop
+    from restore import clean_lr
     net = load(a.ckpt, a.size)
-    imgs = [lr_of(centre_crop(arr, 512, 384)) for _, arr in load_split(a.data, a.split)][: a.n]
+    imgs = [clean_lr(centre_crop(arr, 512, 384)) for _, arr in load_split(a.data, a.split)][: a.n]
     for halo in [int(h) for h in a.halos.split(",")]:
         worst, mean = 0.0, []
         for lr in imgs:
@@ -260,24 +260,17 @@ def cmd_halo(a):
               f"(window cost {(a.tile + 2 * halo) ** 2 / a.tile ** 2:.2f}x)")
 
 
-def psnr(a, b):
-    return float(10 * np.log10(1.0 / max(float(((a - b) ** 2).mean()), 1e-12)))
-
-
 def val_set(data, split="val", n=None):
-    """(LR uint8, GT (3,H,W) in [0,1]) of the evaluation crops (evaluate.py's centred 512x384)."""
+    """(LR, ground truth), both HWC uint8, of the evaluation crops (evaluate.py's centred 512x384)."""
     from data import load_split, centre_crop
-    out = []
-    for _, arr in load_split(data, split)[:n]:
-        gt = centre_crop(arr, 512, 384)
-        out.append((lr_of(gt), torch.from_numpy(np.ascontiguousarray(gt)).permute(2, 0, 1).float() / 255))
-    return out
+    from restore import clean_lr
+    return [(clean_lr(gt), gt) for gt in (centre_crop(arr, 512, 384) for _, arr in load_split(data, split)[:n])]
 
 
 def measure(net, crops):
-    """Mean PSNR (RGB, [0,1] clamped, after 8-bit rounding as served) of the tiled base over crops."""
-    return float(np.mean([psnr(torch.from_numpy(to_u8(tiled(net, lr)).copy()).permute(2, 0, 1).float() / 255, gt)
-                          for lr, gt in crops]))
+    """Mean PSNR (RGB, after 8-bit rounding as served) of the tiled base over crops."""
+    from evaluate import psnr
+    return float(np.mean([psnr(to_u8(tiled(net, lr)), gt) for lr, gt in crops]))
 
 
 def cmd_distill(a):
@@ -314,6 +307,7 @@ def cmd_distill(a):
         tmp = ck / (name + ".tmp"); torch.save(st, tmp); tmp.replace(ck / name)
 
     t_eval = t_save = time.time()
+    logged = spent   # the training time at the last log line: its crops/s are since then
     while spent < total:
         t0 = time.time()
         hr = sampler.sample(a.batch)                                   # [-1,1]
@@ -335,9 +329,9 @@ def cmd_distill(a):
                 pe.mul_(d).add_(pn, alpha=1 - d)
         step += 1; spent += time.time() - t0
         if step % 20 == 0:
-            print(f"step {step:6d}  loss {loss.item():.5f}  {a.batch * 20 / max(1e-9, spent - getattr(cmd_distill, 'last', 0)):.1f} crops/s  "
+            print(f"step {step:6d}  loss {loss.item():.5f}  {a.batch * 20 / max(1e-9, spent - logged):.1f} crops/s  "
                   f"{spent / 60:.1f}/{a.minutes} min", flush=True)
-            cmd_distill.last = spent
+            logged = spent
         if time.time() - t_save > 120:   # a killed run loses two minutes at most
             save("last.pt"); t_save = time.time()
         if time.time() - t_eval > a.eval_every * 60 or spent >= total:
@@ -436,10 +430,8 @@ def cmd_measure(a):
             seen = restore_image(restorer, lr, q) if variant != "clean" and restorer is not None else lr
             outs = {"lanczos3": np.asarray(Image.fromarray(lr).resize((cw, ch), Image.LANCZOS))}
             for name, net in nets.items():
-                y = torch.from_numpy(seen.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-                for _ in range(2 if S == 16 else 1):   # a stage per 4x
-                    y = torch.from_numpy(ev.to_u8(tiled_tensor(net, y)).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-                outs[name] = ev.to_u8(y)
+                lr_t = torch.from_numpy(seen.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+                outs[name] = ev.to_u8(cascade(net, lr_t, 2 if S == 16 else 1))
             for name, img in list(outs.items()) + [("ground_truth", gt)]:
                 r = rows.setdefault(name, {"psnr": [], "seams": 0, "phases": 0, "fine": 0.0})
                 if name != "ground_truth":

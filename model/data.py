@@ -62,21 +62,17 @@ def crops(packed, out, side=256, max_mb=40, seed=0):
             (out / e["split"]).mkdir(parents=True, exist_ok=True)
             data = (packed / e["packed"]).read_bytes()
             (out / e["packed"]).write_bytes(data); used += len(data); res.append(e)
-    for rnd in range(4):
-        for i in order:
-            e = train[i]
-            im = Image.open(packed / e["packed"])
-            x, y = int(rng.integers(0, im.width - side + 1)), int(rng.integers(0, im.height - side + 1))
-            buf = io.BytesIO(); im.crop((x, y, x + side, y + side)).save(buf, format="JPEG", quality=95)
-            if used + buf.tell() > budget:
-                break
-            name = f"train/{Path(e['packed']).stem}--{rnd}.jpg"
-            (out / "train").mkdir(parents=True, exist_ok=True)
-            (out / name).write_bytes(buf.getvalue()); used += buf.tell()
-            res.append({**e, "packed": name, "packed_size": [side, side], "crop_of": e["packed"], "crop_at": [x, y]})
-        else:
-            continue
-        break
+    for rnd, i in ((rnd, i) for rnd in range(4) for i in order):   # a crop per photo, round after round
+        e = train[i]
+        im = Image.open(packed / e["packed"])
+        x, y = int(rng.integers(0, im.width - side + 1)), int(rng.integers(0, im.height - side + 1))
+        buf = io.BytesIO(); im.crop((x, y, x + side, y + side)).save(buf, format="JPEG", quality=95)
+        if used + buf.tell() > budget:
+            break
+        name = f"train/{Path(e['packed']).stem}--{rnd}.jpg"
+        (out / "train").mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(buf.getvalue()); used += buf.tell()
+        res.append({**e, "packed": name, "packed_size": [side, side], "crop_of": e["packed"], "crop_at": [x, y]})
     (out / "index.json").write_text(json.dumps(res, indent=1))
     return res, used
 

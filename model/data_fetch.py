@@ -125,9 +125,15 @@ def same_photo(a, b, near):
     return int((a[0] != b[0]).sum()) <= near and float(np.abs(a[1] - b[1]).mean()) < 6
 
 
-def repo_split(repo, name):
+def imagenet_val(names):
+    """The ImageNet samples of the mixed validation split: every VAL_IMAGENET_EVERY-th by file name."""
+    return set(sorted(names)[::VAL_IMAGENET_EVERY])
+
+
+def repo_split(repo, name, imagenet=frozenset()):
+    """A repository photo's split; `imagenet`: imagenet_val of the ImageNet samples' names."""
     if repo == "EliSchwartz/imagenet-sample-images":
-        return "val" if name in repo_split.imagenet_val else "train"
+        return "val" if name in imagenet else "train"
     if repo == "google/dreambooth":
         return "val" if name.split("/")[0] in VAL_DREAMBOOTH else "train"
     return "train"
@@ -159,8 +165,7 @@ def collect_repos(cache, mirrors, near=12):
             subprocess.run(["tar", "-x", "-C", str(tmp)], input=arch, check=True)
             tmp.rename(dest)
         files = sorted(dest.glob(src["glob"]))
-        if repo == "EliSchwartz/imagenet-sample-images":
-            repo_split.imagenet_val = {f.name for f in files[::VAL_IMAGENET_EVERY]}
+        val = imagenet_val(f.name for f in files) if repo == "EliSchwartz/imagenet-sample-images" else frozenset()
         for f in files:
             rel = str(f.relative_to(dest))
             if f.name in src["exclude"]:
@@ -178,7 +183,7 @@ def collect_repos(cache, mirrors, near=12):
             digests.add(d); hashes.append(hsh); names.append(f"{dest.name}/{rel}")
             manifest.append({"file": f"{dest.name}/{rel}", "width": w, "height": h, "package": f"repo:{repo}",
                              "source": f"github:{repo}@{src['commit'][:8]}:{(src['folder'] + '/' if src['folder'] else '') + rel}",
-                             "license": src["terms"], "split": repo_split(repo, rel), "downscale": src["downscale"]})
+                             "license": src["terms"], "split": repo_split(repo, rel, val), "downscale": src["downscale"]})
     mf.write_text(json.dumps(manifest, indent=1))
     (photos / "dropped.json").write_text(json.dumps([{"repo": r, "file": f, "why": y, "detail": d} for r, f, y, d in dropped], indent=1))
     return manifest, dropped

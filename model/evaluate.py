@@ -251,12 +251,9 @@ def main():
             jq = jpeg_level(torch.tensor([told])).to(dev) if cfg.jpeg_cond else None
             outs = {"bicubic": to_u8(upsample(lr, S)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.LANCZOS))}
-            if base_net is not None:
-                from base import tiled_tensor
-                y = lr
-                for _ in range(stages):   # the engine's base at each stage, 8-bit pixels between
-                    y = torch.from_numpy(to_u8(tiled_tensor(base_net, y)).copy()).permute(2, 0, 1)[None].float().to(dev) / 127.5 - 1
-                outs["base"] = to_u8(y)
+            if base_net is not None:   # the engine's base at each stage, 8-bit pixels between
+                from base import cascade
+                outs["base"] = to_u8(cascade(base_net, lr, stages))
             if model_u8 is not lr_u8:
                 outs["restored-lanczos3"] = np.asarray(Image.fromarray(model_u8).resize((cw, ch), Image.LANCZOS))
             runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" and not a.no_ablation else [])

@@ -584,6 +584,11 @@ class InfDiT(nn.Module):
 
 # --------------------------------------------------------------------------- image <-> blocks
 
+def to_8bit(t):
+    """Pixels in [-1,1] rounded to the 256 values the engine's 8-bit pixels take (an LR the engine reads)."""
+    return torch.round((t.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+
+
 def upsample(lr, scale):
     """The bicubic upsample both paths and the engine agree on: PyTorch's bicubic
     (a = -0.75, half-pixel centres, edge-clamped), which lib/ reimplements exactly."""

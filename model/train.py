@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import network
-from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss, phase_loss
+from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss, phase_loss, to_8bit
 from base import state_of as base_state, from_state as base_from_state, load as load_base
 from data import load_split, CropSampler, degrade
 from degrade import RECIPE
@@ -298,7 +298,7 @@ def main(argv=None):
         sigma = sample_sigma(a.batch, a, gen, dev)
         noise = torch.randn(hr.shape, generator=gen_dev, device=dev)
         if cfg.up == "base":   # the base reads 8-bit pixels, as the engine hands it the photo
-            lr_img = torch.round((lr_img.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+            lr_img = to_8bit(lr_img)
         up = model.up_of(lr_img, crops=True)
         x = up + (hr - up) + sigma[:, None, None, None] * noise if cfg.target == "residual" else hr + sigma[:, None, None, None] * noise
         # random absolute position: the rotary embedding must work anywhere in a huge image
@@ -376,12 +376,12 @@ def stage1_output(model, hr, cfg, sigma_max, gen, amp):
     (data.degrade's clean bicubic), through the model's fidelity preset (one evaluation from up(LR) +
     σ_max·ε, which is the denoiser's output), rounded to uint8 as the engine's pixels are."""
     lr1 = degrade(hr, cfg.scale ** 2)
-    lr1 = torch.round((lr1.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1 if cfg.up == "base" else lr1   # the base sees 8-bit LR
+    lr1 = to_8bit(lr1) if cfg.up == "base" else lr1   # the base sees 8-bit LR
     up = model.up_of(lr1, crops=True)
     x = up + sigma_max * torch.randn(up.shape, generator=gen, device=up.device)
     with torch.autocast(device_type=hr.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
         out = model.forward_image(x, lr1, torch.full((hr.shape[0],), sigma_max, device=hr.device), up=up)
-    return (torch.round((out.float().clamp(-1, 1) + 1) * 127.5) / 127.5 - 1)
+    return to_8bit(out.float())
 
 
 def sdpa_backend(name):

@@ -49,19 +49,18 @@ const ABOUT: Record<Command, string> = {
   worker: 'infdit worker --queue redis://HOST:PORT [options] — generate region jobs for renders and servers that use the same --queue',
 };
 /** The schema describes settings as the server uses them; where a command uses one otherwise, its help says so. */
+const MODEL_WORKERS = 'model threads, each with its own onnxruntime sessions and threads ÷ model-workers (at least 1) intra-op threads, running batches side by side';
+const ORT_SPINNING = "let onnxruntime's threads spin between calls (faster small batches)";
 const NOTES: Record<Command, HelpNotes> = {
   serve: {},
   render: {
     dataDir: { describe: 'where the render keeps finished blocks and tiles, so a killed render resumes', default: '<out>/.infdit-cache' },
     modelNice: { describe: "nice value of the model's threads (0: equal with other processes)" },
-    modelWorkers: { describe: 'model threads, each with its own onnxruntime sessions and threads ÷ model-workers (at least 1) intra-op threads, running batches side by side (2 made a screenful 1.29× faster on 2 cores)' },
+    modelWorkers: { describe: `${MODEL_WORKERS} (2 made a screenful 1.29× faster on 2 cores)` },
     uploadMaxPixels: { describe: 'largest INPUT in pixels' },
-    ortSpinning: { describe: "let onnxruntime's threads spin between calls (faster small batches)" },
+    ortSpinning: { describe: ORT_SPINNING },
   },
-  worker: {
-    modelWorkers: { describe: 'model threads, each with its own onnxruntime sessions and threads ÷ model-workers (at least 1) intra-op threads, running batches side by side' },
-    ortSpinning: { describe: "let onnxruntime's threads spin between calls (faster small batches)" },
-  },
+  worker: { modelWorkers: { describe: MODEL_WORKERS }, ortSpinning: { describe: ORT_SPINNING } },
 };
 const commandHelp = (cmd: Command) => `${ABOUT[cmd]}
 

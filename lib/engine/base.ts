@@ -10,7 +10,7 @@
  * asked first, on what was evicted, or on the batch. Computed lazily, a tile at a time, in the
  * model thread; the tiles live in an LRU bounded in bytes, an evicted one is made again.
  */
-import { LRUCache } from 'lru-cache';
+import { TileCache } from './tilecache.js';
 import type { LRSource, RequestOptions } from './engine.js';
 import { ModelError, type Model } from './model.js';
 import { toPlanar, fromPlanar } from './pixels.js';
@@ -18,8 +18,7 @@ import { toPlanar, fromPlanar } from './pixels.js';
 export class BaseUp {
   readonly tile: number; readonly halo: number; readonly scale: number;
   private readonly gi: number;
-  private cache: LRUCache<number, Float32Array>;
-  private inflight = new Map<number, Promise<Float32Array>>();
+  private tiles: TileCache<Float32Array, number | undefined>;
   /** Tiles computed (an evicted tile made again counts again), and the model thread's time in them (ms). */
   computed = 0;
   ms = 0;
@@ -30,7 +29,9 @@ export class BaseUp {
     this.tile = b.tile; this.halo = b.halo; this.scale = model.manifest.scale;
     this.gi = model.manifest.graphs.findIndex(g => g.name === b.graph);
     const tileBytes = 3 * (this.scale * this.tile) ** 2 * 4;
-    this.cache = new LRUCache({ maxSize: Math.max(cacheBytes, 4 * tileBytes), sizeCalculation: v => v.byteLength });
+    // the tile is shared by whoever asks next: its making reads the LR at the first asker's priority, never
+    // with its abort
+    this.tiles = new TileCache(Math.max(cacheBytes, 4 * tileBytes), (r, c, priority) => this.compute(r, c, { priority }));
   }
 
   /** Output width and height: the LR's times the scale. */
@@ -48,7 +49,7 @@ export class BaseUp {
     const tiles = new Map<number, Float32Array>();
     const keys: number[] = [];
     for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) keys.push(r * 65536 + c);
-    await Promise.all(keys.map(async k => { tiles.set(k, await this.tileAt(Math.floor(k / 65536), k % 65536, opt)); }));
+    await Promise.all(keys.map(async k => { tiles.set(k, await this.tiles.get(Math.floor(k / 65536), k % 65536, opt.priority)); }));
     const out = new Float32Array(3 * w * h), TT = T * T;
     for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) {
       const t = tiles.get(r * 65536 + c)!;
@@ -64,18 +65,6 @@ export class BaseUp {
   /** HWC uint8 of the same (the pixels a preview shows), rounded as every final pixel is. */
   async pixels(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<Uint8Array> {
     return fromPlanar(await this.region(x0, y0, w, h, opt));
-  }
-
-  private tileAt(r: number, c: number, opt: RequestOptions): Promise<Float32Array> {
-    const k = r * 65536 + c, hit = this.cache.get(k);
-    if (hit) return Promise.resolve(hit);
-    let p = this.inflight.get(k);
-    if (!p) {
-      // the tile is shared by whoever asks next: the first asker's abort must not cancel it
-      p = this.compute(r, c, { priority: opt.priority }).then(t => { this.cache.set(k, t); return t; }).finally(() => this.inflight.delete(k));
-      this.inflight.set(k, p);
-    }
-    return p;
   }
 
   private async compute(r: number, c: number, opt: RequestOptions) {

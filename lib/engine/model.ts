@@ -271,8 +271,9 @@ class WorkerRunner implements GraphRunner {
 /** A model thread with its own sessions of the graphs, checked against the manifest before any call. */
 async function startWorker(manifest: Manifest, files: string[], options: ort.InferenceSession.SessionOptions, opts: ModelOptions) {
   const w = new Worker(new URL('./model-worker.js', import.meta.url), {
-    workerData: { files, options, nice: opts.nice ?? 10, warm: opts.warm ?? 0, // the restorer's and the base's graphs always run one window per call (their bytes must not depend on a batch)
-    graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs, single: g.name === 'restore' || g.name === 'base' })) },
+    workerData: { files, options, nice: opts.nice ?? 10, warm: opts.warm ?? 0,
+      // the restorer's and the base's graphs always run one window per call (their bytes must not depend on a batch)
+      graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs, single: g.name === 'restore' || g.name === 'base' })) },
   });
   // The worker's sessions report what the graphs really take and give: checked here before any
   // call (the worker only warms up after the check).

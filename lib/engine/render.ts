@@ -58,10 +58,8 @@ export class Render {
   readonly halveOutput: boolean;
   readonly kv: KVStore;
   readonly plan: SamplerPlan;
-  /** The base over stage 1's LR (a model with a base whose graphs run here): the previews', and the
-   *  transformer's up(LR) when the model was trained over it. */
-  readonly base?: BaseUp;
-  /** Every stage's base (stage 1's, and later stages' for a model over the base). */
+  /** Every stage's base (a model with a base whose graphs run here): stage 1's, and later stages' for a
+   *  model trained over the base. */
   readonly bases: BaseUp[] = [];
 
   constructor(readonly o: RenderOptions) {
@@ -87,7 +85,6 @@ export class Render {
       const jq = s === 1 ? level : 0;
       // the base of each stage reads that stage's LR (after the restorer: restorer, base, transformer)
       const base = withBase && (s === 1 || m.up === 'base') ? new BaseUp(o.model, lr, o.baseBytes) : undefined;
-      if (s === 1) this.base = base;
       if (base) this.bases.push(base);
       const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb, jq,
         base: m.up === 'base' ? base : undefined });
@@ -100,6 +97,9 @@ export class Render {
   }
 
   get last() { return this.stages[this.stages.length - 1]; }
+
+  /** The base over stage 1's LR: the previews', and the transformer's up(LR) for a model trained over it. */
+  get base(): BaseUp | undefined { return this.bases[0]; }
 
   /** Final output pixels (HWC uint8) of a rectangle inside the output image. */
   async region(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<RGBImage> {

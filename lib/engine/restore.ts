@@ -8,7 +8,7 @@
  * window, one tile per call: the bytes do not depend on which region asked first, on batching or on
  * what was evicted. Restored tiles live in an LRU bounded in bytes; an evicted one is recomputed.
  */
-import { LRUCache } from 'lru-cache';
+import { TileCache } from './tilecache.js';
 import { AbortError, type LRSource, type RequestOptions } from './engine.js';
 import type { Model } from './model.js';
 import { toPlanar, fromPlanar, type PixelSource } from './pixels.js';
@@ -34,8 +34,7 @@ export class RestoredLR implements LRSource {
   private readonly tile: number;
   private readonly halo: number;
   private readonly gi: number;
-  private cache: LRUCache<number, Uint8Array>;
-  private inflight = new Map<number, Promise<Uint8Array>>();
+  private tiles: TileCache<Uint8Array>;
   /** Tiles computed (a recomputed evicted tile counts again). */
   computed = 0;
 
@@ -46,7 +45,7 @@ export class RestoredLR implements LRSource {
     if (!(jq > 0 && jq <= 1)) throw new RangeError(`the restorer's jq must be in (0, 1] (a JPEG's level), got ${jq}`);
     this.tile = r.tile; this.halo = r.halo;
     this.gi = model.manifest.graphs.findIndex(g => g.name === r.graph);
-    this.cache = new LRUCache({ maxSize: Math.max(cacheBytes, 3 * r.tile * r.tile), sizeCalculation: v => v.length });
+    this.tiles = new TileCache(Math.max(cacheBytes, 3 * r.tile * r.tile), (tr, tc) => this.compute(tr, tc));
   }
 
   get width() { return this.src.width; }
@@ -58,7 +57,7 @@ export class RestoredLR implements LRSource {
     const got = new Map<number, Uint8Array>();
     const keys: number[] = [];
     for (let r = t.r0; r <= t.r1; r++) for (let c = t.c0; c <= t.c1; c++) keys.push(r * 65536 + c);
-    await Promise.all(keys.map(async k => { got.set(k, await this.tileAt(Math.floor(k / 65536), k % 65536)); }));
+    await Promise.all(keys.map(async k => { got.set(k, await this.tiles.get(Math.floor(k / 65536), k % 65536, undefined)); }));
     if (opt.signal?.aborted) throw new AbortError();
     const out = new Uint8Array(w * h * 3);
     for (let y = 0; y < h; y++) {
@@ -73,17 +72,6 @@ export class RestoredLR implements LRSource {
   }
 
   /** HWC uint8 of tile (r, c), TILE×TILE (past the image's edge: what the edge-replicated window gives). */
-  private tileAt(r: number, c: number): Promise<Uint8Array> {
-    const k = r * 65536 + c, hit = this.cache.get(k);
-    if (hit) return Promise.resolve(hit);
-    let p = this.inflight.get(k);
-    if (!p) {
-      p = this.compute(r, c).then(px => { this.cache.set(k, px); return px; }).finally(() => this.inflight.delete(k));
-      this.inflight.set(k, p);
-    }
-    return p;
-  }
-
   private async compute(r: number, c: number) {
     const T = this.tile, S = T + 2 * this.halo;
     const win = this.src.regionSync(c * T - this.halo, r * T - this.halo, S, S);

@@ -64,9 +64,9 @@ class CollectReposTest(unittest.TestCase):
             self.assertIn({"repo": "someone/photos", "file": "debian-twin.jpg", "why": "a duplicate", "detail": "of deb/twin.png"}, listed)
 
     def test_the_mixed_validation_split_is_fixed_by_name(self):
-        data_fetch.repo_split.imagenet_val = {"n0_a.JPEG"}
-        self.assertEqual(data_fetch.repo_split("EliSchwartz/imagenet-sample-images", "n0_a.JPEG"), "val")
-        self.assertEqual(data_fetch.repo_split("EliSchwartz/imagenet-sample-images", "n1_b.JPEG"), "train")
+        val = data_fetch.imagenet_val(["n1_b.JPEG", "n0_a.JPEG"])   # every 10th by name: the first
+        self.assertEqual(data_fetch.repo_split("EliSchwartz/imagenet-sample-images", "n0_a.JPEG", val), "val")
+        self.assertEqual(data_fetch.repo_split("EliSchwartz/imagenet-sample-images", "n1_b.JPEG", val), "train")
         self.assertEqual(data_fetch.repo_split("google/dreambooth", "dog/00.jpg"), "val")
         self.assertEqual(data_fetch.repo_split("google/dreambooth", "dog2/00.jpg"), "train")
         self.assertEqual(data_fetch.repo_split("BIDS/BSDS500", "100075.jpg"), "train")

@@ -183,9 +183,15 @@ test('the page opens at once while the released model generates the demo', async
     // model's threads, the server and the browser; measured here: 532 ms against 147 idle, 133-ms calls;
     // in twelve runs of one session the slowest reached 78% of the old bound, 6× plus two, and once passed it)
     const callMs = st.engine.modelMs / st.engine.calls, limit = 10 * idleMax + 3 * callMs;
-    console.log(`# page while generating: slowest answer ${Math.max(...answered.map(([, ms]) => ms)).toFixed(0)} ms (limit ${limit.toFixed(0)}), load ${loadMs.toFixed(0)} ms; idle: ${idleMax.toFixed(0)} ms, ${idle.loadMs.toFixed(0)} ms; model call ${callMs.toFixed(0)} ms`);
-    const slow = answered.filter(([, ms]) => ms > limit);
-    assert.deepEqual(slow, [], `requests answered after more than ${limit.toFixed(0)} ms (idle: ${idleMax.toFixed(0)} ms, a model call ${callMs.toFixed(0)} ms) while the demo generated`);
+    console.log(`# page while generating: slowest answer ${Math.max(...answered.map(([, ms]) => ms)).toFixed(0)} ms (limit ${limit.toFixed(0)}; base previews + the base's time), load ${loadMs.toFixed(0)} ms; idle: ${idleMax.toFixed(0)} ms, ${idle.loadMs.toFixed(0)} ms; model call ${callMs.toFixed(0)} ms`);
+    // A generated level's preview is the base super-resolver's pixels (since 2026-12-07): its windows run in
+    // the model thread, so such a request may also wait for the base work done so far (st.engine.base.ms,
+    // every window's time, an upper bound on what it waited for); every other request is held to `limit`.
+    const baseMs = (await demo.status(meta.id)).engine.base.ms;   // read after the answers it bounds
+    const basePreview = (u: string) => st.preview === 'base' && /_files\/\d+\/\d+_\d+\.\w+\?preview=1/.test(u);
+    const slow = answered.filter(([u, ms]) => ms > limit + (basePreview(u) ? baseMs : 0));
+    assert.deepEqual(slow, [], `requests answered after more than ${limit.toFixed(0)} ms (idle: ${idleMax.toFixed(0)} ms, a model call ${callMs.toFixed(0)} ms; a base preview `
+      + `${baseMs} ms more) while the demo generated`);
     // 4× the idle load plus six calls: 4.6 s against an old bound of 5.6 s was seen; release 1 took 18 s
     assert.ok(loadMs < 4 * idle.loadMs + 6 * callMs, `page load took ${loadMs.toFixed(0)} ms while the demo generated, ${idle.loadMs.toFixed(0)} ms idle (release 1: 18 s and more)`);
     await p.close();

@@ -294,7 +294,7 @@ def cmd_distill(a):
         print(f"resumed at step {step} ({spent / 60:.1f} min spent, best {best:.3f} dB)")
     sampler = CropSampler(load_split(a.data, "train"), a.crop * 4, dev, seed=a.seed + step,
                           scale_max=a.scale_aug)
-    val = val_set(a.data, "val", a.val_n)
+    val = val_set(a.val_data or a.data, "val", a.val_n)
     total = a.minutes * 60
     m = a.margin
 
@@ -490,6 +490,8 @@ def main():
     p.add_argument("--halos", default="8,16,24,32,40")
     p = sub.add_parser("distill", help="train a student of our own against a teacher checkpoint")
     p.add_argument("--teacher", required=True); p.add_argument("--data", default=".data"); p.add_argument("--ckpt", required=True)
+    p.add_argument("--val-data", help="packed folder whose val split chooses the best checkpoint (default: --data); "
+                   "keeps a run's figures comparable when it moves to more training photos")
     p.add_argument("--size", default="safmnpp", choices=sorted(SIZES)); p.add_argument("--minutes", type=float, default=60)
     p.add_argument("--batch", type=int, default=16); p.add_argument("--crop", type=int, default=64, help="LR px a side")
     p.add_argument("--margin", type=int, default=8, help="LR px each side left out of the loss")

@@ -51,11 +51,17 @@ class BaseConfig:
     ffn: float = 1.5          # channel mixer's hidden width / dim
     pooled: int = 3           # 1/pooled of the projection's channels take the pooled (wide) path
     scale: int = 4
+    block_skip: bool = True   # each block adds to its input (SAFMN++); light_SAFMN++ instead has
+    body_skip: bool = False   # one skip around the whole body
+    bilinear: bool = True     # the output adds the input's bilinear upsample (SAFMN++; not light_SAFMN++)
 
 
 SIZES = {
     # NTIRE 2024 ESR entry "SAFMN++" (team 23): 0.21 M parameters
     "safmnpp": BaseConfig(),
+    # AIS 2024 real-time 4K SR of compressed AVIF images, fidelity track winner "light_SAFMN++": 0.066 M
+    # parameters, about a third of SAFMN++'s operations per pixel
+    "light_safmnpp": BaseConfig(dim=32, blocks=2, ffn=1.5, pooled=2, block_skip=False, body_skip=True, bilinear=False),
 }
 
 
@@ -93,9 +99,11 @@ class BaseBlock(nn.Module):
         super().__init__()
         self.modulate = FeatureModulation(cfg.dim, cfg.pooled)
         self.mix = ChannelMixer(cfg.dim, cfg.ffn)
+        self.skip = cfg.block_skip
 
     def forward(self, x):
-        return x + self.mix(self.modulate(x))
+        y = self.mix(self.modulate(x))
+        return x + y if self.skip else y
 
 
 class BaseNet(nn.Module):
@@ -109,8 +117,10 @@ class BaseNet(nn.Module):
         self.head = nn.Conv2d(cfg.dim, 3 * cfg.scale ** 2, 3, 1, 1, bias=False)
 
     def forward(self, x):
-        up = F.interpolate(x, scale_factor=self.cfg.scale, mode="bilinear", align_corners=False)
-        return F.pixel_shuffle(self.head(self.body(self.stem(x))), self.cfg.scale) + up
+        f = self.stem(x)
+        f = self.body(f) + f if self.cfg.body_skip else self.body(f)
+        y = F.pixel_shuffle(self.head(f), self.cfg.scale)
+        return y + F.interpolate(x, scale_factor=self.cfg.scale, mode="bilinear", align_corners=False) if self.cfg.bilinear else y
 
     @property
     def receptive_radius(self):
@@ -124,7 +134,8 @@ def from_safmnpp(state):
     p = state.get("params_ema", state.get("params", state))
     names = {"to_feat.weight": "stem.weight", "to_img.0.weight": "head.weight"}
     rename = {"conv1.proj": "modulate.proj", "conv1.dwconv": "modulate.coarse", "conv1.out": "modulate.out",
-              "conv2.conv1": "mix.expand", "conv2.conv2": "mix.reduce"}
+              "conv2.conv1": "mix.expand", "conv2.conv2": "mix.reduce",
+              "conv2.conv.0": "mix.expand", "conv2.conv.2": "mix.reduce"}   # light_SAFMN++'s names
     out = {}
     for k, v in p.items():
         if k in names:
@@ -137,11 +148,13 @@ def from_safmnpp(state):
 
 
 def load(path, size=None):
-    """A BaseNet from a released/distilled checkpoint ({"config", "ema"}) or a SAFMN++ .pth."""
+    """A BaseNet from a released/distilled checkpoint ({"config", "ema"}) or a SAFMN++ / light_SAFMN++ .pth
+    (told apart by their tensors' names unless `size` says)."""
     st = torch.load(path, map_location="cpu")
     if "config" in st:
         return from_state(st)
-    net = BaseNet(SIZES[size or "safmnpp"])
+    p = st.get("params_ema", st.get("params", st))
+    net = BaseNet(SIZES[size or ("light_safmnpp" if any(".conv2.conv.0." in k for k in p) else "safmnpp")])
     net.load_state_dict(from_safmnpp(st))
     return net.eval().requires_grad_(False)
 
@@ -273,6 +286,29 @@ def measure(net, crops):
     return float(np.mean([psnr(to_u8(tiled(net, lr)), gt) for lr, gt in crops]))
 
 
+class JpegInputs:
+    """What the base sees of a JPEG upload: the LR saved as a JPEG (Pillow, 4:2:0) at a quality drawn from
+    30-95, then the released restorer's output, rounded to 8 bits (the engine's chain, lib/engine/restore.ts).
+    A share of each batch is replaced so; the target stays the teacher's output on the clean LR."""
+
+    def __init__(self, restorer_ckpt, seed):
+        from restore import load as load_restorer
+        self.net = load_restorer(restorer_ckpt)[0].requires_grad_(False)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, lr01, share):
+        from restore import jpeg
+        from network import jpeg_level
+        out = lr01.clone()
+        for i in np.flatnonzero(self.rng.random(len(lr01)) < share):
+            q = int(self.rng.integers(30, 96))
+            u8 = (lr01[i].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+            x = torch.from_numpy(jpeg(u8, q).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+            y = self.net(x, jpeg_level(torch.tensor([float(q)])))
+            out[i] = (torch.floor((y[0].clamp(-1, 1) + 1) * 127.5 + 0.5) / 255).to(out.device)
+        return out
+
+
 def cmd_distill(a):
     """A student of our own, trained on the CPU to give the teacher's output (and the photo's): its
     weights are the project's, the teacher's never leave the cache they were fetched into."""
@@ -295,6 +331,7 @@ def cmd_distill(a):
     sampler = CropSampler(load_split(a.data, "train"), a.crop * 4, dev, seed=a.seed + step,
                           scale_max=a.scale_aug)
     val = val_set(a.val_data or a.data, "val", a.val_n)
+    jpeg_in = JpegInputs(a.restorer, a.seed + step) if a.jpeg_share > 0 else None
     total = a.minutes * 60
     m = a.margin
 
@@ -315,6 +352,8 @@ def cmd_distill(a):
         gt = (hr + 1) / 2
         with torch.no_grad():
             tgt = teacher(lr)
+            if jpeg_in is not None:    # after the teacher: its clean-input output stays the target
+                lr = jpeg_in(lr, a.jpeg_share)
         for g in opt.param_groups:   # cosine to 2% over the whole budget
             g["lr"] = a.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(spent / total, 1))))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.cpu_bf16 or dev.type == "cuda"):
@@ -420,7 +459,8 @@ def cmd_measure(a):
     for variant in a.variants.split(","):
         rows = {}
         for entry, arr in load_split(a.data, a.split)[: a.limit or None]:
-            gt = centre_crop(arr, cw, ch)
+            gt = centre_crop(arr, cw, ch, 256 if S == 16 else 64)   # evaluate.py's crop, a smaller photo's too
+            gw, gh = gt.shape[1], gt.shape[0]
             clean = ev.to_u8(degrade(torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, S))
             lr = clean
             if variant != "clean":
@@ -428,7 +468,7 @@ def cmd_measure(a):
                 buf = io.BytesIO(); Image.fromarray(clean).save(buf, format="JPEG", quality=q)
                 lr = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             seen = restore_image(restorer, lr, q) if variant != "clean" and restorer is not None else lr
-            outs = {"lanczos3": np.asarray(Image.fromarray(lr).resize((cw, ch), Image.LANCZOS))}
+            outs = {"lanczos3": np.asarray(Image.fromarray(lr).resize((gw, gh), Image.LANCZOS))}
             for name, net in nets.items():
                 lr_t = torch.from_numpy(seen.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
                 outs[name] = ev.to_u8(cascade(net, lr_t, 2 if S == 16 else 1))
@@ -499,6 +539,9 @@ def main():
     p.add_argument("--gt-weight", type=float, default=0.5); p.add_argument("--scale-aug", type=float, default=2.0)
     p.add_argument("--eval-every", type=float, default=6, help="minutes"); p.add_argument("--val-n", type=int, default=6)
     p.add_argument("--seed", type=int, default=0); p.add_argument("--resume", action="store_true")
+    p.add_argument("--jpeg-share", type=float, default=0.0,
+                   help="share of each batch whose LR is a JPEG (q 30-95) through --restorer, as the engine reads a JPEG upload")
+    p.add_argument("--restorer", default="model/release/infdit-s4.restore.ckpt.pt")
     p.add_argument("--cpu-bf16", action="store_true", help="the student's step in bf16 autocast (1.47x per step, AVX-512 bf16 EPYC)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (bf16 autocast there)")
     p = sub.add_parser("attach", help="export a base checkpoint into an exported model (<name>.base.onnx, manifest \"base\")")

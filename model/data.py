@@ -103,10 +103,13 @@ def degrade(hr, scale, task="bicubic", gen=None, with_quality=False):
     return (lr, torch.zeros(hr.shape[0], device=hr.device)) if with_quality else lr
 
 
-def centre_crop(arr, cw, ch):
+def centre_crop(arr, cw, ch, multiple=16):
     """The evaluation crop (evaluate.py, restore.py, engine_check.py): cw×ch px from the middle of an HWC
-    photo, its corner on a multiple of 16 px so it starts on whole LR pixels at every scale used."""
+    photo, its corner on a multiple of 16 px so it starts on whole LR pixels at every scale used. A photo
+    smaller than that (round 4's ImageNet photos, ~400x300) gives the largest crop of `multiple`-px steps
+    it holds (evaluate.py: a stage-1 block), so every photo of a mixed split counts."""
     H, W = arr.shape[:2]
+    cw, ch = min(cw, W // multiple * multiple), min(ch, H // multiple * multiple)
     y0, x0 = (H - ch) // 2 // 16 * 16, (W - cw) // 2 // 16 * 16
     return arr[y0:y0 + ch, x0:x0 + cw]
 

@@ -136,7 +136,7 @@ def main():
     ap.add_argument("--data", default=".data")
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--out", default="model/release")
-    ap.add_argument("--crop", default=None, help="centred crop of each photo, WxH (default 512x384 at 4×, 768x512 at 16×: every validation photo holds it)")
+    ap.add_argument("--crop", default=None, help="centred crop of each photo, WxH (default 512x384 at 4×, 768x512 at 16×; a smaller photo gives the largest crop of whole stage-1 blocks it holds)")
     ap.add_argument("--scale", type=int, default=4, choices=(4, 16),
                     help="4: one stage; 16: the cascade exactly as the engine runs it (stage 2 on stage 1's uint8 output, its own noise)")
     ap.add_argument("--detail-steps", type=int, nargs="*", default=None)
@@ -234,7 +234,8 @@ def main():
     for k, (entry, arr) in enumerate(val):
         if a.panels_only is not None and k not in a.panels_only:
             continue
-        gt = centre_crop(arr, cw, ch)
+        gt = centre_crop(arr, cw, ch, cfg.block * S // cfg.scale)
+        gw, gh = gt.shape[1], gt.shape[0]          # cw×ch, or less for a smaller photo
         hr = torch.from_numpy(gt.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
         clean_u8 = to_u8(degrade(hr, S))
         for variant in variants:
@@ -250,18 +251,18 @@ def main():
             lr = (torch.from_numpy(model_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # the server sees uint8 LR
             jq = jpeg_level(torch.tensor([told])).to(dev) if cfg.jpeg_cond else None
             outs = {"bicubic": to_u8(upsample(lr, S)),
-                    "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((cw, ch), Image.LANCZOS))}
+                    "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((gw, gh), Image.LANCZOS))}
             if base_net is not None:   # the engine's base at each stage, 8-bit pixels between
                 from base import cascade
                 outs["base"] = to_u8(cascade(base_net, lr, stages))
             if model_u8 is not lr_u8:
-                outs["restored-lanczos3"] = np.asarray(Image.fromarray(model_u8).resize((cw, ch), Image.LANCZOS))
+                outs["restored-lanczos3"] = np.asarray(Image.fromarray(model_u8).resize((gw, gh), Image.LANCZOS))
             runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" and not a.no_ablation else [])
             for name, p in runs:
                 t = time.time()
                 out = upscale(lr, p, k, jq)
                 sync()
-                times.setdefault(name, []).append((time.time() - t) / (cw * ch / 1e6))
+                times.setdefault(name, []).append((time.time() - t) / (gw * gh / 1e6))
                 outs[name] = to_u8(out)
             row = {"file": entry["packed"]}
             for name, img in outs.items():
@@ -278,12 +279,12 @@ def main():
                 # show the most textured 128×128 window (256×256 at 16×): flat sky says nothing about a super-resolver
                 g = np.abs(np.diff(luma(gt), axis=1))[:-1] + np.abs(np.diff(luma(gt), axis=0))[:, :-1]
                 best, yy, xx, win = -1.0, 0, 0, (256 if S > cfg.scale else 128)
-                for ty in range(0, ch - win, 16):
-                    for tx in range(0, cw - win, 16):
+                for ty in range(0, gh - win, 16):
+                    for tx in range(0, gw - win, 16):
                         e = g[ty:ty + win, tx:tx + win].mean()
                         if e > best:
                             best, yy, xx = e, ty, tx
-                near = lambda u8: np.asarray(Image.fromarray(u8).resize((cw, ch), Image.NEAREST))
+                near = lambda u8: np.asarray(Image.fromarray(u8).resize((gw, gh), Image.NEAREST))
                 # LR · [restored LR] · Lanczos3 · [base] · fidelity · [detail] · ground truth: a column only where it was computed
                 cols = [near(lr_u8)] + ([near(model_u8)] if model_u8 is not lr_u8 else []) + [outs["lanczos3"]] \
                     + ([outs["base"]] if "base" in outs else []) + [outs["fidelity"]] \

@@ -101,3 +101,18 @@ class CropsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class EvaluationCropTest(unittest.TestCase):
+    def test_a_photo_smaller_than_the_crop_gives_its_largest_whole_blocks(self):
+        """Round 4's ImageNet photos (~400x300) are smaller than evaluate.py's 512x384: each gives the largest
+        crop of whole stage-1 blocks it holds, centred on the 16-px grid; a larger photo's crop is unchanged."""
+        from data import centre_crop
+        big = np.arange(600 * 800 * 3, dtype=np.uint32).reshape(600, 800, 3)
+        self.assertEqual(centre_crop(big, 512, 384).shape[:2], (384, 512))
+        np.testing.assert_array_equal(centre_crop(big, 512, 384, 64), centre_crop(big, 512, 384))
+        small = big[:300, :400]
+        c = centre_crop(small, 512, 384, 64)
+        self.assertEqual(c.shape[:2], (256, 384))
+        np.testing.assert_array_equal(c, small[16:272, 0:384])   # corner (16, 0): centred, on the 16-px grid
+        self.assertEqual(centre_crop(big[:300, :300], 768, 512, 256).shape[:2], (256, 256))

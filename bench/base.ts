@@ -21,7 +21,7 @@ const arg = (name: string, d: string) => { const i = process.argv.indexOf(name);
 const modelPath = resolve(arg('--model', join(ROOT, 'model/release/infdit-s4.json')));
 const rounds = Number(arg('--rounds', '7'));
 const m = JSON.parse(readFileSync(modelPath, 'utf8'));
-if (!m.base) { console.error(`${modelPath} has no base (manifest "base"): attach one with model/base.py attach`); process.exit(2); }
+if (!m.base) { console.error(`${modelPath} has no base (manifest "base"): attach one with model/infdit/base.py attach`); process.exit(2); }
 const g = m.graphs.find((x: { name: string }) => x.name === 'base');
 const T = m.base.tile, S = T + 2 * m.base.halo, outMpx = (m.scale * T) ** 2 / 1e6;
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];

@@ -1,5 +1,5 @@
 /**
- * One layer graph in several forms (model/quant_graphs.py's int8 rewrites, export.py --attention plain|fused),
+ * One layer graph in several forms (model/measure/quant_graphs.py's int8 rewrites, export.py --attention plain|fused),
  * timed against each other: every file's call at each batch size, interleaved round by round so the
  * machine's drift falls on all alike (median of 7 rounds); the largest output difference from the first
  * file on the same inputs. Prints figures (JSON, kept in bench/results/); never fails on time.

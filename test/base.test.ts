@@ -1,4 +1,4 @@
-/** The base super-resolver (lib/engine/base.ts) with the committed fixture: equal to model/base.py's
+/** The base super-resolver (lib/engine/base.ts) with the committed fixture: equal to model/infdit/base.py's
  *  tiled reference, local (a region alone is the whole's), and, as the transformer's up(LR), order-free. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -28,7 +28,7 @@ function crop(all: Float32Array, x0: number, y0: number, w: number, h: number) {
   return out;
 }
 
-test('the base through onnxruntime-node equals model/base.py\'s tiled reference (tolerance 1e-5)', async () => {
+test('the base through onnxruntime-node equals model/infdit/base.py\'s tiled reference (tolerance 1e-5)', async () => {
   const b = new BaseUp(model, new ImageLR(new MemoryPixels(lr)));
   const all = await b.region(0, 0, W, H);
   assert.equal(all.length, ref.length);

@@ -24,7 +24,7 @@ function render(opts: Partial<ConstructorParameters<typeof Render>[0]> = {}) {
 const hash = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 async function full(r: Render) { return (await r.region(0, 0, r.width, r.height)).data; }
 
-test('rng reproduces model/sample.py', () => {
+test('rng reproduces model/infdit/sample.py', () => {
   assert.ok(maxAbsDiff(blockNoise(7, 1, 2, 3, 0, 16), ref.get('noise.7.1.2.3.0').data) < 1e-6);
 });
 

@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const FIXTURE = join(ROOT, 'test/fixtures/tiny');
 
-/** Reference arrays written by model/export.py --fixture. */
+/** Reference arrays written by model/infdit/export.py --fixture. */
 export function loadRef() {
   const idx = JSON.parse(readFileSync(FIXTURE + '.ref.json', 'utf8'));
   const bin = readFileSync(FIXTURE + '.ref.bin');

@@ -1,5 +1,5 @@
 /**
- * The released model's JPEG restorer (model/restore.py, lib/engine/restore.ts): the engine's lazy,
+ * The released model's JPEG restorer (model/infdit/restore.py, lib/engine/restore.ts): the engine's lazy,
  * tiled restoration equals PyTorch's; any order, region or cache size gives the same bytes; only a
  * JPEG's stage 1 goes through it.
  */
@@ -21,7 +21,7 @@ let model: Model, img: RGBImage, ref: Uint8Array, quality = 0;
 
 before(async () => {
   model = await Model.load(RELEASE, { threads: 2 });
-  // written by model/restore.py fixture: a JPEG's decoded pixels, and PyTorch's restore_image of them
+  // written by model/infdit/restore.py fixture: a JPEG's decoded pixels, and PyTorch's restore_image of them
   quality = JSON.parse(readFileSync(join(FIX, 'restore-ref.json'), 'utf8')).quality;
   const { data, info } = await sharp(join(FIX, 'restore-in.png')).raw().toBuffer({ resolveWithObject: true });
   img = { width: info.width, height: info.height, data: new Uint8Array(data) };

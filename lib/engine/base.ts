@@ -1,5 +1,5 @@
 /**
- * The base super-resolver (model/base.py; DESIGN.md §1 "The base under the residual"): a small
+ * The base super-resolver (model/infdit/base.py; DESIGN.md §1 "The base under the residual"): a small
  * convolutional network whose output is what a viewer sees before a tile is final, and, for a
  * model trained over it (manifest "up": "base"), the transformer's up(LR).
  *

@@ -40,7 +40,7 @@ export interface Manifest {
 
 export class ModelError extends Error {}
 
-/** The JPEG condition of a model with manifest `jpeg` (model/network.py jpeg_level): 0 for an LR
+/** The JPEG condition of a model with manifest `jpeg` (model/infdit/network.py jpeg_level): 0 for an LR
  *  that is not a JPEG (quality 0), else (100 - quality) / 100. */
 export function jpegLevel(quality: number): number {
   return quality > 0 ? (100 - Math.min(100, quality)) / 100 : 0;
@@ -55,7 +55,7 @@ const need = (m: any, key: string, type: string) => {
 export function validateManifest(m: any): Manifest {
   if (m?.format === 'infdit-blockstep')
     throw new ModelError('manifest format "infdit-blockstep" (version 1) is a whole-evaluation export; this engine runs layer graphs: ' +
-      're-export with /usr/bin/python3 model/export.py --ckpt <checkpoint> --out <name>');
+      're-export with /usr/bin/python3 model/infdit/export.py --ckpt <checkpoint> --out <name>');
   if (m?.format !== 'infdit-layerstep') throw new ModelError(`manifest field "format" must be "infdit-layerstep", got ${JSON.stringify(m?.format)}`);
   if (m.version !== 2) throw new ModelError(`manifest field "version" must be 2, got ${JSON.stringify(m.version)}`);
   for (const k of ['scale', 'block', 'patch', 'layers', 'heads', 'head_dim', 'tokens_per_block', 'grid', 'lr_block', 'config.dim',

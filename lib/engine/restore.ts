@@ -1,5 +1,5 @@
 /**
- * The JPEG restorer (model/restore.py): stage 1 of a JPEG upload reads its LR through it, so the
+ * The JPEG restorer (model/infdit/restore.py): stage 1 of a JPEG upload reads its LR through it, so the
  * diffusion model sees the clean LR it was trained on instead of sharpening 8×8 blocks into a grid.
  *
  * The LR is restored lazily, a tile at a time, on the fixed grid the manifest gives (tile×tile LR

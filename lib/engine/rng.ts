@@ -1,7 +1,7 @@
 /**
  * Counter-based normal noise, keyed by (seed, stage, row, col, evaluation): no shared RNG
  * state, so a block's noise never depends on which blocks ran before it. Bit-for-bit the
- * generator of model/sample.py (MurmurHash3's fmix32 + Box–Muller).
+ * generator of model/infdit/sample.py (MurmurHash3's fmix32 + Box–Muller).
  */
 const GOLDEN = 0x9e3779b1;
 

@@ -1,4 +1,4 @@
-/** EDM Euler / Heun over a Karras σ schedule (model/sample.py is the reference). */
+/** EDM Euler / Heun over a Karras σ schedule (model/infdit/sample.py is the reference). */
 export type Method = 'euler' | 'heun';
 export interface Preset { method: Method; steps: number }
 export interface Sampling {

@@ -1,7 +1,7 @@
 /**
  * The global-conditioning input (manifest `global`): the whole input image in [-1,1],
  * average-pooled to n×n with PyTorch's adaptive bins (rows floor(i·H/n) … ceil((i+1)·H/n)),
- * as model/network.py `thumbnail` does. Planar (3, n, n).
+ * as model/infdit/network.py `thumbnail` does. Planar (3, n, n).
  */
 import { asPixelSource, type PixelSource, type RGBImage } from './pixels.js';
 

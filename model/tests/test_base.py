@@ -1,4 +1,4 @@
-"""model/base.py: the SAFMN++ checkpoint layout, the canonical tiled base (local, equal to the whole
+"""model/infdit/base.py: the SAFMN++ checkpoint layout, the canonical tiled base (local, equal to the whole
 image's inside), and a transformer trained over it (train.py --base --zero-output) that starts as the base."""
 import os, subprocess, sys, tempfile, unittest
 from pathlib import Path
@@ -8,11 +8,11 @@ import torch
 
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import base  # noqa: E402
-from base import BaseNet, BaseConfig, from_safmnpp, tiled_tensor, crop_up, CELL  # noqa: E402
-from network import InfDiT, make_config, upsample  # noqa: E402
-from train import load_ema  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from infdit import base  # noqa: E402
+from infdit.base import BaseNet, BaseConfig, from_safmnpp, tiled_tensor, crop_up, CELL  # noqa: E402
+from infdit.network import InfDiT, make_config, upsample  # noqa: E402
+from training.train import load_ema  # noqa: E402
 from test_train import make_split, train, RELEASE  # noqa: E402
 
 
@@ -96,7 +96,7 @@ class TrainOverBaseTest(unittest.TestCase):
             model, st = load_ema(d / "run" / "last.pt")
             self.assertEqual(model.cfg.up, "base")
             self.assertIsNotNone(model.base)
-            from sample import sample_image
+            from infdit.sample import sample_image
             lr = wave(1, 32, 32)
             out = sample_image(model, lr, "euler", 1, 0.002, 4.0, 7.0, seed=0)
             # one Euler step from σ_max 4: the base plus c_skip·σ_max·ε, ~0.3/255 rms; nothing of the transformer

@@ -10,7 +10,7 @@ from PIL import Image
 
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
-import data_fetch  # noqa: E402
+from training import data_fetch  # noqa: E402
 
 
 def photo(seed, w, h):
@@ -77,7 +77,7 @@ class CollectReposTest(unittest.TestCase):
 
 class CropsTest(unittest.TestCase):
     def test_a_carryable_set_within_its_budget(self):
-        import data
+        from training import data
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp); (tmp / "p/train").mkdir(parents=True); (tmp / "p/val").mkdir()
             index = []
@@ -107,7 +107,7 @@ class EvaluationCropTest(unittest.TestCase):
     def test_a_photo_smaller_than_the_crop_gives_its_largest_whole_blocks(self):
         """Round 4's ImageNet photos (~400x300) are smaller than evaluate.py's 512x384: each gives the largest
         crop of whole stage-1 blocks it holds, centred on the 16-px grid; a larger photo's crop is unchanged."""
-        from data import centre_crop
+        from training.data import centre_crop
         big = np.arange(600 * 800 * 3, dtype=np.uint32).reshape(600, 800, 3)
         self.assertEqual(centre_crop(big, 512, 384).shape[:2], (384, 512))
         np.testing.assert_array_equal(centre_crop(big, 512, 384, 64), centre_crop(big, 512, 384))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from degrade import jpeg, degrade_mixed, second_order, RECIPE
+from training.degrade import jpeg, degrade_mixed, second_order, RECIPE
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""model/device_train.sh, the prepared GPU run, dry-run on the CPU: small crops, a batch of 2, one
+"""model/device/train.sh, the prepared GPU run, dry-run on the CPU: small crops, a batch of 2, one
 validation image. A GPU's minutes are the scarcest thing this project gets; this is what makes sure
 the script gets through profiles, training and evaluation before one is spent on it."""
 import json, os, re, subprocess, sys, tempfile, unittest
@@ -9,12 +9,12 @@ from PIL import Image
 
 MODEL = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(MODEL), str(MODEL / "tests")]
-from train import load_parts  # noqa: E402
+from training.train import load_parts  # noqa: E402
 from test_train import make_split, TCMALLOC  # noqa: E402
 
 
 def dry_run(tmp, *extra, **overrides):
-    """device_train.sh on a two-photo split and one 320×288 validation image, small and on the CPU."""
+    """device/train.sh on a two-photo split and one 320×288 validation image, small and on the CPU."""
     data, out = Path(tmp) / "data", Path(tmp) / "out"
     data.mkdir(); out.mkdir()
     make_split(data)
@@ -28,7 +28,7 @@ def dry_run(tmp, *extra, **overrides):
            "PROFILE_STEPS": "2", "PROFILE_SKIP": "1", "PROFILE_S": "900", "BUDGET_S": "100000", "MINUTES": "0.02", "EVAL_DEVICE": "cpu",
            "EVAL_ARGS": "--limit 1 --crop 256x256 --no-ablation", "EVAL16_ARGS": "--limit 1 --crop 256x256",
            **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}), **overrides}
-    r = subprocess.run(["bash", str(MODEL / "device_train.sh"), "--crop", "128", "--device", "cpu", *extra], cwd=MODEL.parent,
+    r = subprocess.run(["bash", str(MODEL / "device/train.sh"), "--crop", "128", "--device", "cpu", *extra], cwd=MODEL.parent,
                        env=env, capture_output=True, text=True, timeout=900)
     return r, out
 
@@ -82,7 +82,7 @@ class DeviceTrainScriptTest(unittest.TestCase):
             self.assertRegex(log, r"profile over 2 steps: .*; [0-9.]+ crops/s")
             st = load_parts(out / "ckpt" / "last.pt")
             self.assertEqual((st["args"]["batch"], st["args"]["attn_bias"]), (2, "fold"))
-        script = (MODEL / "device_train.sh").read_text()
+        script = (MODEL / "device/train.sh").read_text()
         self.assertIn("${RUN:---batch 256 --compile --attn-bias fold}", script)
 
     def test_a_torch_without_compile_trains_eager_and_says_so(self):
@@ -108,7 +108,7 @@ class DeviceTrainScriptTest(unittest.TestCase):
 
     def test_without_out_it_says_what_to_set(self):
         env = {k: v for k, v in os.environ.items() if k != "OUT"}
-        r = subprocess.run(["bash", str(MODEL / "device_train.sh")], cwd=MODEL.parent, env=env, capture_output=True, text=True)
+        r = subprocess.run(["bash", str(MODEL / "device/train.sh")], cwd=MODEL.parent, env=env, capture_output=True, text=True)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("set OUT", r.stderr)
 

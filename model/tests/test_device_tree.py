@@ -1,11 +1,11 @@
-"""model/device_tree.sh on a clone of this repository: slim leaves the ONNX graphs out of what a device
+"""model/device/tree.sh on a clone of this repository: slim leaves the ONNX graphs out of what a device
 call sends (the tracked tree alone is over the tool's 64 MiB) without touching them, refuses commits
 while it lasts, and restore gives the tree back exactly."""
 import os, re, subprocess, tempfile, unittest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "model" / "device_tree.sh"
+SCRIPT = ROOT / "model" / "device" / "tree.sh"
 
 
 def sh(cwd, *args):
@@ -39,7 +39,7 @@ class DeviceTreeTest(unittest.TestCase):
             self.assertTrue(all((repo / g).is_file() for g in graphs))   # still on disk: the server here still runs
             commit = sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "would drop the graphs")
             self.assertNotEqual(commit.returncode, 0)
-            self.assertIn("device_tree.sh restore", commit.stderr)
+            self.assertIn("device/tree.sh restore", commit.stderr)
             self.assertNotEqual(sh(repo, "bash", str(SCRIPT), "slim", ".data").returncode, 0)   # twice: refused
 
             restore = sh(repo, "bash", str(SCRIPT), "restore")

@@ -9,8 +9,8 @@ from PIL import Image
 
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
-from data_fetch import PACKAGES, HELDOUT  # noqa: E402
-from data import pack, load_split  # noqa: E402
+from training.data_fetch import PACKAGES, HELDOUT  # noqa: E402
+from training.data import pack, load_split  # noqa: E402
 from test_train import TCMALLOC  # noqa: E402
 
 KEPT_APART = ("lomiri-*", "palapeli-data", "digikam-data")   # the project's rule (README of the task)
@@ -40,7 +40,7 @@ class HeldoutTest(unittest.TestCase):
             self.assertEqual(load_split(out, "heldout")[0][1].shape, (120, 160, 3))
 
             env = dict(os.environ, **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
-            r = subprocess.run([sys.executable, str(MODEL / "evaluate.py"), "--ckpt", str(MODEL / "release/infdit-s4.ckpt.pt"),
+            r = subprocess.run([sys.executable, str(MODEL / "measure/evaluate.py"), "--ckpt", str(MODEL / "release/infdit-s4.ckpt.pt"),
                                 "--manifest", str(MODEL / "release/infdit-s4.json"), "--data", str(out), "--split", "val",
                                 "--out", str(Path(tmp) / "eval")], capture_output=True, text=True, env=env, timeout=300)
             self.assertEqual(r.returncode, 2, r.stderr[-2000:])

@@ -10,7 +10,7 @@ from PIL import Image, ImageFilter
 
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
-from evaluate import phase_sums, grid_ratio, fine_power  # noqa: E402
+from measure.evaluate import phase_sums, grid_ratio, fine_power  # noqa: E402
 from test_train import TCMALLOC  # noqa: E402
 
 RELEASE = MODEL / "release/infdit-s4.ckpt.pt"
@@ -69,14 +69,14 @@ class CascadeEvalTest(unittest.TestCase):
 
     def evaluate(self, data, out, *args):
         env = dict(os.environ, **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
-        return subprocess.run([sys.executable, str(MODEL / "evaluate.py"), "--ckpt", str(RELEASE), "--manifest",
+        return subprocess.run([sys.executable, str(MODEL / "measure/evaluate.py"), "--ckpt", str(RELEASE), "--manifest",
                                str(MODEL / "release/infdit-s4.json"), "--data", str(data), "--out", str(out),
                                "--variants", "clean", "--no-ablation", "--no-crops", *args],
                               capture_output=True, text=True, env=env, timeout=600)
 
     def test_a_preset_per_stage_and_a_stage1_checkpoint(self):
         import torch
-        from train import load_parts
+        from training.train import load_parts
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             (tmp / "val").mkdir()

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from network import InfDiT, make_config, upsample, to_blocks, from_blocks, lr_contexts, jpeg_level
-from sample import block_noise, karras_sigmas, sample_image
+from infdit.network import InfDiT, make_config, upsample, to_blocks, from_blocks, lr_contexts, jpeg_level
+from infdit.sample import block_noise, karras_sigmas, sample_image
 
 torch.set_num_threads(1)
 
@@ -205,9 +205,9 @@ class TestPaths(unittest.TestCase):
     def test_fused_attention_is_the_plain_one(self):
         # on CUDA, training attends through torch 2.x's fused kernel, a path CI's torch 1.13 never runs:
         # it must be the same function as the plain one (both key layouts, a masked neighbour slot, no bias),
-        # whichever way SDPA gets the bias ("mask": attn_mask; "fold": a q/k channel; model/speed.py times both)
-        import network
-        from network import attend, NEG
+        # whichever way SDPA gets the bias ("mask": attn_mask; "fold": a q/k channel; model/measure/speed.py times both)
+        from infdit import network
+        from infdit.network import attend, NEG
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(2, 3, 16, 8, generator=g) for _ in range(3))
         k4, v4 = torch.randn(2, 3, 64, 8, generator=g), torch.randn(2, 3, 64, 8, generator=g)
@@ -272,7 +272,7 @@ class TestSampler(unittest.TestCase):
         cfg, m, lr, _ = setup(n=1)
         with torch.no_grad():
             out = sample_image(m, lr, "euler", 1, sigma_max=1.0, seed=3)
-            from sample import initial_noise
+            from infdit.sample import initial_noise
             x0 = upsample(lr, cfg.scale) + initial_noise(3, 5, cfg.block, 3)
             d = m.forward_image(x0, lr, torch.tensor([1.0]))
         self.assertLessEqual((out - d).abs().max().item(), 1e-5)
@@ -283,7 +283,7 @@ class TestExport(unittest.TestCase):
         """The layer graphs' attention is exported as onnxruntime's MultiHeadAttention (export.ort_attention):
         the op's body, which the exported node stands for, gives the plain path's blocks, masked border
         neighbours and the LR cross-attention included (the engine's fixture tests hold onnxruntime to it)."""
-        import export
+        from infdit import export
         cfg, m, lr, x = setup(depth=3)
         sigma, pos0 = torch.tensor([0.3, 2.5]), torch.tensor([[0.0, 0.0], [4000.0, 16000.0]])
         need = {(i, r, c): cfg.depth for i in range(2) for r in range(3) for c in range(5)}
@@ -309,7 +309,7 @@ class TestExport(unittest.TestCase):
     def test_fixture_is_reproducible(self):
         """Regenerating the fixture gives the committed reference arrays (to float tolerance:
         another BLAS may round the last bits differently) and a model under 2 MB."""
-        import export
+        from infdit import export
         with tempfile.TemporaryDirectory() as d:
             export.make_fixture(Path(d))
             root = Path(__file__).resolve().parents[2] / "test/fixtures"

@@ -1,4 +1,4 @@
-"""model/quant_graphs.py's int8 rewrites of a layer graph and model/quant_check.py's layer identity (issue 33).
+"""model/measure/quant_graphs.py's int8 rewrites of a layer graph and model/measure/quant_check.py's layer identity (issue 33).
 
     /usr/bin/python3 -m unittest discover -s model/tests -v      (npm run test:model)
 """
@@ -11,8 +11,8 @@ import torch
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import quant_graphs   # noqa: E402
-from quant_check import weight_key   # noqa: E402
+from measure import quant_graphs   # noqa: E402
+from measure.quant_check import weight_key   # noqa: E402
 
 LAYER = Path(__file__).resolve().parents[2] / "test/fixtures/tiny.layer1.onnx"
 

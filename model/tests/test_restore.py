@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from restore import Restorer, RestorerConfig, restore_image, to_unit, to_u8, jpeg, TILE, HALO
-from network import jpeg_level
+from infdit.restore import Restorer, RestorerConfig, restore_image, to_unit, to_u8, jpeg, TILE, HALO
+from infdit.network import jpeg_level
 
 torch.set_num_threads(1)
 

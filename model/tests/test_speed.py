@@ -1,4 +1,4 @@
-"""model/speed.py, the GPU speed probe, on the CPU: it must get through the evaluation-path check and a
+"""model/measure/speed.py, the GPU speed probe, on the CPU: it must get through the evaluation-path check and a
 variant, and report a refusing variant instead of stopping, before a GPU's minutes are spent on it."""
 import os, subprocess, sys, tempfile, unittest
 from pathlib import Path
@@ -10,7 +10,7 @@ from test_train import make_split, TCMALLOC  # noqa: E402
 
 def speed(*args):
     env = dict(os.environ, **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
-    return subprocess.run([sys.executable, str(MODEL / "speed.py"), "--device", "cpu", *args], cwd=MODEL.parent,
+    return subprocess.run([sys.executable, str(MODEL / "measure/speed.py"), "--device", "cpu", *args], cwd=MODEL.parent,
                           capture_output=True, text=True, env=env, timeout=3600)
 
 

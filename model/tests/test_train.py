@@ -9,8 +9,8 @@ from PIL import Image
 
 MODEL = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MODEL))
-from train import load_parts  # noqa: E402
-from network import grid_loss, seam_excess_loss, phase_loss  # noqa: E402
+from training.train import load_parts  # noqa: E402
+from infdit.network import grid_loss, seam_excess_loss, phase_loss  # noqa: E402
 
 RELEASE = MODEL / "release" / "infdit-s4.ckpt.pt"
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"   # torch 1.13 on CPU: 10× from page faults otherwise
@@ -31,7 +31,7 @@ def make_split(folder):
 
 def train(*args):
     env = dict(os.environ, **({"LD_PRELOAD": TCMALLOC} if os.path.exists(TCMALLOC) else {}))
-    return subprocess.run([sys.executable, str(MODEL / "train.py"), "--config", "infdit-s/4", "--crop", "64", "--batch", "2",
+    return subprocess.run([sys.executable, str(MODEL / "training/train.py"), "--config", "infdit-s/4", "--crop", "64", "--batch", "2",
                            "--log-every", "1", "--device", "cpu", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -118,7 +118,7 @@ class TrainTest(unittest.TestCase):
             self.assertFalse((self.dir / "bad-seam" / "last.pt").exists())
 
     def test_profile_says_where_the_time_goes_and_the_kernel_table(self):
-        # model/speed.py's figures are train.py's own profile line (and, with --torch-profile, torch.profiler's
+        # model/measure/speed.py's figures are train.py's own profile line (and, with --torch-profile, torch.profiler's
         # table); main() returns the rate, which speed.py ranks
         r = train("--data", str(self.dir), "--ckpt", str(self.dir / "prof"), "--max-steps", "3", "--profile-skip", "1",
                   "--profile-steps", "2", "--torch-profile", "--attn-bias", "fold")
@@ -173,14 +173,14 @@ class ScaleAugTest(unittest.TestCase):
         return [({"file": "stripes"}, img)]
 
     def test_off_draws_what_it_always_drew(self):
-        from data import CropSampler
+        from training.data import CropSampler
         a = CropSampler(self.images(), 64, "cpu", seed=5).sample(6)
         b = CropSampler(self.images(), 64, "cpu", seed=5, scale_max=1.0).sample(6)
         self.assertTrue(torch.equal(a, b))
         self.assertEqual(set(a.unique().tolist()), {-1.0, 1.0})          # unresampled: the photo's own values
 
     def test_crops_are_reduced_regions_of_the_photo(self):
-        from data import CropSampler
+        from training.data import CropSampler
         crops = CropSampler(self.images(), 64, "cpu", seed=1, scale_max=4.0).sample(64)
         self.assertEqual(tuple(crops.shape), (64, 3, 64, 64))
         self.assertGreaterEqual(float(crops.min()), -1.0); self.assertLessEqual(float(crops.max()), 1.0)
@@ -198,21 +198,21 @@ class ScaleAugTest(unittest.TestCase):
         self.assertGreater(len({round(w) for w in widths}), 2)
 
     def test_a_reduction_below_one_is_refused(self):
-        from data import CropSampler
+        from training.data import CropSampler
         with self.assertRaises(ValueError):
             CropSampler(self.images(), 64, "cpu", scale_max=0.5)
 
 
 class SoupTest(unittest.TestCase):
-    """model/soup.py: checkpoints' averaged weights mixed (a weight average, a difference added); different networks refused."""
+    """model/training/soup.py: checkpoints' averaged weights mixed (a weight average, a difference added); different networks refused."""
 
     def ckpt(self, seed, **kw):
-        from network import InfDiT, make_config
+        from infdit.network import InfDiT, make_config
         cfg = make_config("infdit-tiny/8", **kw)
         return {"config": cfg.to_dict(), "ema": InfDiT(cfg).randomize_(seed).state_dict(), "step": seed}
 
     def test_the_mixture_is_the_weighted_mean_and_keeps_bs_record(self):
-        from soup import mix
+        from training.soup import mix
         a, b = self.ckpt(1), self.ckpt(2)
         m = mix(a, [(b, 0.25)])
         for k in a["ema"]:
@@ -221,7 +221,7 @@ class SoupTest(unittest.TestCase):
         self.assertTrue(all(torch.equal(mix(a, [(b, 0.0)])["ema"][k], a["ema"][k]) for k in a["ema"]))
 
     def test_task_arithmetic_adds_the_difference_of_two_fine_tunes(self):
-        from soup import mix, parse_shares
+        from training.soup import mix, parse_shares
         a, g, c = self.ckpt(1), self.ckpt(2), self.ckpt(3)
         m = mix(a, [(g, 0.3), (c, -0.3)])
         for k in a["ema"]:
@@ -235,7 +235,7 @@ class SoupTest(unittest.TestCase):
             self.assertIn(says, str(e.exception))
 
     def test_different_networks_are_refused(self):
-        from soup import mix
+        from training.soup import mix
         with self.assertRaises(ValueError) as e:
             mix(self.ckpt(1), [(self.ckpt(2, depth=3), 0.5)])
         self.assertIn("depth", str(e.exception))
@@ -243,9 +243,9 @@ class SoupTest(unittest.TestCase):
 
 class CascadeTest(unittest.TestCase):
     def test_stage1_output_is_the_models_fidelity_output_of_the_smaller_lr_in_uint8(self):
-        from train import stage1_output, load_ema
-        from network import upsample
-        from data import degrade
+        from training.train import stage1_output, load_ema
+        from infdit.network import upsample
+        from training.data import degrade
         model, _ = load_ema(RELEASE, torch.device("cpu"))
         photo = np.asarray(Image.open(MODEL.parent / "viewer/demo.jpg").convert("RGB").resize((512, 256), Image.LANCZOS))
         hr = torch.from_numpy(photo.copy()).permute(2, 0, 1).float().div(127.5).sub(1).reshape(3, 256, 2, 256).permute(2, 0, 1, 3)   # two 256² crops

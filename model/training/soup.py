@@ -5,8 +5,8 @@ Wortsman et al. 2022); with several, or a negative share, it adds the difference
 control C, trained alike without G's loss term, did not. All must come from one start (fine-tunes of A, or
 of one release), where the mixture stays a working model.
 
-    /usr/bin/python3 model/soup.py model/release/infdit-s4.ckpt.pt runs/lrgrid2/last.pt --share 0.3 --out runs/soup0.3.pt
-    /usr/bin/python3 model/soup.py model/release/infdit-s4.ckpt.pt runs/lrgrid2/last.pt runs/control0/last.pt \\
+    /usr/bin/python3 model/training/soup.py model/release/infdit-s4.ckpt.pt runs/lrgrid2/last.pt --share 0.3 --out runs/soup0.3.pt
+    /usr/bin/python3 model/training/soup.py model/release/infdit-s4.ckpt.pt runs/lrgrid2/last.pt runs/control0/last.pt \\
         --share 0.3,-0.3 --out runs/ta0.3.pt
 
 The result is a checkpoint like train.py's (EMA weights only, no optimizer): evaluate.py --ckpt and
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import load_parts   # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from training.train import load_parts   # noqa: E402
 
 SHARE_RANGE = (-2.0, 2.0)   # a guard against a slip (30 for 0.3): every mixture measured so far used shares within ±1
 

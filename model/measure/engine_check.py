@@ -3,8 +3,8 @@ centred crops and LR), clean as PNG and saved as JPEG by Pillow, each through `i
 --seed k`, PSNR against the ground truth beside the PyTorch figure in an evaluate.py eval.json.
 `--scale 16`: the cascade (the clean PNG only) against `evaluate.py --scale 16`'s eval-x16.json.
 
-    /usr/bin/python3 model/engine_check.py [--eval model/release/eval.json] [--model model/release/infdit-s4.json]
-    /usr/bin/python3 model/engine_check.py --scale 16 --eval model/release/eval-x16.json
+    /usr/bin/python3 model/measure/engine_check.py [--eval model/release/eval.json] [--model model/release/infdit-s4.json]
+    /usr/bin/python3 model/measure/engine_check.py --scale 16 --eval model/release/eval-x16.json
 
 Exits 1 when any image differs by more than --tol dB (the engine keeps K/V in fp16: a few grey levels).
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "model"))
-from data import load_split, centre_crop   # noqa: E402
-from evaluate import psnr                   # noqa: E402
-from restore import clean_lr                # noqa: E402
+from training.data import load_split, centre_crop   # noqa: E402
+from measure.evaluate import psnr                   # noqa: E402
+from infdit.restore import clean_lr                # noqa: E402
 
 
 def main():

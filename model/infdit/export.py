@@ -1,10 +1,10 @@
 """Export the block-step graph to ONNX with its manifest; make the test fixture.
 
-    /usr/bin/python3 model/export.py --ckpt runs/gpu2/last.pt --out model/release/infdit-s4 [--kv-dtype float16]
-    /usr/bin/python3 model/export.py --fixture            # test/fixtures/tiny.*.onnx, tiny.json + reference
-    /usr/bin/python3 model/export.py --random infdit-s/8 --out /tmp/s8 --kv-dtype float16 [--whole]   # cost benchmarks
-    /usr/bin/python3 model/export.py --restorer runs/restorer/last.pt --attach model/release/infdit-s4.json
-        # adds the JPEG restorer (model/restore.py) to an exported model: <name>.restore.onnx and the
+    /usr/bin/python3 model/infdit/export.py --ckpt runs/gpu2/last.pt --out model/release/infdit-s4 [--kv-dtype float16]
+    /usr/bin/python3 model/infdit/export.py --fixture            # test/fixtures/tiny.*.onnx, tiny.json + reference
+    /usr/bin/python3 model/infdit/export.py --random infdit-s/8 --out /tmp/s8 --kv-dtype float16 [--whole]   # cost benchmarks
+    /usr/bin/python3 model/infdit/export.py --restorer runs/restorer/last.pt --attach model/release/infdit-s4.json
+        # adds the JPEG restorer (model/infdit/restore.py) to an exported model: <name>.restore.onnx and the
         # manifest's "restorer"; its other graphs are left as they are. --restorer with --ckpt/--out: the same at export
 
 The graphs evaluate a batch of blocks at one σ each, one layer at a time (network.InfDiT.layer_*:
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import InfDiT, make_config, upsample, to_blocks, lr_contexts, thumbnail, jpeg_level
-from sample import sample_image, karras_sigmas, block_noise
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from infdit.network import InfDiT, make_config, upsample, to_blocks, lr_contexts, thumbnail, jpeg_level
+from infdit.sample import sample_image, karras_sigmas, block_noise
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OPSET = 14
 
 
@@ -181,7 +181,7 @@ def ort_attention(heads):
     Registered once per process; its body is the reference the symbolic stands for (test_network checks them).
     Returns the hook for `heads` heads that network's attention modules call when set (export_layers)."""
     if not _MHA_LIB:
-        from network import NEG
+        from infdit.network import NEG
         lib = torch.library.Library("infdit", "DEF")
         lib.define("mha(Tensor q, Tensor k, Tensor v, Tensor? keep, int heads) -> Tensor")
 
@@ -267,14 +267,14 @@ class RestoreTile(torch.nn.Module):
         self.net = net
 
     def forward(self, lr, jq):
-        from restore import TILE, HALO
+        from infdit.restore import TILE, HALO
         return self.net(lr, jq)[:, :, HALO:HALO + TILE, HALO:HALO + TILE]
 
 
 def attach_restorer(m, out, ckpt):
-    """Export model/restore.py's checkpoint as <out>.restore.onnx and describe it in manifest `m`
+    """Export model/infdit/restore.py's checkpoint as <out>.restore.onnx and describe it in manifest `m`
     (a model has at most one restorer: an earlier one is replaced)."""
-    from restore import load, TILE, HALO
+    from infdit.restore import load, TILE, HALO
     net, st = load(ckpt)
     assert net.cfg.receptive_radius <= HALO, "the halo must cover the restorer's receptive field"
     side = TILE + 2 * HALO
@@ -360,7 +360,7 @@ def manifest(cfg, name, kv_dtype, sampling, provenance, graphs, whole=None, atte
         "border_rule_doc": "a missing top/left/top-left neighbour is masked out of the softmax; its kv_nb values are ignored",
         "target": cfg.target, "sigma_data": cfg.sigma_data,
         "sampling": sampling,
-        "rng": {"name": "fmix32-boxmuller", "doc": "model/sample.py block_noise: key=fmix32 chain of (seed,stage,r,c,n); "
+        "rng": {"name": "fmix32-boxmuller", "doc": "model/infdit/sample.py block_noise: key=fmix32 chain of (seed,stage,r,c,n); "
                 "element i: u1=(fmix32(key+(2i+1)·0x9E3779B1)+1)/(2^32+1), u2=fmix32(key+(2i+2)·0x9E3779B1)/2^32, "
                 "z=sqrt(-2 ln u1)·cos(2π u2)"},
         "global": {"enabled": cfg.global_cond, "input": "thumb" if cfg.global_cond else None,
@@ -393,7 +393,7 @@ def regraph(mp, ckpt, attention):
     given attention form; every other part of the manifest (sampling, provenance, the restorer's graph, the
     benchmark's whole graph) stays as it is. The graphs' inputs and outputs do not change; their bytes, and so
     the model's identity and every cache keyed by it, do."""
-    from train import load_ema
+    from training.train import load_ema
     m = json.loads(mp.read_text())
     model, _ = load_ema(ckpt)
     if model.cfg.to_dict() != m["config"]:
@@ -487,7 +487,7 @@ def main():
     ap.add_argument("--fixture", action="store_true")
     ap.add_argument("--whole", action="store_true", help="also <out>.onnx: one whole evaluation per call (benchmark reference)")
     ap.add_argument("--random", metavar="CONFIG", help="export a named size with random weights (for cost benchmarks)")
-    ap.add_argument("--restorer", metavar="CKPT", help="model/restore.py checkpoint: export it as <out>.restore.onnx into the manifest")
+    ap.add_argument("--restorer", metavar="CKPT", help="model/infdit/restore.py checkpoint: export it as <out>.restore.onnx into the manifest")
     ap.add_argument("--attach", metavar="MANIFEST", help="with --restorer: add it to this exported model, its other graphs untouched")
     ap.add_argument("--attention", choices=["fused", "plain"], default="fused",
                     help="the layers' attention: onnxruntime's MultiHeadAttention (default) or plain ONNX operators")
@@ -523,7 +523,7 @@ def main():
         return
     if not (a.ckpt and a.out):
         ap.error("--ckpt and --out are required (or --fixture, or --random CONFIG --out)")
-    from train import load_ema
+    from training.train import load_ema
     model, st = load_ema(a.ckpt)
     prov = {"steps": st.get("step"), "crops": st.get("crops")}
     if "degradation" in st:   # the recipe the checkpoint was trained with (train.py)
@@ -537,7 +537,7 @@ def main():
         mp.write_text(json.dumps(attach_restorer(json.loads(mp.read_text()), out, a.restorer), indent=1))
     if model.base is not None:
         # trained over a base (train.py --base): its graph goes with the model, and up(LR) is its output
-        import base
+        from infdit import base
         mp = out.with_suffix(".json")
         torch.save(base.state_of(model.base), f"{out}.base.ckpt.pt")
         m = base.attach(json.loads(mp.read_text()), out, f"{out}.base.ckpt.pt", st.get("base_notes"))

@@ -1,6 +1,6 @@
 """Where does the two-block (128 px) seam pattern come from? Interventions on the fidelity sampler.
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/bin/python3 model/seams.py \\
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/bin/python3 model/measure/seams.py \\
         --ckpt model/release/infdit-s4.ckpt.pt --data .data [--n 8]
 
 Block boundaries fall in two classes: "even" lines (x or y ≡ 0 mod 128) and "odd" ones (≡ 64 mod
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import load_split, degrade
-from sample import sample_image
-from evaluate import to_u8, luma
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from training.data import load_split, degrade
+from infdit.sample import sample_image
+from measure.evaluate import to_u8, luma
 from PIL import Image
 
 
@@ -143,7 +143,7 @@ def main():
     ap.add_argument("--conds", default="", help="comma-separated subset of the conditions (default: all)")
     ap.add_argument("--profile", action="store_true", help="only the base condition's error by offset in the block")
     a = ap.parse_args()
-    from train import load_ema, all_cores
+    from training.train import load_ema, all_cores
     torch.set_num_threads(all_cores())
     model, _ = load_ema(a.ckpt)
     cfg = model.cfg

@@ -3,9 +3,9 @@ linear layer that is a MatMul in the layer graphs (a 3-D input: tokens) computed
 channel) and uint8 activations, rounded exactly as onnxruntime's integer MatMuls would round them.
 
     # 1. calibrate the static activation scales on training photos (max |x| per layer, both presets)
-    /usr/bin/python3 model/quant_check.py calibrate runs/int8-amax.json --split train --limit 8 --presets fidelity,detail
+    /usr/bin/python3 model/measure/quant_check.py calibrate runs/int8-amax.json --split train --limit 8 --presets fidelity,detail
     # 2. evaluate with the quantisation (any evaluate.py arguments after the mode and file)
-    /usr/bin/python3 model/quant_check.py evaluate runs/int8-amax.json --split val --presets fidelity --variants clean
+    /usr/bin/python3 model/measure/quant_check.py evaluate runs/int8-amax.json --split val --presets fidelity --variants clean
         [--activations static|token] [--keep-ends]
 
 --activations static: one scale per layer (the calibrated max |x| / 127), what a batch-invariant int8 graph can
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "model"))
 
 
@@ -73,7 +73,7 @@ def main():
         return linear(xq, torch.round(w / ws) * ws, b)                              # int8 per output channel
 
     F.linear = quantised            # nn.Linear and network.py's F.linear both look it up here
-    import evaluate
+    from measure import evaluate
     sys.argv = ["evaluate.py"] + rest
     evaluate.main()
     if mode == "calibrate":

@@ -2,9 +2,9 @@
 # The device tool sends the whole working tree (tracked files, untracked ones git does not ignore, and
 # the carried paths) and refuses more than 64 MiB. Ours is over that by itself: 77 MiB tracked, 47 of it
 # the ONNX graphs the server runs, which a training run never reads; with .data (25 MiB) carried, 102.
-#   bash model/device_tree.sh size [CARRY…]     what would travel, in MiB, and whether it fits
-#   bash model/device_tree.sh slim [CARRY…]     untrack the ONNX graphs for a device call (still on disk)
-#   bash model/device_tree.sh restore           track them again: the tree as it was
+#   bash model/device/tree.sh size [CARRY…]     what would travel, in MiB, and whether it fits
+#   bash model/device/tree.sh slim [CARRY…]     untrack the ONNX graphs for a device call (still on disk)
+#   bash model/device/tree.sh restore           track them again: the tree as it was
 # slim takes the graphs out of git's index and lists them in .git/info/exclude, so they neither travel
 # nor vanish from this checkout; while it lasts a pre-commit hook refuses every commit (one would delete
 # the release's graphs from history's next state). Nothing else is touched.
@@ -36,16 +36,16 @@ case "${1:-}" in
     report "$@" ;;
   slim)
     shift; carried_exist "$@"
-    [ -e "$LIST" ] && { echo "already slim (listed in $LIST); run: bash model/device_tree.sh restore" >&2; exit 1; }
+    [ -e "$LIST" ] && { echo "already slim (listed in $LIST); run: bash model/device/tree.sh restore" >&2; exit 1; }
     git ls-files -z -- '*.onnx' | tr '\0' '\n' > "$LIST"
     [ -s "$LIST" ] || { rm -f "$LIST"; echo "no tracked ONNX graphs to leave behind" >&2; exit 1; }
     mkdir -p "$(dirname "$EXCLUDE")" "$(dirname "$HOOK")"
     { echo "$BEGIN"; sed 's|^|/|' "$LIST"; echo "$END"; } >> "$EXCLUDE"
     tr '\n' '\0' < "$LIST" | xargs -0 git rm -q --cached --
     [ -e "$HOOK" ] && mv "$HOOK" "$HOOK.before-slim"
-    printf '#!/bin/sh\necho "the ONNX graphs are untracked for a device call: bash model/device_tree.sh restore first" >&2\nexit 1\n' > "$HOOK"
+    printf '#!/bin/sh\necho "the ONNX graphs are untracked for a device call: bash model/device/tree.sh restore first" >&2\nexit 1\n' > "$HOOK"
     chmod +x "$HOOK"
-    echo "untracked $(wc -l < "$LIST") ONNX graphs (still on disk) until: bash model/device_tree.sh restore"
+    echo "untracked $(wc -l < "$LIST") ONNX graphs (still on disk) until: bash model/device/tree.sh restore"
     report "$@" || { echo "still too large: restoring" >&2; "$0" restore; exit 1; } ;;
   restore)
     [ -e "$LIST" ] || { echo "not slim: nothing to restore"; exit 0; }
@@ -55,5 +55,5 @@ case "${1:-}" in
     rm -f "$LIST"
     echo "the ONNX graphs are tracked again" ;;
   *)
-    echo "usage: bash model/device_tree.sh size|slim [CARRY…] | restore" >&2; exit 2 ;;
+    echo "usage: bash model/device/tree.sh size|slim [CARRY…] | restore" >&2; exit 2 ;;
 esac

@@ -1,10 +1,10 @@
 """The JPEG restorer: a small convolutional network that takes a JPEG-decoded LR image and the
 quality its file was saved at, and gives the clean LR the super-resolver was trained on.
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/bin/python3 model/restore.py train \
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/bin/python3 model/infdit/restore.py train \
         --data .data --ckpt runs/restorer --minutes 30          # --resume to continue
-    /usr/bin/python3 model/restore.py eval --ckpt runs/restorer/last.pt --data .data   # LR PSNR per quality
-    /usr/bin/python3 model/restore.py fixture      # test/fixtures/restore-*: the released restorer's reference
+    /usr/bin/python3 model/infdit/restore.py eval --ckpt runs/restorer/last.pt --data .data   # LR PSNR per quality
+    /usr/bin/python3 model/infdit/restore.py fixture      # test/fixtures/restore-*: the released restorer's reference
 
 Why a separate stage: the diffusion model sharpens what it is given, and an 8×8 JPEG step is, to
 it, an edge (issue 15: +0.03 dB over Lanczos on JPEG q75 input, seams 1.35-1.42). Fine-tuning the
@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from network import jpeg_level, grid_loss  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from infdit.network import jpeg_level, grid_loss  # noqa: E402
 
 TILE, HALO = 128, 32   # LR pixels; the engine's grid (lib/engine/restore.ts) uses the same
 
@@ -105,7 +105,7 @@ def jpeg(u8, quality):
 
 def clean_lr(arr, scale=4):
     """The clean LR of a ground-truth photo: data.degrade's "bicubic" task, rounded as the engine reads it."""
-    from data import degrade
+    from training.data import degrade
     return to_u8(degrade(to_unit(arr), scale))
 
 
@@ -115,7 +115,7 @@ def psnr(a, b):
 
 def val_crops(data, crop=(512, 384), scale=4):
     """The clean LR of evaluate.py's centred validation crops."""
-    from data import load_split, centre_crop
+    from training.data import load_split, centre_crop
     return [(e["packed"], clean_lr(centre_crop(arr, *crop), scale)) for e, arr in load_split(data, "val")]
 
 
@@ -140,8 +140,8 @@ def load(path):
 
 
 def train(a):
-    from data import load_split
-    from train import all_cores
+    from training.data import load_split
+    from training.train import all_cores
     torch.set_num_threads(a.threads or all_cores())
     torch.manual_seed(a.seed)
     ck = Path(a.ckpt); ck.mkdir(parents=True, exist_ok=True)
@@ -172,9 +172,9 @@ def train(a):
     if a.through:
         # end to end: the loss is the super-resolver's (frozen) one-evaluation output against the
         # ground truth, so the restorer learns to remove what the diffusion model would amplify
-        from train import load_ema
-        from data import CropSampler, degrade
-        from network import upsample
+        from training.train import load_ema
+        from training.data import CropSampler, degrade
+        from infdit.network import upsample
         dit = load_ema(a.through)[0]
         for p in dit.parameters():
             p.requires_grad_(False)

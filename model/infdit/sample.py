@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from network import upsample, to_blocks, from_blocks
+from infdit.network import upsample, to_blocks, from_blocks
 
 M32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B1

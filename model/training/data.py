@@ -1,7 +1,7 @@
 """Training data: pack the fetched photos into one carryable folder, and sample degraded crops.
 
-    /usr/bin/python3 model/data.py pack [--cache DIR] [--out DIR] [--downscale 2]
-    /usr/bin/python3 model/data.py crops --packed .data-r4 --out .data-r4-crops [--side 256] [--max-mb 40]
+    /usr/bin/python3 model/training/data.py pack [--cache DIR] [--out DIR] [--downscale 2]
+    /usr/bin/python3 model/training/data.py crops --packed .data-r4 --out .data-r4-crops [--side 256] [--max-mb 40]
 
 `pack` writes OUT/{train,val}/*.jpg (quality 95) of every photo downscaled by `--downscale`
 (antialiased): many photos are JPEG/WebP-compressed or soft at full size, and a 2× reduction
@@ -13,7 +13,7 @@ crops (random offset, flip, transpose) so block borders fall everywhere in the p
 the antialiased bicubic 4× downscale of the crop ("bicubic" task) or that plus light blur,
 noise ("real" task).
 """
-import argparse, io, json, os
+import argparse, io, json, os, sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from degrade import degrade_mixed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from training.degrade import degrade_mixed
 
 Image.MAX_IMAGE_PIXELS = 80_000_000
 
@@ -84,7 +85,7 @@ def load_split(folder, split):
 
 def degrade(hr, scale, task="bicubic", gen=None, with_quality=False):
     """hr in [-1,1], (n,3,H,W) -> LR (n,3,H/s,W/s). Tasks: "bicubic" (clean), "real" (light blur and
-    noise), "real2" (model/degrade.py: clean, clean+JPEG or Real-ESRGAN's second-order pipeline)."""
+    noise), "real2" (model/training/degrade.py: clean, clean+JPEG or Real-ESRGAN's second-order pipeline)."""
     bicubic = lambda t: F.interpolate(t, scale_factor=1.0 / scale, mode="bicubic", antialias=True, align_corners=False)
     if task == "real2":
         return degrade_mixed(hr, scale, bicubic, gen if gen is not None else torch.Generator(device=hr.device), with_quality)

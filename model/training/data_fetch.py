@@ -1,8 +1,8 @@
 """Fetch the training photos from Debian packages into a cache outside git.
 
-    /usr/bin/python3 model/data_fetch.py [--cache DIR]
-    /usr/bin/python3 model/data_fetch.py --heldout [--cache DIR]     # the independent set, never trained on
-    /usr/bin/python3 model/data_fetch.py --repos [MIRRORS]           # round 4: REPOS' photos too (fetched mirrors)
+    /usr/bin/python3 model/training/data_fetch.py [--cache DIR]
+    /usr/bin/python3 model/training/data_fetch.py --heldout [--cache DIR]     # the independent set, never trained on
+    /usr/bin/python3 model/training/data_fetch.py --repos [MIRRORS]           # round 4: REPOS' photos too (fetched mirrors)
 
 Downloads each package with `apt-get download`, unpacks it with `dpkg -x`, and collects the
 photos into DIR/photos/<package>/ with DIR/photos/manifest.json (file, size, package, license).

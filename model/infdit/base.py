@@ -1,10 +1,10 @@
 """The base under the residual (DESIGN.md §1, issue 38): a small convolutional super-resolver whose
 output is up(LR), the image the diffusion transformer refines.
 
-    /usr/bin/python3 model/base.py set5 --ckpt TEACHER.pth --set5 DIR        # reproduce a published 4x PSNR
-    /usr/bin/python3 model/base.py halo --ckpt TEACHER.pth --data .data      # tiled vs whole image, per halo
-    /usr/bin/python3 model/base.py distill --teacher TEACHER.pth --data .data --ckpt runs/base --minutes 60
-    /usr/bin/python3 model/base.py attach --ckpt runs/base/best.pt --manifest model/release/infdit-s4.json
+    /usr/bin/python3 model/infdit/base.py set5 --ckpt TEACHER.pth --set5 DIR        # reproduce a published 4x PSNR
+    /usr/bin/python3 model/infdit/base.py halo --ckpt TEACHER.pth --data .data      # tiled vs whole image, per halo
+    /usr/bin/python3 model/infdit/base.py distill --teacher TEACHER.pth --data .data --ckpt runs/base --minutes 60
+    /usr/bin/python3 model/infdit/base.py attach --ckpt runs/base/best.pt --manifest model/release/infdit-s4.json
 
 The family is SAFMN++ (Sun et al., NTIRE 2024 efficient SR; "spatially-adaptive feature modulation"):
 a 3x3 stem, blocks of [feature modulation -> convolutional channel mixer] with a skip, a 3x3 conv to
@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
 
 # LR pixels; lib/engine/base.ts reads them from the manifest. HALO 24: SAFMN++'s tiled output within
 # 0.54/255 of the whole image's, the shipped student's 0.15/255 (16: 1.87 and 0.73; `halo`,
@@ -187,7 +187,7 @@ def tiled(net, lr_u8, tile=TILE, halo=HALO, batch=8):
 def cascade(net, lr, stages):
     """The base at each stage of a cascade, as the engine runs it: lr (1,3,h,w) in [-1,1] -> the last stage's
     output in [-1,1], each earlier stage's rounded to 8 bits (the next stage's LR is pixels)."""
-    from network import to_8bit
+    from infdit.network import to_8bit
     y = tiled_tensor(net, lr)
     for _ in range(stages - 1):
         y = tiled_tensor(net, to_8bit(y))
@@ -257,8 +257,8 @@ def cmd_set5(a):
 
 def cmd_halo(a):
     """Largest |tiled - whole| (in 1/255) inside the image, per halo, on the validation crops."""
-    from data import load_split, centre_crop
-    from restore import clean_lr
+    from training.data import load_split, centre_crop
+    from infdit.restore import clean_lr
     net = load(a.ckpt, a.size)
     imgs = [clean_lr(centre_crop(arr, 512, 384)) for _, arr in load_split(a.data, a.split)][: a.n]
     for halo in [int(h) for h in a.halos.split(",")]:
@@ -275,14 +275,14 @@ def cmd_halo(a):
 
 def val_set(data, split="val", n=None):
     """(LR, ground truth), both HWC uint8, of the evaluation crops (evaluate.py's centred 512x384)."""
-    from data import load_split, centre_crop
-    from restore import clean_lr
+    from training.data import load_split, centre_crop
+    from infdit.restore import clean_lr
     return [(clean_lr(gt), gt) for gt in (centre_crop(arr, 512, 384) for _, arr in load_split(data, split)[:n])]
 
 
 def measure(net, crops):
     """Mean PSNR (RGB, after 8-bit rounding as served) of the tiled base over crops."""
-    from evaluate import psnr
+    from measure.evaluate import psnr
     return float(np.mean([psnr(to_u8(tiled(net, lr)), gt) for lr, gt in crops]))
 
 
@@ -292,13 +292,13 @@ class JpegInputs:
     A share of each batch is replaced so; the target stays the teacher's output on the clean LR."""
 
     def __init__(self, restorer_ckpt, seed):
-        from restore import load as load_restorer
+        from infdit.restore import load as load_restorer
         self.net = load_restorer(restorer_ckpt)[0].requires_grad_(False)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, lr01, share):
-        from restore import jpeg
-        from network import jpeg_level
+        from infdit.restore import jpeg
+        from infdit.network import jpeg_level
         out = lr01.clone()
         for i in np.flatnonzero(self.rng.random(len(lr01)) < share):
             q = int(self.rng.integers(30, 96))
@@ -312,7 +312,7 @@ class JpegInputs:
 def cmd_distill(a):
     """A student of our own, trained on the CPU to give the teacher's output (and the photo's): its
     weights are the project's, the teacher's never leave the cache they were fetched into."""
-    from data import load_split, CropSampler, degrade
+    from training.data import load_split, CropSampler, degrade
     torch.manual_seed(a.seed)
     dev = torch.device(a.device)
     teacher = load(a.teacher).to(dev)
@@ -399,7 +399,7 @@ class BaseWindow(nn.Module):
 def attach(m, out, ckpt, notes=None, tile=TILE, halo=HALO):
     """Export a base checkpoint (or a BaseNet) as <out>.base.onnx and describe it in manifest `m` ("base";
     at most one). The transformer's up(LR) stays what `m["up"]` says (bicubic unless trained over the base)."""
-    from export import _export
+    from infdit.export import _export
     if isinstance(ckpt, BaseNet):
         net, st = ckpt.eval(), {}
     else:
@@ -419,7 +419,7 @@ def attach(m, out, ckpt, notes=None, tile=TILE, halo=HALO):
     m.setdefault("up", "bicubic")
     m["base"] = {
         "enabled": True, "graph": "base", "tile": tile, "halo": halo, "cell": CELL,
-        "doc": ("the base super-resolver (model/base.py): the LR is cut into a fixed grid of tile x tile tiles from its "
+        "doc": ("the base super-resolver (model/infdit/base.py): the LR is cut into a fixed grid of tile x tile tiles from its "
                 "top-left corner, each run from a window of halo more pixels on every side (edge-replicated outside the "
                 "image); a tile's output is the base's s*tile x s*tile pixels there, in [-1,1]. The viewer's preview is "
                 "the base where it can be had; the transformer's up(LR) is the base only when \"up\" is \"base\""),
@@ -448,9 +448,9 @@ def cmd_measure(a):
     released restorer, as the engine reads a JPEG's), at 4x, and at 16x the base applied twice (8-bit
     between, the cascade's rule). Seconds; no transformer. Prints a line per base and variant."""
     import io
-    import evaluate as ev
-    from data import load_split, centre_crop, degrade
-    from restore import load as load_restorer, restore_image
+    from measure import evaluate as ev
+    from training.data import load_split, centre_crop, degrade
+    from infdit.restore import load as load_restorer, restore_image
     nets = {Path(c).name if len(a.ckpt) == 1 else f"{i}:{Path(c).name}": load(c) for i, c in enumerate(a.ckpt)}
     restorer = load_restorer(a.restorer)[0] if a.restorer else None
     S = a.scale
@@ -503,7 +503,7 @@ FIXTURE_TILE, FIXTURE_HALO = 32, 16
 def cmd_fixture(a):
     """test/fixtures/tiny-base.*: the tiny fixture's transformer over a tiny random base (up = "base"),
     the LR the tests use, and the base's reference output of it (float32 CHW, [-1,1])."""
-    root = Path(__file__).resolve().parent.parent / "test/fixtures"
+    root = Path(__file__).resolve().parents[2] / "test/fixtures"
     torch.manual_seed(1234)
     net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2))
     with torch.no_grad():     # a visible residual: the default init gives an output near the bilinear
@@ -554,7 +554,7 @@ def main():
     p.add_argument("--scale", type=int, default=4, choices=(4, 16)); p.add_argument("--variants", default="clean,jpeg75")
     p.add_argument("--restorer", default="model/release/infdit-s4.restore.ckpt.pt"); p.add_argument("--out")
     a = ap.parse_args()
-    from train import all_cores   # here, not at the top: train imports this module
+    from training.train import all_cores   # here, not at the top: train imports this module
     torch.set_num_threads(all_cores())   # torch 1.13 here defaults to 1
     {"set5": cmd_set5, "halo": cmd_halo, "distill": cmd_distill, "attach": cmd_attach, "fixture": cmd_fixture, "measure": cmd_measure}[a.cmd](a)
 

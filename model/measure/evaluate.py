@@ -4,7 +4,7 @@ ablation, CPU cost; each for the clean LR (antialiased bicubic) and for the same
 q75 (what people upload; Lanczos3 and bicubic then work from the same decoded JPEG). Writes JSON
 and side-by-side crops.
 
-    /usr/bin/python3 model/evaluate.py --ckpt model/release/infdit-s4.ckpt.pt --data .data \\
+    /usr/bin/python3 model/measure/evaluate.py --ckpt model/release/infdit-s4.ckpt.pt --data .data \\
         --manifest model/release/infdit-s4.json --out model/release
 """
 import argparse, io, json, math, re, sys, time
@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import upsample, jpeg_level
-from data import load_split, degrade, centre_crop
-from sample import sample_image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from infdit.network import upsample, jpeg_level
+from training.data import load_split, degrade, centre_crop
+from infdit.sample import sample_image
 
 
 def to_u8(t):  # (1,3,H,W) in [-1,1] -> HWC uint8, the engine's rounding
@@ -145,7 +145,7 @@ def main():
     ap.add_argument("--variants", default="clean,jpeg75",
                     help="LR variants: clean, jpegNN (the LR saved as JPEG quality NN), jpegNN-untold (the same, but a "
                          "jpeg_cond model is told 0: what a JPEG re-saved as PNG gets)")
-    ap.add_argument("--restorer", metavar="CKPT", help="model/restore.py checkpoint: a told JPEG variant's LR goes through it "
+    ap.add_argument("--restorer", metavar="CKPT", help="model/infdit/restore.py checkpoint: a told JPEG variant's LR goes through it "
                     "first, as the engine does for a model with a restorer (row restored-lanczos3: Lanczos3 of the restored LR)")
     ap.add_argument("--split", default="val", help="the data folder's split to measure: val (lxqt-themes, the one runs are "
                     "chosen on) or heldout (data_fetch.py --heldout: the independent set; measure a chosen release, never choose by it)")
@@ -155,7 +155,7 @@ def main():
     ap.add_argument("--no-ablation", action="store_true", help="skip the independent-block ablation (a third of a CPU evaluation's time)")
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all); at "
                     "--scale 16 also A/B: preset A at stage 1, B at stage 2 (e.g. fidelity/detail)")
-    ap.add_argument("--base", metavar="CKPT", help="also measure this base super-resolver alone (model/base.py checkpoint or a "
+    ap.add_argument("--base", metavar="CKPT", help="also measure this base super-resolver alone (model/infdit/base.py checkpoint or a "
                     "SAFMN++ .pth; row base; at 16x applied twice, 8-bit between); a model trained over a base measures its own")
     ap.add_argument("--stage1-ckpt", metavar="CKPT", help="--scale 16: stage 1 by this checkpoint of the same network, "
                     "stage 2 by --ckpt (a cascade whose first stage need not be the 4× release)")
@@ -163,7 +163,7 @@ def main():
     for v in a.variants.split(","):
         if not (v == "clean" or re.fullmatch(r"jpeg([1-9][0-9]?|100)(-untold)?", v)):
             ap.error(f"--variants: unknown variant {v!r}; use clean, jpegNN or jpegNN-untold (NN a quality 1-100)")
-    from train import load_ema, all_cores
+    from training.train import load_ema, all_cores
     torch.set_num_threads(all_cores())   # was max(1, get_num_threads()): 1 thread of 2 on this machine
     dev = torch.device(a.device)
     model, st = load_ema(a.ckpt, dev)
@@ -176,10 +176,10 @@ def main():
             ap.error(f"--stage1-ckpt {a.stage1_ckpt}: a different network from --ckpt {a.ckpt}")
     base_net = model.base
     if a.base:
-        from base import load as load_base
+        from infdit.base import load as load_base
         base_net = load_base(a.base).to(dev)
     if a.restorer:
-        from restore import load as load_restorer, restore_image
+        from infdit.restore import load as load_restorer, restore_image
         restorer = load_restorer(a.restorer)[0]
     cfg = model.cfg
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -253,7 +253,7 @@ def main():
             outs = {"bicubic": to_u8(upsample(lr, S)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((gw, gh), Image.LANCZOS))}
             if base_net is not None:   # the engine's base at each stage, 8-bit pixels between
-                from base import cascade
+                from infdit.base import cascade
                 outs["base"] = to_u8(cascade(base_net, lr, stages))
             if model_u8 is not lr_u8:
                 outs["restored-lanczos3"] = np.asarray(Image.fromarray(model_u8).resize((gw, gh), Image.LANCZOS))

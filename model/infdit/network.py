@@ -48,7 +48,7 @@ class InfDiTConfig:
     thumb: int = 32           # thumbnail side for global conditioning
     jpeg_cond: bool = False   # the LR file's JPEG quality (jpeg_level) added to the noise embedding
     target: str = "residual"  # "residual": diffuse x - up(LR); "image": diffuse x itself
-    up: str = "bicubic"       # up(LR): "bicubic", or "base" (model/base.py's super-resolver, kept in model.base)
+    up: str = "bicubic"       # up(LR): "bicubic", or "base" (model/infdit/base.py's super-resolver, kept in model.base)
     sigma_data: float = 0.5
     rope_base: float = 10000.0  # lowest frequency wavelength ≈ 2π·base tokens > 65,536 px / patch
 
@@ -181,7 +181,7 @@ _SDPA = getattr(F, "scaled_dot_product_attention", None)  # torch 2.x; 1.13 and 
 # How the fused path (CUDA training) applies the key bias. "mask": as SDPA's attn_mask (torch 2.11 on an H200
 # picks cuDNN's attention for it). "fold": as one more channel of the queries and keys ([q, 1] · [k; bias], as
 # the plain path does for onnxruntime), padded to a multiple of 8, so no mask is passed and any kernel, flash
-# too, may run. Same function either way (test_network). Measured (model/speed.py, results/speed-h200.log):
+# too, may run. Same function either way (test_network). Measured (model/measure/speed.py, results/speed-h200.log):
 # eager, batch 64, mask 190.3 crops/s, fold 178.2; the compiled batch-256 run, 590.7, used fold.
 SDPA_BIAS = "mask"
 
@@ -243,7 +243,7 @@ class UniBAttention(nn.Module):
         self.k_norm = LayerNorm(self.dh, eps=1e-6)
         self.slot = nn.Parameter(torch.zeros(len(SLOTS), self.h, 1, self.dh))
         self.proj = nn.Linear(cfg.dim, cfg.dim)
-        self.ort_attention = None   # set by model/export.py only: see mix4
+        self.ort_attention = None   # set by model/infdit/export.py only: see mix4
 
     def q_own(self, x, cos, sin):
         """The queries alone (the layer step gets its own K/V from the step before)."""
@@ -277,7 +277,7 @@ class UniBAttention(nn.Module):
         t = k4.shape[2] // len(SLOTS)
         slot = self.slot.transpose(0, 1).expand(-1, -1, t, -1).reshape(1, self.h, len(SLOTS) * t, self.dh)
         if self.ort_attention is not None:
-            # The export's form (model/export.py: onnxruntime's MultiHeadAttention, one kernel for the scores,
+            # The export's form (model/infdit/export.py: onnxruntime's MultiHeadAttention, one kernel for the scores,
             # the softmax and the weighted sum): queries (n, T, h·dh), keys and values as they come, a missing
             # neighbour's keys closed by a mask instead of the bias. bench/layer-forms.ts: a layer 1-10% faster.
             n, h, tq, dh = q.shape
@@ -307,7 +307,7 @@ class NearbyLRCrossAttention(nn.Module):
         self.q_norm = LayerNorm(self.dh, eps=1e-6)
         self.k_norm = LayerNorm(self.dh, eps=1e-6)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
-        self.ort_attention = None   # set by model/export.py only, as UniBAttention.ort_attention
+        self.ort_attention = None   # set by model/infdit/export.py only, as UniBAttention.ort_attention
 
     def forward(self, x, lr_ctx):
         n, t, d = x.shape
@@ -529,7 +529,7 @@ class InfDiT(nn.Module):
             return upsample(lr, self.cfg.scale)
         if self.base is None:
             raise RuntimeError("this model was trained over a base super-resolver but none is attached (model.base)")
-        import base
+        from infdit import base
         return base.crop_up(self.base, lr) if crops else base.tiled_tensor(self.base, lr)
 
     # -- path 1: all blocks of whole images (training) --------------------------------

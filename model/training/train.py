@@ -1,6 +1,6 @@
 """Train Inf-DiT on degraded photo crops with EDM. Resumable; the same script on CPU and GPU.
 
-    /usr/bin/python3 model/train.py --config infdit-s/4 --data .data --ckpt runs/s4 [--resume] [--minutes 30]
+    /usr/bin/python3 model/training/train.py --config infdit-s/4 --data .data --ckpt runs/s4 [--resume] [--minutes 30]
 
 Prints one line every --log-every steps. Writes --ckpt/last.pt (model, EMA, optimizer, step,
 config) every --save-every seconds and at the end; --resume continues from it (the learning
@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import network
-from network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss, phase_loss, to_8bit
-from base import state_of as base_state, from_state as base_from_state, load as load_base
-from data import load_split, CropSampler, degrade
-from degrade import RECIPE
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from infdit import network
+from infdit.network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss, phase_loss, to_8bit
+from infdit.base import state_of as base_state, from_state as base_from_state, load as load_base
+from training.data import load_split, CropSampler, degrade
+from training.degrade import RECIPE
 
 
 def sample_sigma(n, a, gen, device):
@@ -88,7 +88,7 @@ def load_ema(path, device="cpu"):
 
 
 def main(argv=None):
-    """argv: the flags (default sys.argv); model/speed.py calls it once per variant. Returns the
+    """argv: the flags (default sys.argv); model/measure/speed.py calls it once per variant. Returns the
     --profile-steps rate in crops/s (None without a profile)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="infdit-s/4")
@@ -96,7 +96,7 @@ def main(argv=None):
     ap.add_argument("--ckpt", default="runs/default")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", help="start from this checkpoint's EMA weights (fresh optimizer)")
-    ap.add_argument("--base", metavar="CKPT", help="train over this base super-resolver (model/base.py checkpoint): "
+    ap.add_argument("--base", metavar="CKPT", help="train over this base super-resolver (model/infdit/base.py checkpoint): "
                     "up(LR) is its output, kept in the checkpoint; the manifest's \"up\" becomes \"base\"")
     ap.add_argument("--zero-output", action="store_true", help="zero the final layer's projection first (with --init and --base: "
                     "the model starts as the base alone)")
@@ -112,7 +112,7 @@ def main(argv=None):
     ap.add_argument("--mix", default="",
                     help="real2's shares, e.g. bicubic=0.3,bicubic+jpeg=0.4,second-order=0.3 (default: degrade.RECIPE's)")
     ap.add_argument("--task", choices=["bicubic", "real", "real2"], default="bicubic",
-                    help="LR degradations: bicubic (clean), real (light blur+noise), real2 (model/degrade.py: clean, JPEG, second-order)")
+                    help="LR degradations: bicubic (clean), real (light blur+noise), real2 (model/training/degrade.py: clean, JPEG, second-order)")
     ap.add_argument("--jpeg-cond", action="store_true",
                     help="condition on the LR's JPEG quality (network.jpeg_level; real2 only): a server reads it from an "
                          "uploaded JPEG's quantisation tables, so the model need not guess whether an edge is JPEG's")
@@ -160,7 +160,7 @@ def main(argv=None):
                     help="how CUDA's fused attention gets the key bias (network.SDPA_BIAS): mask = attn_mask, fold = one "
                          "more query/key channel, no mask, so the flash kernel may run")
     ap.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
-                    help="restrict torch 2.x's fused attention to one kernel (auto: torch chooses); for model/speed.py")
+                    help="restrict torch 2.x's fused attention to one kernel (auto: torch chooses); for model/measure/speed.py")
     ap.add_argument("--torch-profile", action="store_true",
                     help="with --profile-steps: also torch.profiler over those steps, the top kernels by device time")
     ap.add_argument("--profile-steps", type=int, default=0,

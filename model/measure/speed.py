@@ -1,7 +1,7 @@
 """Where a GPU training step's time goes, and what each way of attending costs there. One process runs
 train.py's own profiled step (same data, degradations, loss and seam loss as a run) once per variant:
 
-    python3 model/speed.py --data .data --ckpt /tmp/speed [--variants V,V,…] [--seconds 240]
+    python3 model/measure/speed.py --data .data --ckpt /tmp/speed [--variants V,V,…] [--seconds 240]
 
 A variant is BATCH:BIAS:BACKEND[:compile][:trace] — train.py's --batch, --attn-bias (mask | fold),
 --sdpa-backend (auto | flash | efficient | cudnn | math), --compile, --torch-profile (the top kernels).
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import network
-import train
-from data import load_split
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from infdit import network
+from training import train
+from training.data import load_split
 
 # What the H200 run of 2026-11-28 measured (results/speed-h200.log) was the eager kernels at batch 64 and
 # fold:auto:compile at 256 (eager 256 with fold ran out of its 139 GiB). Next: where the compiled step's

@@ -1,7 +1,7 @@
 """int8 forms of one exported layer graph, for timing them against it (issue 33): every MatMul with a constant
 2-D weight rewritten, int8 weights per output column, in one of onnxruntime's integer forms.
 
-    /usr/bin/python3 model/quant_graphs.py model/release/infdit-s4.layer1.onnx /tmp/forms [--amax runs/int8/amax.json]
+    /usr/bin/python3 model/measure/quant_graphs.py model/release/infdit-s4.layer1.onnx /tmp/forms [--amax runs/int8/amax.json]
     node --import tsx bench/layer-forms.ts /tmp/forms/*.onnx --batches 8,16
 
 Forms written (<stem>.<form>.onnx):
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
 
 
 def constant_matmuls(m):

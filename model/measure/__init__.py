@@ -1,0 +1,2 @@
+"""How the model is measured: evaluation, the engine against PyTorch, seams, speed, quantisation. Lab tools;
+nothing here is shipped."""

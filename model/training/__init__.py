@@ -1,0 +1,1 @@
+"""How the model is trained: photos (fetch, pack, crops), degradations, training, weight averages."""

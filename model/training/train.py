@@ -87,6 +87,17 @@ def load_ema(path, device="cpu"):
     return model.eval().to(device), st
 
 
+def layers_of(weights, keep, depth, ap):
+    """The init's weights with its layers `keep` renumbered 0, 1, … (a shallower variant starts from chosen layers
+    of a trained model; the stem and the output stage are shared)."""
+    if any(not 0 <= i < depth for i in keep):
+        ap.error(f"--init-layers {','.join(map(str, keep))}: the init has layers 0-{depth - 1}")
+    out = {k: v for k, v in weights.items() if not k.startswith("blocks.")}
+    for new, old in enumerate(keep):
+        out |= {f"blocks.{new}." + k[len(f"blocks.{old}."):]: v for k, v in weights.items() if k.startswith(f"blocks.{old}.")}
+    return out
+
+
 def main(argv=None):
     """argv: the flags (default sys.argv); model/measure/speed.py calls it once per variant. Returns the
     --profile-steps rate in crops/s (None without a profile)."""
@@ -96,6 +107,9 @@ def main(argv=None):
     ap.add_argument("--ckpt", default="runs/default")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", help="start from this checkpoint's EMA weights (fresh optimizer)")
+    ap.add_argument("--depth", type=int, help="layers (default: --config's): a shallower variant (issue 41)")
+    ap.add_argument("--init-layers", metavar="I,J,…", help="with --init: the init's layers, in order, that become this "
+                    "model's (as many as --depth; e.g. 0,2,5,7 of release 5's 8 for a 4-layer variant; default: all)")
     ap.add_argument("--base", metavar="CKPT", help="train over this base super-resolver (model/infdit/base.py checkpoint): "
                     "up(LR) is its output, kept in the checkpoint; the manifest's \"up\" becomes \"base\"")
     ap.add_argument("--zero-output", action="store_true", help="zero the final layer's projection first (with --init and --base: "
@@ -192,7 +206,16 @@ def main(argv=None):
         RECIPE["mix"] = parse_mix(a.mix)   # the recipe saved in the checkpoint is the one trained with
     if a.jpeg_cond and a.task != "real2":
         ap.error("--jpeg-cond needs --task real2 (the other tasks make no JPEG)")
-    cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond)
+    cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond,
+                                                                     **({"depth": a.depth} if a.depth else {}))
+    if a.depth is not None and not a.depth >= 1:
+        ap.error(f"--depth {a.depth}: give a number of layers of at least 1")
+    try:
+        keep = [int(i) for i in a.init_layers.split(",")] if a.init_layers else None
+    except ValueError:
+        ap.error(f"--init-layers {a.init_layers!r}: give the init's layer numbers, comma-separated (e.g. 0,2,5,7)")
+    if keep is not None and (not a.init or len(keep) != cfg.depth):
+        ap.error(f"--init-layers names {len(keep)} layers: it needs --init and as many as the model's depth ({cfg.depth})")
     if a.base and state:
         ap.error("--base: a resumed run keeps the base it was trained over (leave --base out with --resume)")
     if a.base:
@@ -231,8 +254,9 @@ def main(argv=None):
         step, crops, history = state["step"], state["crops"], state.get("history", [])
     elif a.init:
         init = load_parts(a.init)
+        weights = init["ema"] if keep is None else layers_of(init["ema"], keep, init["config"]["depth"], ap)
         # a jpeg_cond model may start from one without the condition: its q_embedder starts closed
-        missing, unexpected = model.load_state_dict(init["ema"], strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or any(not k.startswith("q_embedder.") for k in missing):
             raise SystemExit(f"--init {a.init}: its weights do not fit {cfg.name} (missing {missing}, unexpected {unexpected})")
     if a.zero_output and not state:

@@ -86,3 +86,17 @@ test('a manifest\'s base and up are checked: bad fields are refused with the fie
   const old = JSON.parse(readFileSync(FIXTURE + '.json', 'utf8'));
   assert.equal(validateManifest(old).up, 'bicubic', 'a manifest from before the base reads as bicubic');
 });
+
+test('in the model thread, a base window goes before the transformer batches queued with it', async () => {
+  // six layer batches then one base window, posted at once: the window (a preview's pixels) must not wait
+  // for all six (in arrival order it came last)
+  const feeds = (gi: number, b: number) => Object.fromEntries(model.manifest.graphs[gi].inputs.map(s => {
+    const n = s.shape.reduce<number>((a, v) => a * (v === 'b' ? b : (v as number)), 1);
+    return [s.name, s.dtype === 'float16' ? new Uint16Array(n) : new Float32Array(n).fill(s.name === 'sigma' || s.name === 'present' ? 1 : 0)];
+  }));
+  const baseGi = model.manifest.graphs.findIndex(g => g.name === 'base'), done: string[] = [];
+  const calls = Array.from({ length: 6 }, (_, i) => model.run(1, 64, feeds(1, 64)).then(() => { done.push(`layer batch ${i}`); }));
+  calls.push(model.run(baseGi, 1, feeds(baseGi, 1)).then(() => { done.push('base'); }));
+  await Promise.all(calls);
+  assert.ok(done.indexOf('base') <= 2, `finished in the order ${done.join(', ')}`);
+});

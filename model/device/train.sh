@@ -43,7 +43,7 @@ for cfgb in "${candidates[@]}"; do
   b=${cfgb%% *}; c=${cfgb#$b}
   ps=${PROFILE_S:-60}; [[ $c == *--compile* ]] && ps=$(( 3 * ps ))
   # a profile that fails or runs out of time is reported and skipped, never the end of the script
-  r=$(timeout "$ps" $PY model/training/train.py "${common[@]}" --ckpt "$OUT/profile" --minutes "$(awk -v s=$ps 'BEGIN{printf "%.2f", (s - 6) / 60}')" --batch $b \
+  r=$(timeout "$ps" $PY model/training/train.py "${common[@]}" --init "$INIT" --ckpt "$OUT/profile" --minutes "$(awk -v s=$ps 'BEGIN{printf "%.2f", (s - 6) / 60}')" --batch $b \
       --profile-steps $PROFILE_STEPS --profile-skip $PROFILE_SKIP --max-steps $(( PROFILE_STEPS + PROFILE_SKIP )) --save-every 1e9 $c 2>&1 \
       | tee -a "$LOG" | sed -n 's/.*; \([0-9.]*\) crops\/s$/\1/p' | tail -1) || true
   echo "batch $b ${c:-eager}: ${r:-failed} crops/s" | tee -a "$LOG"

@@ -38,8 +38,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
 
 # LR pixels; lib/engine/base.ts reads them from the manifest. HALO 24: SAFMN++'s tiled output within
-# 0.54/255 of the whole image's, the shipped student's 0.15/255 (16: 1.87 and 0.73; `halo`,
-# model/results/base-halo-*.txt); TILE 128: a window costs (128+48)²/128² = 1.89x its tile (64: 3.06x),
+# 0.54/255 of the whole image's, the shipped student's 0.08/255 (the first student's 0.15; 16: 1.87, 0.78,
+# 0.73; `halo`, model/results/base-halo-*.txt); TILE 128: a window costs (128+48)²/128² = 1.89x its tile (64: 3.06x),
 # and a deepest-zoom DZI tile (256 px at 4x) needs one to four windows.
 TILE, HALO, CELL = 128, 24, 8
 

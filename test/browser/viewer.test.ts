@@ -192,8 +192,12 @@ test('the page opens at once while the released model generates the demo', async
     const slow = answered.filter(([u, ms]) => ms > limit + (basePreview(u) ? baseMs : 0));
     assert.deepEqual(slow, [], `requests answered after more than ${limit.toFixed(0)} ms (idle: ${idleMax.toFixed(0)} ms, a model call ${callMs.toFixed(0)} ms; a base preview `
       + `${baseMs} ms more) while the demo generated`);
-    // 4× the idle load plus six calls: 4.6 s against an old bound of 5.6 s was seen; release 1 took 18 s
-    assert.ok(loadMs < 4 * idle.loadMs + 6 * callMs, `page load took ${loadMs.toFixed(0)} ms while the demo generated, ${idle.loadMs.toFixed(0)} ms idle (release 1: 18 s and more)`);
+    // 4× the idle load plus six calls: 4.6 s against an old bound of 5.6 s was seen; release 1 took 18 s. The
+    // load event also waits for the page's first tiles, base previews among them: the base's time as above
+    // (a fresh clone's run: 3,739 ms against 3,678 without it, its slowest answer a 2,192-ms base preview)
+    const loadLimit = 4 * idle.loadMs + 6 * callMs + baseMs;
+    assert.ok(loadMs < loadLimit, `page load took ${loadMs.toFixed(0)} ms while the demo generated (limit ${loadLimit.toFixed(0)}: `
+      + `${idle.loadMs.toFixed(0)} ms idle, the base's ${baseMs} ms; release 1: 18 s and more)`);
     await p.close();
   } finally {
     srv.close();

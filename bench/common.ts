@@ -36,3 +36,12 @@ export function saveResult(kind: string, res: { date: string; [k: string]: unkno
   console.log(JSON.stringify(res, null, 1));
   process.stderr.write(`wrote ${f}\n`);
 }
+
+/** Upload a photo to a running server (POST /api/images) as the viewer does; its image id. */
+export async function upload(base: string, photo: Uint8Array<ArrayBuffer>, name: string): Promise<string> {
+  const fd = new FormData();
+  fd.append('image', new Blob([photo]), name);
+  const up = await fetch(`${base}/api/images`, { method: 'POST', body: fd });
+  if (up.status !== 201 && up.status !== 200) throw new Error(`upload answered ${up.status}: ${await up.text()}`);
+  return ((await up.json()) as { id: string }).id;
+}

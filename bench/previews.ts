@@ -14,7 +14,7 @@ import { tmpdir, cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import sharp from 'sharp';
 import { ROOT, spawnServe } from '../test/helpers.js';
-import { saveResult } from './common.js';
+import { saveResult, upload } from './common.js';
 
 const arg = (name: string, d: string) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : d; };
 const fail = (s: string): never => { console.error(s); process.exit(2); };
@@ -28,11 +28,7 @@ async function one(quality: number, stateView: boolean) {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-bench-previews-'));
   const { proc, base } = await spawnServe(['--model', model, '--data-dir', dataDir, '--demo', 'false', '--no-background-fill', '--model-workers', workers]);
   try {
-    const fd = new FormData();
-    fd.append('image', new Blob([new Uint8Array(photo)]), 'previews.jpg');
-    const up = await fetch(`${base}/api/images`, { method: 'POST', body: fd });
-    if (up.status !== 201 && up.status !== 200) throw new Error(`upload answered ${up.status}: ${await up.text()}`);
-    const { id } = await up.json() as { id: string };
+    const id = await upload(base, new Uint8Array(photo), 'previews.jpg');
     const st = await (await fetch(`${base}/api/images/${id}`)).json() as any;
     const view = { viewer: 'bench-previews-01', level: st.maxLevel, x: Math.round(0.6 * st.width - 960), y: Math.round(0.7 * st.height - 540), width: 1920, height: 1080 };
     const T = st.tileSize, tiles: [number, number][] = [];

@@ -25,7 +25,7 @@ import { tmpdir, cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import sharp from 'sharp';
 import { ROOT, spawnServe } from '../test/helpers.js';
-import { saveResult } from './common.js';
+import { saveResult, upload } from './common.js';
 import { decodeRuns } from '../lib/tiles/progress.js';
 
 const arg = (name: string, d: string) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : d; };
@@ -53,11 +53,7 @@ async function one(model: string, w: number, fill: boolean, batch: number) {
   const { proc, base } = await spawnServe(['--model', model, '--data-dir', dataDir, '--demo', 'false', '--model-workers', String(w), '--batch', String(batch),
     ...(fill ? [] : ['--no-background-fill']), ...(overlap ? ['--tile-overlap', overlap] : [])]);
   try {
-    const fd = new FormData();
-    fd.append('image', new Blob([new Uint8Array(photo)]), 'screen.jpg');
-    const up = await fetch(`${base}/api/images`, { method: 'POST', body: fd });
-    if (up.status !== 201 && up.status !== 200) throw new Error(`upload answered ${up.status}: ${await up.text()}`);
-    const { id } = await up.json() as { id: string };
+    const id = await upload(base, new Uint8Array(photo), 'screen.jpg');
     const get = async () => (await fetch(`${base}/api/images/${id}`)).json() as Promise<any>;
     let st = await get();
     // with the fill, let it get going first, as it would have by the time a person has zoomed in

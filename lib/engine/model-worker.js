@@ -55,7 +55,7 @@ parentPort.on('message', (msg) => {
 // One call, then back to the event loop (setImmediate) so the messages that came during it are
 // queued before the next is chosen.
 async function drain() {
-  let i = queue.findIndex(m => graphs[m.gi]?.single);
+  let i = queue.findIndex(m => graphs[m.gi].single);
   if (i < 0) i = 0;
   await call(queue.splice(i, 1)[0]);
   if (queue.length) setImmediate(drain); else draining = false;

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
+from infdit.network import to_8bit, jpeg_level  # noqa: E402
+from infdit import restore  # noqa: E402   (a JPEG upload's LR reaches the base through the restorer)
 
 # LR pixels; lib/engine/base.ts reads them from the manifest. HALO 24: SAFMN++'s tiled output within
 # 0.54/255 of the whole image's, the shipped student's 0.08/255 (the first student's 0.15; 16: 1.87, 0.78,
@@ -187,7 +189,6 @@ def tiled(net, lr_u8, tile=TILE, halo=HALO, batch=8):
 def cascade(net, lr, stages):
     """The base at each stage of a cascade, as the engine runs it: lr (1,3,h,w) in [-1,1] -> the last stage's
     output in [-1,1], each earlier stage's rounded to 8 bits (the next stage's LR is pixels)."""
-    from infdit.network import to_8bit
     y = tiled_tensor(net, lr)
     for _ in range(stages - 1):
         y = tiled_tensor(net, to_8bit(y))
@@ -258,9 +259,8 @@ def cmd_set5(a):
 def cmd_halo(a):
     """Largest |tiled - whole| (in 1/255) inside the image, per halo, on the validation crops."""
     from training.data import load_split, centre_crop
-    from infdit.restore import clean_lr
     net = load(a.ckpt, a.size)
-    imgs = [clean_lr(centre_crop(arr, 512, 384)) for _, arr in load_split(a.data, a.split)][: a.n]
+    imgs = [restore.clean_lr(centre_crop(arr, 512, 384)) for _, arr in load_split(a.data, a.split)][: a.n]
     for halo in [int(h) for h in a.halos.split(",")]:
         worst, mean = 0.0, []
         for lr in imgs:
@@ -276,8 +276,7 @@ def cmd_halo(a):
 def val_set(data, split="val", n=None):
     """(LR, ground truth), both HWC uint8, of the evaluation crops (evaluate.py's centred 512x384)."""
     from training.data import load_split, centre_crop
-    from infdit.restore import clean_lr
-    return [(clean_lr(gt), gt) for gt in (centre_crop(arr, 512, 384) for _, arr in load_split(data, split)[:n])]
+    return [(restore.clean_lr(gt), gt) for gt in (centre_crop(arr, 512, 384) for _, arr in load_split(data, split)[:n])]
 
 
 def measure(net, crops):
@@ -292,20 +291,17 @@ class JpegInputs:
     A share of each batch is replaced so; the target stays the teacher's output on the clean LR."""
 
     def __init__(self, restorer_ckpt, seed):
-        from infdit.restore import load as load_restorer
-        self.net = load_restorer(restorer_ckpt)[0].requires_grad_(False)
+        self.net = restore.load(restorer_ckpt)[0].requires_grad_(False)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, lr01, share):
-        from infdit.restore import jpeg
-        from infdit.network import jpeg_level
+        """lr01 (n,3,h,w): 8-bit LR in [0,1]; each sample replaced with probability `share`."""
         out = lr01.clone()
         for i in np.flatnonzero(self.rng.random(len(lr01)) < share):
             q = int(self.rng.integers(30, 96))
-            u8 = (lr01[i].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
-            x = torch.from_numpy(jpeg(u8, q).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-            y = self.net(x, jpeg_level(torch.tensor([float(q)])))
-            out[i] = (torch.floor((y[0].clamp(-1, 1) + 1) * 127.5 + 0.5) / 255).to(out.device)
+            u8 = restore.to_u8(lr01[i:i + 1].cpu() * 2 - 1)
+            y = self.net(restore.to_unit(restore.jpeg(u8, q)), jpeg_level(torch.tensor([float(q)])))
+            out[i] = torch.from_numpy(restore.to_u8(y)).permute(2, 0, 1).to(out) / 255
         return out
 
 
@@ -450,9 +446,8 @@ def cmd_measure(a):
     import io
     from measure import evaluate as ev
     from training.data import load_split, centre_crop, degrade
-    from infdit.restore import load as load_restorer, restore_image
     nets = {Path(c).name if len(a.ckpt) == 1 else f"{i}:{Path(c).name}": load(c) for i, c in enumerate(a.ckpt)}
-    restorer = load_restorer(a.restorer)[0] if a.restorer else None
+    restorer = restore.load(a.restorer)[0] if a.restorer else None
     S = a.scale
     cw, ch = (768, 512) if S == 16 else (512, 384)
     out = {}
@@ -467,7 +462,7 @@ def cmd_measure(a):
                 q = int(variant[4:])
                 buf = io.BytesIO(); Image.fromarray(clean).save(buf, format="JPEG", quality=q)
                 lr = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-            seen = restore_image(restorer, lr, q) if variant != "clean" and restorer is not None else lr
+            seen = restore.restore_image(restorer, lr, q) if variant != "clean" and restorer is not None else lr
             outs = {"lanczos3": np.asarray(Image.fromarray(lr).resize((gw, gh), Image.LANCZOS))}
             for name, net in nets.items():
                 lr_t = torch.from_numpy(seen.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1

@@ -100,7 +100,7 @@ def restore_image(net, lr_u8, quality, batch=8):
 def jpeg(u8, quality):
     """Pillow's JPEG (libjpeg standard tables, 4:2:0), the encoder evaluate.py uses for its jpegNN variants."""
     buf = io.BytesIO(); Image.fromarray(u8).save(buf, format="JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))   # writable: torch takes it as is
 
 
 def clean_lr(arr, scale=4):

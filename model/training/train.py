@@ -206,10 +206,10 @@ def main(argv=None):
         RECIPE["mix"] = parse_mix(a.mix)   # the recipe saved in the checkpoint is the one trained with
     if a.jpeg_cond and a.task != "real2":
         ap.error("--jpeg-cond needs --task real2 (the other tasks make no JPEG)")
-    cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond,
-                                                                     **({"depth": a.depth} if a.depth else {}))
     if a.depth is not None and not a.depth >= 1:
         ap.error(f"--depth {a.depth}: give a number of layers of at least 1")
+    cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond,
+                                                                     **({"depth": a.depth} if a.depth else {}))
     try:
         keep = [int(i) for i in a.init_layers.split(",")] if a.init_layers else None
     except ValueError:

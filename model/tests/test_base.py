@@ -105,6 +105,29 @@ class TrainOverBaseTest(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("a resumed run keeps the base", r.stderr)
 
+    def test_a_teacher_is_the_fidelity_target(self):
+        """--teacher: at σ_max the target is the teacher's output, not the photo. With the base itself as the teacher,
+        a zero-output model (exactly the base at σ_max) has almost nothing to learn; against the photo it has."""
+        import re
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            make_split(d)
+            torch.manual_seed(5)
+            net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2))
+            torch.save({"config": base.asdict(net.cfg), "ema": net.state_dict()}, d / "base.pt")
+            common = ["--data", str(d), "--init", str(RELEASE), "--base", str(d / "base.pt"), "--zero-output", "--max-steps", "1",
+                      "--lr", "0", "--warmup", "1", "--p-sigma-max", "1"]
+            losses = {}
+            for name, extra in (("photo", []), ("teacher", ["--teacher", str(d / "base.pt")])):
+                r = train("--ckpt", str(d / name), *common, *extra)
+                self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+                losses[name] = float(re.search(r"loss ([0-9.]+)", r.stdout).group(1))
+            self.assertLess(losses["teacher"], 0.01)
+            self.assertGreater(losses["photo"], 20 * losses["teacher"])
+            r = train("--ckpt", str(d / "x"), "--data", str(d), "--teacher", str(d / "base.pt"), "--max-steps", "1")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("--teacher needs a model over a base", r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules by room
 from infdit import network
 from infdit.network import InfDiT, make_config, InfDiTConfig, upsample, jpeg_level, grid_loss, seam_excess_loss, phase_loss, to_8bit
-from infdit.base import state_of as base_state, from_state as base_from_state, load as load_base
+from infdit.base import state_of as base_state, from_state as base_from_state, load as load_base, crop_up as base_crop_up
 from training.data import load_split, CropSampler, degrade
 from training.degrade import RECIPE
 
@@ -114,6 +114,12 @@ def main(argv=None):
                     "up(LR) is its output, kept in the checkpoint; the manifest's \"up\" becomes \"base\"")
     ap.add_argument("--zero-output", action="store_true", help="zero the final layer's projection first (with --init and --base: "
                     "the model starts as the base alone)")
+    ap.add_argument("--teacher", metavar="CKPT", help="with --base: at σ_max (the fidelity output) the target is this stronger "
+                    "super-resolver's output on the same 8-bit LR (model/infdit/base.py checkpoint, e.g. SAFMN++; never "
+                    "saved in the run) instead of the photo: the regression the transformer must learn over the base, "
+                    "without the photo's unpredictable part, so a CPU's few steps are not spent averaging it out")
+    ap.add_argument("--teacher-share", type=float, default=1.0, metavar="W",
+                    help="with --teacher: the σ_max target is W·teacher + (1 − W)·photo")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--max-steps", type=int, default=10 ** 9)
     ap.add_argument("--total-steps", type=int, default=20000,
@@ -221,6 +227,15 @@ def main(argv=None):
     if a.base:
         cfg.up = "base"
     base_net = base_from_state(state["base"]) if state and "base" in state else load_base(a.base) if a.base else None
+    a.teacher = a.teacher or (state["args"].get("teacher") if state else None)   # a resumed run keeps its teacher
+    if a.teacher and cfg.up != "base":
+        ap.error("--teacher needs a model over a base (--base): over bicubic the fidelity target stays the photo")
+    if not 0 <= a.teacher_share <= 1:
+        ap.error(f"--teacher-share {a.teacher_share}: give a share from 0 to 1")
+    try:
+        teacher = load_base(a.teacher).to(dev).eval().requires_grad_(False) if a.teacher else None
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        ap.error(f"--teacher {a.teacher}: not a base super-resolver checkpoint ({e})")
     if not 0 <= a.cascade <= 1:
         ap.error(f"--cascade {a.cascade}: give a share of the batch from 0 to 1")
     if a.cascade and a.crop % (cfg.block * cfg.scale):
@@ -332,7 +347,12 @@ def main(argv=None):
             d = fwd(x, lr_img, sigma, pos0, jq=jq, up=up)
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
         d = d.float()
-        err = ((d - hr) ** 2).flatten(1).mean(1)
+        target = hr
+        if teacher is not None:
+            t_out = base_crop_up(teacher, lr_img)   # one window per crop, as up(LR) is made here
+            w = a.teacher_share * (sigma >= a.sigma_max).float()[:, None, None, None]
+            target = hr + w * (t_out - hr)
+        err = ((d - target) ** 2).flatten(1).mean(1)
         # the crop's blocks start at its corner, so its block boundaries are the lines every cfg.block px
         if a.seam_weight and a.seam_loss == "steps":
             err = err + a.seam_weight * grid_loss(d, hr, cfg.block, per_sample=True)

@@ -333,3 +333,27 @@ test('the JPEG condition: a render told quality 75 equals PyTorch; told none, it
   const r16 = mk(75, 'fidelity', 16);
   assert.deepEqual(r16.stages.map(s => s.o.jq), [0.25, 0]);
 });
+
+test('pooled neighbours (kv_pool 2): a render equals PyTorch, in any order and batch, and pooling changes the output', async () => {
+  const pm = await Model.load(FIXTURE.replace(/tiny$/, 'tiny-pool') + '.json', { threads: 1 });
+  assert.equal(pm.manifest.config.kv_pool, 2);
+  assert.equal(pm.manifest.attention?.block_attention, 'plain');
+  const mk = (preset: string, batch = 4) =>
+    new Render({ model: pm, image: lrImg, scale: 4, seed: 42, preset, batch, kvBytes: 1 << 26, store: new MemoryBlockStore() });
+  for (const preset of ['fidelity', 'detail']) {
+    const out = await full(mk(preset));
+    const w = ref.get('pool.image.' + preset), [, H, W] = w.shape;
+    let worst = 0;
+    for (let i = 0; i < H * W; i++) for (let c = 0; c < 3; c++)
+      worst = Math.max(worst, Math.abs(out[i * 3 + c] - Math.min(255, Math.max(0, (w.data[c * H * W + i] + 1) * 127.5))));
+    assert.ok(worst <= 0.51 + 1e-3, `${preset}: worst pixel diff ${worst}`);
+  }
+  // the same bytes block by block, bottom-right first, one block a call
+  const whole = hash(await full(mk('detail')));
+  const r = mk('detail', 1);
+  for (let i = R - 1; i >= 0; i--) for (let j = C - 1; j >= 0; j--) await r.last.ensure([[i, j]]);
+  assert.equal(hash(await full(r)), whole);
+  // and the pooled graphs are not the unpooled ones: PyTorch's unpooled twin of these weights differs
+  const w = ref.get('pool.image.fidelity'), u = ref.get('pool.unpooled.fidelity');
+  assert.ok(maxAbsDiff(w.data, u.data) > 1e-3, 'pooling the neighbours changed nothing');
+});

@@ -21,7 +21,10 @@ export interface Manifest {
   format: string; version: number; name: string;
   scale: number; block: number; patch: number; layers: number; heads: number; head_dim: number;
   tokens_per_block: number; grid: number; lr_block: number; flops_per_block_eval: number; flops_per_layer_step?: number;
-  config: { dim: number; lr_cross_attn: boolean };
+  /** kv_pool (absent: 1): the layer graphs pool each neighbour's K/V kv_pool² to one inside (the engine hands them whole). */
+  config: { dim: number; lr_cross_attn: boolean; kv_pool?: number };
+  /** How the layer graphs attend (export.py ATTENTION_DOC); a pooled model's block attention is "plain". */
+  attention?: { form: 'fused' | 'plain'; kv_pool?: number; block_attention?: 'plain' };
   kv: { dtype: 'float32' | 'float16'; bytes_per_layer: number };
   graphs: GraphSpec[];
   border_rule: string; target: string; sigma_data: number;

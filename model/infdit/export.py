@@ -141,14 +141,14 @@ def layer_flops(cfg):
     """Multiply-adds ×2 of one layer step of one block (matmuls only), cross-attention excluded."""
     d, T = cfg.dim, cfg.tokens
     hid = int(d * cfg.mlp_ratio)
-    return 2 * (T * (3 * d * d + d * d + 2 * d * hid) + 2 * T * 4 * T * d + 6 * d * d)
+    return 2 * (T * (3 * d * d + d * d + 2 * d * hid) + 2 * T * sum(cfg.slot_tokens) * d + 6 * d * d)
 
 
 def block_flops(cfg):
     """Multiply-adds ×2 of one block-evaluation (matmuls only; norms and elementwise ignored)."""
     d, T, L = cfg.dim, cfg.tokens, cfg.depth
     hid = int(d * cfg.mlp_ratio)
-    per_layer = T * (3 * d * d + d * d + 2 * d * hid) + 2 * T * 4 * T * d + 6 * d * d
+    per_layer = T * (3 * d * d + d * d + 2 * d * hid) + 2 * T * sum(cfg.slot_tokens) * d + 6 * d * d   # keys: 4T, or pooled
     f = L * per_layer + T * 6 * cfg.patch ** 2 * d + T * d * cfg.patch ** 2 * 3 + 2 * d * d
     if cfg.lr_cross_attn:
         S = (3 * cfg.lr_block // cfg.lr_patch) ** 2
@@ -236,7 +236,9 @@ def export_layers(model, out, kv_dtype="float32", attention="fused"):
 
     def use(h):
         for blk in model.blocks:
-            blk.attn.ort_attention = h
+            # a pooled model's block attention adds ln kv_pool² to its neighbours' logits, which the op's key mask
+            # cannot say: it stays MatMul, Softmax, MatMul (its LR cross-attention is fused still)
+            blk.attn.ort_attention = h if model.cfg.kv_pool == 1 else None
             if blk.cross is not None:
                 blk.cross.ort_attention = h
     use(hook)
@@ -343,7 +345,12 @@ def manifest(cfg, name, kv_dtype, sampling, provenance, graphs, whole=None, atte
                "bytes_per_layer": 2 * cfg.tokens * cfg.dim * bpe,
                "neighbour_slots": ["top", "left", "topleft"]},
         "graphs": graphs,
-        "attention": {"form": attention, "doc": ATTENTION_DOC[attention]},
+        "attention": {"form": attention, "doc": ATTENTION_DOC[attention],
+                      **({"kv_pool": cfg.kv_pool, "block_attention": "plain",
+                          "pool_doc": (f"each neighbour slot's keys and values are averaged over {cfg.kv_pool}x{cfg.kv_pool} "
+                                       f"tokens inside the layer graph (k4/v4 come in whole), and its logits get "
+                                       f"+ln {cfg.kv_pool ** 2}: the block attention reads {sum(cfg.slot_tokens)} keys, "
+                                       f"not {4 * cfg.tokens}")} if cfg.kv_pool > 1 else {})},
         "graphs_doc": ("run in order: input (depth 0: h, cond and layer 0's K/V), then layer l for l = 0 … L-1. "
                        "layer l takes the block's h and the layer-l keys k4 and values v4 of the block and its "
                        "neighbours side by side, (b, heads, 4·tokens, head_dim) in slot order self, top, left, "
@@ -472,6 +479,16 @@ def make_fixture(out_dir):
                 {"data": "none: random weights (seed 5678)", "steps": 0})
     arrays["jpeg.jq"] = jpeg_level(torch.tensor([75.0])).numpy()
     sampled(jmodel, "jpeg.", jpeg_level(torch.tensor([75.0])))
+    # 5. the same with the neighbours' keys and values pooled 2×2 (issue 41; a fourth tiny model)
+    pcfg = make_config("infdit-tiny/8", sigma_data=0.1, depth=3, kv_pool=2)
+    pmodel = InfDiT(pcfg).randomize_(8765, std=0.1).eval()
+    write_model(pmodel, out_dir / "tiny-pool", "tiny-pool-fixture", "float32", sampling,
+                {"data": "none: random weights (seed 8765)", "steps": 0})
+    sampled(pmodel, "pool.")
+    twin = InfDiT(make_config("infdit-tiny/8", sigma_data=0.1, depth=3)).eval()   # the same weights, unpooled
+    twin.load_state_dict(pmodel.state_dict())
+    arrays["pool.unpooled.fidelity"] = sample_image(twin, lr, "euler", 1, sampling["sigma_min"], sampling["sigma_max"],
+                                                    sampling["rho"], seed=42)[0].numpy()
     index = write_bin(out_dir / "tiny.ref.bin", arrays)
     (out_dir / "tiny.ref.json").write_text(json.dumps({"seed": 42, "grid": [R, C], "arrays": index}, indent=1))
     return out_dir

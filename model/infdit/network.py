@@ -51,6 +51,7 @@ class InfDiTConfig:
     up: str = "bicubic"       # up(LR): "bicubic", or "base" (model/infdit/base.py's super-resolver, kept in model.base)
     sigma_data: float = 0.5
     rope_base: float = 10000.0  # lowest frequency wavelength ≈ 2π·base tokens > 65,536 px / patch
+    kv_pool: int = 1          # a neighbour's keys/values averaged over kv_pool² tokens (issue 41): 2 -> 448 keys a query, not 1,024
 
     @property
     def grid(self):  # tokens per block side
@@ -63,6 +64,11 @@ class InfDiTConfig:
     @property
     def head_dim(self):
         return self.dim // self.heads
+
+    @property
+    def slot_tokens(self):
+        """Keys each slot gives a query (SLOTS order): the block's own tokens, then each neighbour's, pooled."""
+        return (self.tokens,) + (self.tokens // self.kv_pool ** 2,) * (len(SLOTS) - 1)
 
     @property
     def lr_block(self):
@@ -198,6 +204,17 @@ def _sdpa_folded(q, k, v, bias):
     return _SDPA(q1, k1, v1, scale=scale)[..., :dh]
 
 
+def pool_tokens(t, grid, p):
+    """(…, grid², dh) a block's tokens, row-major -> (…, (grid/p)², dh): the mean of each p×p group. A pooled
+    neighbour key stands for p² keys; the attention adds ln p² to its logit (InfDiT._bias), so p² equal keys
+    pooled give exactly the softmax they gave unpooled."""
+    if p == 1:
+        return t
+    *lead, _, dh = t.shape
+    g = grid // p
+    return t.reshape(*lead, g, p, g, p, dh).mean(dim=(-4, -2)).reshape(*lead, g * g, dh)
+
+
 def attend(q, k, v, bias, kt=None, fused=None):
     """Softmax attention with an additive key bias. q (n,h,T,dh), k/v (n,h,S,dh), bias (n,1,1,S), or None
     (no bias: every key open); or kt (n,h,dh,S): the keys already transposed (see UniBAttention.mix).
@@ -242,6 +259,7 @@ class UniBAttention(nn.Module):
         self.q_norm = LayerNorm(self.dh, eps=1e-6)
         self.k_norm = LayerNorm(self.dh, eps=1e-6)
         self.slot = nn.Parameter(torch.zeros(len(SLOTS), self.h, 1, self.dh))
+        self.grid, self.pool, self.slot_tokens = cfg.grid, cfg.kv_pool, cfg.slot_tokens
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.ort_attention = None   # set by model/infdit/export.py only: see mix4
 
@@ -267,16 +285,22 @@ class UniBAttention(nn.Module):
         return q, k, v
 
     def mix(self, q, keys, values, bias):
-        """keys/values: lists of 4 tensors (n,h,T,dh) in SLOTS order."""
+        """keys/values: lists of 4 tensors (n,h,T,dh) in SLOTS order, each whole (a neighbour's pooled here)."""
+        keys = [keys[0]] + [pool_tokens(k, self.grid, self.pool) for k in keys[1:]]
+        values = [values[0]] + [pool_tokens(v, self.grid, self.pool) for v in values[1:]]
         return self.mix4(q, torch.cat(keys, dim=2), torch.cat(values, dim=2), bias)
 
     def mix4(self, q, k4, v4, bias):
-        """k4/v4: (n,h,4T,dh), the four slots' keys/values already side by side (SLOTS order).
-        The layer graphs take them so: splitting and concatenating the slots inside the graph was
-        a fifth of a layer's time in onnxruntime (bench/graphs.ts --profile)."""
-        t = k4.shape[2] // len(SLOTS)
-        slot = self.slot.transpose(0, 1).expand(-1, -1, t, -1).reshape(1, self.h, len(SLOTS) * t, self.dh)
+        """k4/v4: (n,h,S,dh), the four slots' keys/values already side by side (SLOTS order; S = 4T, or
+        with kv_pool T + 3T/kv_pool², the neighbours' pooled). The layer graphs take them so: splitting and
+        concatenating the slots inside the graph was a fifth of a layer's time in onnxruntime (bench/graphs.ts --profile)."""
+        if self.pool == 1:   # (the released graphs' form)
+            t = k4.shape[2] // len(SLOTS)
+            slot = self.slot.transpose(0, 1).expand(-1, -1, t, -1).reshape(1, self.h, len(SLOTS) * t, self.dh)
+        else:
+            slot = torch.cat([self.slot[i].expand(-1, t, -1) for i, t in enumerate(self.slot_tokens)], dim=1)[None]   # (1,h,S,dh)
         if self.ort_attention is not None:
+            assert self.pool == 1, "the fused op takes a key mask only: a pooled model's ln kv_pool² needs the plain form"
             # The export's form (model/infdit/export.py: onnxruntime's MultiHeadAttention, one kernel for the scores,
             # the softmax and the weighted sum): queries (n, T, h·dh), keys and values as they come, a missing
             # neighbour's keys closed by a mask instead of the bias. bench/layer-forms.ts: a layer 1-10% faster.
@@ -453,9 +477,14 @@ class InfDiT(nn.Module):
         return h
 
     def _bias(self, present):
-        """Additive key bias (b,1,1,4T): the self slot always open, a missing neighbour masked."""
-        bias = torch.cat([torch.zeros_like(present[:, :1]), (1.0 - present) * NEG], dim=1)              # (b,4)
-        return bias[:, :, None].expand(-1, -1, self.cfg.tokens).reshape(-1, 1, 1, 4 * self.cfg.tokens)
+        """Additive key bias (b,1,1,S): the self slot always open, a missing neighbour masked, a present one's
+        pooled keys ln kv_pool² (each stands for that many)."""
+        if self.cfg.kv_pool == 1:   # (the released graphs' form)
+            bias = torch.cat([torch.zeros_like(present[:, :1]), (1.0 - present) * NEG], dim=1)              # (b,4)
+            return bias[:, :, None].expand(-1, -1, self.cfg.tokens).reshape(-1, 1, 1, 4 * self.cfg.tokens)
+        open_ = 2 * math.log(self.cfg.kv_pool)
+        bias = torch.cat([torch.zeros_like(present[:, :1]), (1.0 - present) * NEG + present * open_], dim=1)   # (b,4)
+        return torch.cat([bias[:, i:i + 1].expand(-1, t) for i, t in enumerate(self.cfg.slot_tokens)], dim=1)[:, None, None, :]
 
     # -- path 2: a batch of blocks with their neighbours' K/V (one whole evaluation) --------
     def forward_blocks(self, x, up, lr_ctx, sigma, pos, kv_nb, present, thumb=None, jq=None):
@@ -505,11 +534,21 @@ class InfDiT(nn.Module):
         cos, sin = rope_tables(pos, self.cfg)
         bias = self._bias(present)
 
+        if self.cfg.kv_pool > 1:   # the engine hands every slot whole: the neighbours' are pooled here, in the graph
+            k4, v4 = (self._pool_neighbours(t) for t in (k4, v4))
+
         def attn_fn(y):
             return blk.attn.mix4(blk.attn.q_own(y, cos, sin), k4, v4, bias)
         h = self._layer(blk, h, c, lr_ctx, attn_fn)
         nxt = self._kv_for(li + 1, h, c, cos, sin) if li + 1 < self.cfg.depth else None
         return h, nxt
+
+    def _pool_neighbours(self, t4):
+        """(b,h,4T,dh), the four slots whole -> (b,h,T + 3T/kv_pool²,dh): the own slot whole, the neighbours pooled."""
+        T = self.cfg.tokens
+        n, h, _, dh = t4.shape
+        nbs = pool_tokens(t4[:, :, T:].reshape(n, h, len(SLOTS) - 1, T, dh), self.cfg.grid, self.cfg.kv_pool)
+        return torch.cat([t4[:, :, :T], nbs.reshape(n, h, -1, dh)], dim=2)
 
     def layer_output(self, h, c, x, up, sigma):
         """After the last layer: the denoised block."""
@@ -562,8 +601,7 @@ class InfDiT(nn.Module):
         pres = torch.stack([(rr > 0), (cc > 0), (rr > 0) & (cc > 0)], -1).float().reshape(1, R * C, 3)
         if independent:
             pres = torch.zeros_like(pres)
-        bias = torch.cat([torch.zeros(1, R * C, 1, device=x.device), (1.0 - pres) * NEG], dim=2).expand(n, -1, -1)
-        bias = bias.reshape(nb, 4)[:, :, None].expand(-1, -1, cfg.tokens).reshape(nb, 1, 1, 4 * cfg.tokens)
+        bias = self._bias(pres.expand(n, -1, -1).reshape(nb, 3))
 
         def neighbours(t):
             """(nb,h,T,dh) -> top, left, topleft, by shifting the block grid (zeros outside)."""

@@ -36,6 +36,14 @@ def main():
         ap.error(f"--eval {a.eval} was measured at {ev.get('scale', 4)}×, not --scale {a.scale}")
     cw, ch = map(int, ev["crop"].split("x"))
     worst = 0.0
+    # a variant the eval.json did not measure (evaluate.py --variants clean) is left out, and said
+    wanted = (("png", "clean"),) + ((("jpg", f"jpeg{a.quality}"),) if a.scale == 4 else ())
+    variants = [(e, v) for e, v in wanted if v in ev["per_image"]]
+    if not variants:
+        ap.error(f"--eval {a.eval} holds none of {[v for _, v in wanted]}")
+    for _, v in wanted:
+        if v not in ev["per_image"]:
+            print(f"{a.eval} has no {v} figures: {v} not checked")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for k, (entry, arr) in enumerate(load_split(a.data, "val")[:a.n]):
@@ -43,7 +51,7 @@ def main():
             clean = clean_lr(gt, a.scale)
             Image.fromarray(clean).save(tmp / f"lr{k}.png")
             Image.fromarray(clean).save(tmp / f"lr{k}.jpg", quality=a.quality)
-            for ext, variant in (("png", "clean"),) + ((("jpg", f"jpeg{a.quality}"),) if a.scale == 4 else ()):
+            for ext, variant in variants:
                 full = tmp / f"x-{k}-{variant}.png"
                 r = subprocess.run(["node", str(ROOT / "bin/infdit.js"), "render", str(tmp / f"lr{k}.{ext}"), "--out", str(tmp / f"dzi{k}{ext}"),
                                     "--full", str(full), "--seed", str(k), "--scale", str(a.scale), "--model", a.model, "--data-dir", str(tmp / "data")],

@@ -133,6 +133,54 @@ class TestLayerPath(unittest.TestCase):
             self.assertRaises(KeyError, run_layers, self.m, self.x, self.lr, self.sigma, self.pos0, short)
 
 
+class TestPooledNeighbours(unittest.TestCase):
+    """kv_pool 2 (issue 41): a neighbour's keys and values averaged over 2×2 tokens, its pooled keys' logits
+    raised by ln 4, so a query reads T + 3T/4 keys instead of 4T."""
+
+    def setUp(self):
+        self.cfg, self.m, self.lr, self.x = setup(depth=3, kv_pool=2)
+        self.sigma, self.pos0 = torch.tensor([0.3, 2.5]), torch.tensor([[0.0, 0.0], [4000.0, 16000.0]])
+
+    def test_equal_groups_attend_as_unpooled(self):
+        """Where every 2×2 group of a neighbour's tokens has one key and one value, pooling changes nothing:
+        the ln 4 stands for the four keys a pooled one replaces (without it the neighbours' weight falls 4×)."""
+        cfg, m = self.cfg, self.m
+        whole = InfDiT(make_config("infdit-tiny/8", depth=3)).eval()
+        whole.load_state_dict(m.state_dict())
+        g, T, h, dh = cfg.grid, cfg.tokens, cfg.heads, cfg.head_dim
+        gen = torch.Generator().manual_seed(1)
+        q = torch.randn(2, h, T, dh, generator=gen)
+        def grouped():   # (2,h,T,dh) whose 2×2 token groups are equal
+            t = torch.randn(2, h, g // 2, 1, g // 2, 1, dh, generator=gen).expand(-1, -1, -1, 2, -1, 2, -1)
+            return t.reshape(2, h, T, dh)
+        keys, vals = [torch.randn(2, h, T, dh, generator=gen)] + [grouped() for _ in range(3)], \
+                     [torch.randn(2, h, T, dh, generator=gen)] + [grouped() for _ in range(3)]
+        present = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+        with torch.no_grad():
+            pooled = m.blocks[0].attn.mix(q, keys, vals, m._bias(present))
+            plain = whole.blocks[0].attn.mix(q, keys, vals, whole._bias(present))
+            self.assertEqual(m._bias(present).shape[-1], T + 3 * T // 4)
+            self.assertLessEqual((pooled - plain).abs().max().item(), 1e-5)
+            # and it pools: neighbours that vary inside a group give another output
+            keys[1] = torch.randn(2, h, T, dh, generator=gen)
+            self.assertGreater((m.blocks[0].attn.mix(q, keys, vals, m._bias(present))
+                                - whole.blocks[0].attn.mix(q, keys, vals, whole._bias(present))).abs().max().item(), 1e-4)
+
+    def test_layer_path_is_the_whole_image(self):
+        """The layer graphs' path pools inside the graph (the engine hands every slot whole): equal to the
+        whole-image path, the blocks' own path too."""
+        with torch.no_grad():
+            whole = self.m.forward_image(self.x, self.lr, self.sigma, self.pos0)
+            need = {(i, r, c): self.cfg.depth for i in range(2) for r in range(3) for c in range(5)}
+            out = run_layers(self.m, self.x, self.lr, self.sigma, self.pos0, need)
+            blocks = run_blocks(self.m, self.x, self.lr, self.sigma, self.pos0,
+                                [[(i, r, c)] for i in range(2) for r in range(3) for c in range(5)])
+        B = self.cfg.block
+        for (i, r, c), o in out.items():
+            self.assertLessEqual((o - whole[i, :, r * B:(r + 1) * B, c * B:(c + 1) * B]).abs().max().item(), 1e-4)
+        self.assertLessEqual((blocks - whole).abs().max().item(), 1e-4)
+
+
 class TestJpegCondition(unittest.TestCase):
     """train.py --jpeg-cond: the LR's JPEG quality added to the noise embedding."""
 

@@ -328,6 +328,19 @@ class VariantTest(unittest.TestCase):
                 self.assertLess((st["ema"][k] - init[src]).abs().max().item(), 1e-5, k)
             self.assertGreater((st["ema"]["blocks.1.attn.qkv.weight"] - init["blocks.1.attn.qkv.weight"]).abs().max().item(), 1e-3)
 
+    def test_a_pooled_variant_starts_from_the_release_and_a_bad_pool_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp); make_split(tmp)
+            r = train("--data", str(tmp), "--ckpt", str(tmp / "p2"), "--init", str(RELEASE), "--kv-pool", "2",
+                      "--max-steps", "1", "--lr", "0", "--warmup", "1")
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            st, init = load_parts(tmp / "p2" / "last.pt"), load_parts(RELEASE)["ema"]
+            self.assertEqual(st["config"]["kv_pool"], 2)
+            self.assertLess((st["ema"]["blocks.3.attn.qkv.weight"] - init["blocks.3.attn.qkv.weight"]).abs().max().item(), 1e-6)
+            r = train("--data", str(tmp), "--ckpt", str(tmp / "p3"), "--kv-pool", "3", "--max-steps", "1")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("--kv-pool 3: give a divisor of the block's 16 tokens a side", r.stderr)
+
     def test_layers_that_do_not_fit_are_refused_by_name(self):
         with tempfile.TemporaryDirectory() as tmp:
             for extra, said in ((["--depth", "2", "--init-layers", "0,9"], "the init has layers 0-7"),

@@ -108,6 +108,8 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", help="start from this checkpoint's EMA weights (fresh optimizer)")
     ap.add_argument("--depth", type=int, help="layers (default: --config's): a shallower variant (issue 41)")
+    ap.add_argument("--kv-pool", type=int, help="average each neighbour's keys/values over N×N tokens (network kv_pool; "
+                    "issue 41): 2 -> 448 keys a query instead of 1,024; the weights are the same shapes, so --init fits")
     ap.add_argument("--init-layers", metavar="I,J,…", help="with --init: the init's layers, in order, that become this "
                     "model's (as many as --depth; e.g. 0,2,5,7 of release 5's 8 for a 4-layer variant; default: all)")
     ap.add_argument("--base", metavar="CKPT", help="train over this base super-resolver (model/infdit/base.py checkpoint): "
@@ -215,7 +217,10 @@ def main(argv=None):
     if a.depth is not None and not a.depth >= 1:
         ap.error(f"--depth {a.depth}: give a number of layers of at least 1")
     cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond,
-                                                                     **({"depth": a.depth} if a.depth else {}))
+                                                                     **({"depth": a.depth} if a.depth else {}),
+                                                                     **({"kv_pool": a.kv_pool} if a.kv_pool else {}))
+    if a.kv_pool is not None and (a.kv_pool < 1 or cfg.grid % a.kv_pool):
+        ap.error(f"--kv-pool {a.kv_pool}: give a divisor of the block's {cfg.grid} tokens a side (1: off)")
     try:
         keep = [int(i) for i in a.init_layers.split(",")] if a.init_layers else None
     except ValueError:

@@ -3,11 +3,12 @@
  * and random positions, through the image service with `npm start` settings (tile 256, batch 8,
  * all cores), each in a fresh data folder (nothing cached). Prints JSON, writes
  * bench/results/tiles-<time>.json; never fails on time.
- *   node --import tsx bench/tiles.ts [--sizes 1024x768,4096x4096] [--random 3] [--detail 1024x768]
+ *   node --import tsx bench/tiles.ts [--sizes 1024x768,4096x4096] [--random 3] [--detail 1024x768] [--models a.json,b.json]
  * --detail SIZES: also the detail preset (its reach is N·L blocks) at those sizes, corners only.
+ * --models: each model's tiles in turn, the same run (default: the release); the same photos and positions.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { tmpdir, cpus } from 'node:os';
 import sharp from 'sharp';
 import { ImageService } from '../lib/tiles/service.js';
@@ -22,6 +23,7 @@ const parse = (s: string) => s ? s.split(',').map(x => x.split('x').map(Number) 
 const sizes = parse(opt('sizes', '1024x768,4096x4096'));
 const detail = parse(opt('detail', '1024x768'));
 const nRandom = Number(opt('random', '3'));
+const models = opt('models', join(ROOT, 'model/release/infdit-s4.json')).split(',').map(m => resolve(m));
 const log = (s: string) => process.stderr.write(s + '\n');
 
 /** The demo photo at w×h; `variant` changes one pixel, so each measurement is a new image (nothing cached). */
@@ -46,34 +48,35 @@ async function oneTile(service: ImageService, bytes: Buffer, pos: (cols: number,
 }
 
 async function main() {
-  let seed = 7;
-  const rand = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
   const out: any[] = [];
   const runs: [number, number, string, number][] = [];
   for (const [w, h] of sizes) runs.push([w, h, 'fidelity', nRandom]);
   for (const [w, h] of detail) runs.push([w, h, 'detail', 0]);
-  let variant = 0;
-  for (const [w, h, preset, nr] of runs) {
-    const dataDir = mkdtempSync(join(tmpdir(), 'tiles-'));
-    const service = await ImageService.open(loadConfig({ dataDir, demo: false, backgroundFill: false, preset, uploadMaxPixels: 64_000_000, uploadMaxBytes: 2 ** 31 - 1 }));
-    // warm-up on a throwaway image: the model's first calls at each batch size grow onnxruntime's
-    // arenas (page faults, 10× a warm call here), a cost of the server's first minute, not of a tile
-    await oneTile(service, await photo(w, h, ++variant), (c, r) => [c - 1, r - 1]);
-    const positions: [string, (c: number, r: number) => [number, number]][] = [
-      ['top-left', () => [0, 0]], ['bottom-right', (c, r) => [c - 1, r - 1]],
-      ...Array.from({ length: nr }, (_, i) => { const a = rand(), b = rand(); return [`random ${i + 1}`, (c: number, r: number) => [Math.floor(a * c), Math.floor(b * r)]] as [string, (c: number, r: number) => [number, number]]; }),
-    ];
-    const rows = [];
-    for (const [name, pos] of positions) {
-      const t = await oneTile(service, await photo(w, h, ++variant), pos);
-      rows.push({ position: name, ...t });
-      log(`${w}×${h} → ${4 * w}×${4 * h} ${preset}, ${name} tile ${t.col},${t.row}: ${t.seconds.toFixed(2)} s, ${t.nodes} layer-steps (≈${t.blockEvalsEquivalent.toFixed(0)} block-evaluations)`);
+  for (const model of models) {
+    let seed = 7, variant = 0;   // each model gets the same photos and positions
+    const rand = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+    for (const [w, h, preset, nr] of runs) {
+      const dataDir = mkdtempSync(join(tmpdir(), 'tiles-'));
+      const service = await ImageService.open(loadConfig({ model, dataDir, demo: false, backgroundFill: false, preset, uploadMaxPixels: 64_000_000, uploadMaxBytes: 2 ** 31 - 1 }));
+      // warm-up on a throwaway image: the model's first calls at each batch size grow onnxruntime's
+      // arenas (page faults, 10× a warm call here), a cost of the server's first minute, not of a tile
+      await oneTile(service, await photo(w, h, ++variant), (c, r) => [c - 1, r - 1]);
+      const positions: [string, (c: number, r: number) => [number, number]][] = [
+        ['top-left', () => [0, 0]], ['bottom-right', (c, r) => [c - 1, r - 1]],
+        ...Array.from({ length: nr }, (_, i) => { const a = rand(), b = rand(); return [`random ${i + 1}`, (c: number, r: number) => [Math.floor(a * c), Math.floor(b * r)]] as [string, (c: number, r: number) => [number, number]]; }),
+      ];
+      const rows = [];
+      for (const [name, pos] of positions) {
+        const t = await oneTile(service, await photo(w, h, ++variant), pos);
+        rows.push({ position: name, ...t });
+        log(`${relative(ROOT, model)}: ${w}×${h} → ${4 * w}×${4 * h} ${preset}, ${name} tile ${t.col},${t.row}: ${t.seconds.toFixed(2)} s, ${t.nodes} layer-steps (≈${t.blockEvalsEquivalent.toFixed(0)} block-evaluations)`);
+      }
+      await service.close();
+      rmSync(dataDir, { recursive: true, force: true });
+      const secs = rows.map(r => r.seconds);
+      out.push({ model: relative(ROOT, model), input: `${w}x${h}`, output: `${4 * w}x${4 * h}`, preset, tiles: rows, maxOverMin: Math.max(...secs) / Math.min(...secs) });
+      log(`  max/min ${(Math.max(...secs) / Math.min(...secs)).toFixed(2)}`);
     }
-    await service.close();
-    rmSync(dataDir, { recursive: true, force: true });
-    const secs = rows.map(r => r.seconds);
-    out.push({ input: `${w}x${h}`, output: `${4 * w}x${4 * h}`, preset, tiles: rows, maxOverMin: Math.max(...secs) / Math.min(...secs) });
-    log(`  max/min ${(Math.max(...secs) / Math.min(...secs)).toFixed(2)}`);
   }
   const res = { date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model }, command: 'node --import tsx bench/tiles.ts ' + args.join(' '), results: out };
   saveResult('tiles', res);

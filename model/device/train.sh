@@ -65,8 +65,9 @@ $PY model/training/train.py "${common[@]}" --ckpt "$OUT/ckpt" --init "$INIT" --m
   2>&1 | tee -a "$LOG" || { echo "training failed: no evaluation" | tee -a "$LOG"; exit 1; }
 ls -la "$OUT" "$OUT/ckpt"
 left=$(( BUDGET_S - SECONDS )); [ $left -lt 30 ] && left=30
+# euler4: release 5's detail sampler (4 Euler steps), by name: release 6 offers fidelity only, a GPU run is where detail can be learned
 timeout $left $PY model/measure/evaluate.py --device "${EVAL_DEVICE:-cuda}" --ckpt "$OUT/ckpt/last.pt" --data "$DATA" \
-  --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,detail \
+  --manifest model/release/infdit-s4.json --out "$OUT/eval" --variants clean,jpeg75 --presets fidelity,euler4 --detail-steps 4 \
   --restorer model/release/infdit-s4.restore.ckpt.pt ${EVAL_ARGS} 2>&1 | tee -a "$LOG"
 if [ "${EVAL16:-1}" != 0 ]; then
   left=$(( BUDGET_S - SECONDS )); [ $left -lt 30 ] && left=30

@@ -1,6 +1,6 @@
 """model/infdit/base.py: the SAFMN++ checkpoint layout, the canonical tiled base (local, equal to the whole
 image's inside), and a transformer trained over it (train.py --base --zero-output) that starts as the base."""
-import os, subprocess, sys, tempfile, unittest
+import os, re, subprocess, sys, tempfile, unittest
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +82,20 @@ class BaseTest(unittest.TestCase):
         self.assertGreater((m.up_of(lr) - upsample(lr, 4)).abs().max().item(), 1e-3)
 
 
+def split_and_base(tmp):
+    """A two-photo training split and a small random base checkpoint (base.pt) in folder tmp."""
+    d = Path(tmp)
+    make_split(d)
+    torch.manual_seed(5)
+    net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2))
+    torch.save({"config": base.asdict(net.cfg), "ema": net.state_dict()}, d / "base.pt")
+    return d
+
+
 class TrainOverBaseTest(unittest.TestCase):
     def test_zero_output_starts_as_the_base_and_the_checkpoint_keeps_it(self):
         with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            make_split(d)
-            torch.manual_seed(5)
-            net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2))
-            torch.save({"config": base.asdict(net.cfg), "ema": net.state_dict()}, d / "base.pt")
+            d = split_and_base(tmp)
             r = train("--data", str(d), "--ckpt", str(d / "run"), "--init", str(RELEASE), "--base", str(d / "base.pt"),
                       "--zero-output", "--max-steps", "1", "--lr", "0", "--warmup", "1")
             self.assertEqual(r.returncode, 0, r.stderr[-2000:])
@@ -108,13 +114,8 @@ class TrainOverBaseTest(unittest.TestCase):
     def test_a_teacher_is_the_fidelity_target(self):
         """--teacher: at σ_max the target is the teacher's output, not the photo. With the base itself as the teacher,
         a zero-output model (exactly the base at σ_max) has almost nothing to learn; against the photo it has."""
-        import re
         with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            make_split(d)
-            torch.manual_seed(5)
-            net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2))
-            torch.save({"config": base.asdict(net.cfg), "ema": net.state_dict()}, d / "base.pt")
+            d = split_and_base(tmp)
             common = ["--data", str(d), "--init", str(RELEASE), "--base", str(d / "base.pt"), "--zero-output", "--max-steps", "1",
                       "--lr", "0", "--warmup", "1", "--p-sigma-max", "1"]
             losses = {}

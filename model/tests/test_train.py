@@ -337,6 +337,12 @@ class VariantTest(unittest.TestCase):
             st, init = load_parts(tmp / "p2" / "last.pt"), load_parts(RELEASE)["ema"]
             self.assertEqual(st["config"]["kv_pool"], 2)
             self.assertLess((st["ema"]["blocks.3.attn.qkv.weight"] - init["blocks.3.attn.qkv.weight"]).abs().max().item(), 1e-6)
+            # a fine-tune of a pooled model stays pooled unless told otherwise (release 6 is pooled)
+            for extra, want in (([], 2), (["--kv-pool", "1"], 1)):
+                r = train("--data", str(tmp), "--ckpt", str(tmp / f"i{want}"), "--init", str(tmp / "p2" / "last.pt"),
+                          "--max-steps", "1", "--lr", "0", "--warmup", "1", *extra)
+                self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+                self.assertEqual(load_parts(tmp / f"i{want}" / "last.pt")["config"]["kv_pool"], want)
             r = train("--data", str(tmp), "--ckpt", str(tmp / "p3"), "--kv-pool", "3", "--max-steps", "1")
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("--kv-pool 3: give a divisor of the block's 16 tokens a side", r.stderr)

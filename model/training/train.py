@@ -109,7 +109,8 @@ def main(argv=None):
     ap.add_argument("--init", help="start from this checkpoint's EMA weights (fresh optimizer)")
     ap.add_argument("--depth", type=int, help="layers (default: --config's): a shallower variant (issue 41)")
     ap.add_argument("--kv-pool", type=int, help="average each neighbour's keys/values over N×N tokens (network kv_pool; "
-                    "issue 41): 2 -> 448 keys a query instead of 1,024; the weights are the same shapes, so --init fits")
+                    "issue 41): 2 -> 448 keys a query instead of 1,024; the weights are the same shapes, so --init fits "
+                    "(default: --init's, else 1)")
     ap.add_argument("--init-layers", metavar="I,J,…", help="with --init: the init's layers, in order, that become this "
                     "model's (as many as --depth; e.g. 0,2,5,7 of release 5's 8 for a 4-layer variant; default: all)")
     ap.add_argument("--base", metavar="CKPT", help="train over this base super-resolver (model/infdit/base.py checkpoint): "
@@ -216,6 +217,8 @@ def main(argv=None):
         ap.error("--jpeg-cond needs --task real2 (the other tasks make no JPEG)")
     if a.depth is not None and not a.depth >= 1:
         ap.error(f"--depth {a.depth}: give a number of layers of at least 1")
+    if a.kv_pool is None and a.init and not state:   # a fine-tune keeps its init's pooling unless told otherwise
+        a.kv_pool = load_parts(a.init)["config"].get("kv_pool", 1)
     cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond,
                                                                      **({"depth": a.depth} if a.depth else {}),
                                                                      **({"kv_pool": a.kv_pool} if a.kv_pool else {}))

@@ -217,8 +217,9 @@ def main(argv=None):
         ap.error("--jpeg-cond needs --task real2 (the other tasks make no JPEG)")
     if a.depth is not None and not a.depth >= 1:
         ap.error(f"--depth {a.depth}: give a number of layers of at least 1")
-    if a.kv_pool is None and a.init and not state:   # a fine-tune keeps its init's pooling unless told otherwise
-        a.kv_pool = load_parts(a.init)["config"].get("kv_pool", 1)
+    init = load_parts(a.init) if a.init and not state else None   # read once: its config here, its weights below
+    if a.kv_pool is None and init is not None:   # a fine-tune keeps its init's pooling unless told otherwise
+        a.kv_pool = init["config"].get("kv_pool", 1)
     cfg = InfDiTConfig(**state["config"]) if state else make_config(a.config, sigma_data=a.sigma_data, jpeg_cond=a.jpeg_cond,
                                                                      **({"depth": a.depth} if a.depth else {}),
                                                                      **({"kv_pool": a.kv_pool} if a.kv_pool else {}))
@@ -275,8 +276,7 @@ def main(argv=None):
         if "opt" in state:
             opt.load_state_dict(state["opt"])
         step, crops, history = state["step"], state["crops"], state.get("history", [])
-    elif a.init:
-        init = load_parts(a.init)
+    elif init is not None:
         weights = init["ema"] if keep is None else layers_of(init["ema"], keep, init["config"]["depth"], ap)
         # a jpeg_cond model may start from one without the condition: its q_embedder starts closed
         missing, unexpected = model.load_state_dict(weights, strict=False)

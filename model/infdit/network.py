@@ -285,19 +285,26 @@ class UniBAttention(nn.Module):
         return q, k, v
 
     def mix(self, q, keys, values, bias):
-        """keys/values: lists of 4 tensors (n,h,T,dh) in SLOTS order, each whole (a neighbour's pooled here)."""
-        keys = [keys[0]] + [pool_tokens(k, self.grid, self.pool) for k in keys[1:]]
-        values = [values[0]] + [pool_tokens(v, self.grid, self.pool) for v in values[1:]]
+        """keys/values: lists of 4 tensors (n,h,T,dh) in SLOTS order."""
         return self.mix4(q, torch.cat(keys, dim=2), torch.cat(values, dim=2), bias)
 
+    def pool_neighbours(self, t4):
+        """(n,h,4T,dh), the four slots whole -> (n,h,T + 3T/kv_pool²,dh): the own slot whole, the neighbours pooled."""
+        n, h, _, dh = t4.shape
+        T = self.slot_tokens[0]
+        nbs = pool_tokens(t4[:, :, T:].reshape(n, h, len(SLOTS) - 1, T, dh), self.grid, self.pool)
+        return torch.cat([t4[:, :, :T], nbs.reshape(n, h, -1, dh)], dim=2)
+
     def mix4(self, q, k4, v4, bias):
-        """k4/v4: (n,h,S,dh), the four slots' keys/values already side by side (SLOTS order; S = 4T, or
-        with kv_pool T + 3T/kv_pool², the neighbours' pooled). The layer graphs take them so: splitting and
-        concatenating the slots inside the graph was a fifth of a layer's time in onnxruntime (bench/graphs.ts --profile)."""
-        if self.pool == 1:   # (the released graphs' form)
+        """k4/v4: (n,h,4T,dh), the four slots' keys/values already side by side (SLOTS order), each whole: with
+        kv_pool the neighbours' are pooled here (in the graph: the engine hands every slot whole), T + 3T/kv_pool²
+        keys. The layer graphs take them so: splitting and concatenating the slots inside the graph was a fifth of
+        a layer's time in onnxruntime (bench/graphs.ts --profile)."""
+        if self.pool == 1:   # (release 5's graphs' form)
             t = k4.shape[2] // len(SLOTS)
             slot = self.slot.transpose(0, 1).expand(-1, -1, t, -1).reshape(1, self.h, len(SLOTS) * t, self.dh)
         else:
+            k4, v4 = self.pool_neighbours(k4), self.pool_neighbours(v4)
             slot = torch.cat([self.slot[i].expand(-1, t, -1) for i, t in enumerate(self.slot_tokens)], dim=1)[None]   # (1,h,S,dh)
         if self.ort_attention is not None:
             assert self.pool == 1, "the fused op takes a key mask only: a pooled model's ln kv_pool² needs the plain form"
@@ -534,21 +541,11 @@ class InfDiT(nn.Module):
         cos, sin = rope_tables(pos, self.cfg)
         bias = self._bias(present)
 
-        if self.cfg.kv_pool > 1:   # the engine hands every slot whole: the neighbours' are pooled here, in the graph
-            k4, v4 = (self._pool_neighbours(t) for t in (k4, v4))
-
         def attn_fn(y):
             return blk.attn.mix4(blk.attn.q_own(y, cos, sin), k4, v4, bias)
         h = self._layer(blk, h, c, lr_ctx, attn_fn)
         nxt = self._kv_for(li + 1, h, c, cos, sin) if li + 1 < self.cfg.depth else None
         return h, nxt
-
-    def _pool_neighbours(self, t4):
-        """(b,h,4T,dh), the four slots whole -> (b,h,T + 3T/kv_pool²,dh): the own slot whole, the neighbours pooled."""
-        T = self.cfg.tokens
-        n, h, _, dh = t4.shape
-        nbs = pool_tokens(t4[:, :, T:].reshape(n, h, len(SLOTS) - 1, T, dh), self.cfg.grid, self.cfg.kv_pool)
-        return torch.cat([t4[:, :, :T], nbs.reshape(n, h, -1, dh)], dim=2)
 
     def layer_output(self, h, c, x, up, sigma):
         """After the last layer: the denoised block."""

@@ -47,7 +47,8 @@ async function one(quality: number, stateView: boolean) {
     const s2 = await (await fetch(`${base}/api/images/${id}`)).json() as any;
     at.sort((a, b) => a - b);
     return { quality, restorer: quality < 100, viewStated: stateView, tiles: tiles.length, previews: kinds, firstMs: at[0], medianMs: at[at.length >> 1],
-      allMs: at[at.length - 1], baseWindows: s2.engine.base.tiles, baseMs: s2.engine.base.ms };
+      allMs: at[at.length - 1], baseWindows: s2.engine.base.tiles, baseMs: s2.engine.base.ms,
+      restorerTiles: s2.engine.restorer.tiles, restorerMs: s2.engine.restorer.ms };
   } finally {
     proc.kill('SIGTERM');
     await new Promise(r => proc.once('exit', r));

@@ -15,7 +15,8 @@
  * modelBusy: the model threads' summed time in block evaluations over the wall time (2 = two threads busy).
  * secondsAllPreviews: every tile of the view asked as a preview at once, as the viewer does, until all are
  * answered; previews: what they were (base, lanczos). baseTiles: the base's windows computed (each ~0.13 s on
- * 2 cores, bench/base.ts).
+ * 2 cores, bench/base.ts); restorerTiles: the JPEG restorer's tiles they read (the photo is a JPEG); baseMs,
+ * restorerMs: their model-thread time (not in modelBusy, which is the transformer's).
  * Prints figures (JSON, kept in bench/results/); never fails on time.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -101,7 +102,9 @@ async function one(model: string, w: number, fill: boolean, batch: number) {
       secondsAllPreviews: +previewSecs.toFixed(2), previews: kinds,
       secondsAllFinal: +secs.toFixed(2), firstTile: +firstAt[0].toFixed(2), layerSteps: nodes, fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0,
       // the base's tiles made for the screenful (previews, and up(LR) over the base); their cost: bench/base.ts's per window
-      baseTiles: st.engine.base.tiles - before.base.tiles,
+      baseTiles: st.engine.base.tiles - before.base.tiles, baseMs: st.engine.base.ms - before.base.ms,
+      // the JPEG restorer's tiles under those windows (the photo is uploaded as a JPEG) and their model-thread time
+      restorerTiles: st.engine.restorer.tiles - before.restorer.tiles, restorerMs: st.engine.restorer.ms - before.restorer.ms,
       modelBusy: +((st.engine.modelMs - before.modelMs) / 1000 / secs).toFixed(3), msPerLayerStep: +(secs * 1000 / nodes).toFixed(2) };
   } finally {
     proc.kill('SIGTERM');

@@ -77,8 +77,12 @@ test('a render restores a JPEG\'s stage 1 only: not a PNG, not quality 100, not 
   assert.ok(mk(100).stages[0].o.lr instanceof ImageLR, 'quality 100 (level 0) is not restored');
   const r16 = mk(quality, 16);
   assert.ok(r16.stages[0].o.lr instanceof RestoredLR && !(r16.stages[1].o.lr instanceof RestoredLR));
-  const [a, b] = await Promise.all([mk(quality).region(64, 64, 64, 64), mk(0).region(64, 64, 64, 64)]);
+  const jpeg = mk(quality), png = mk(0);
+  assert.equal(png.restorer, undefined);
+  const [a, b] = await Promise.all([jpeg.region(64, 64, 64, 64), png.region(64, 64, 64, 64)]);
   assert.ok(!Buffer.from(a.data).equals(Buffer.from(b.data)), 'the restored and the raw JPEG gave the same block');
+  // what the server's status reports of it (engine.restorer): the tiles restored and their model-thread time
+  assert.ok(jpeg.restorer === jpeg.stages[0].o.lr && jpeg.restorer.computed > 0 && jpeg.restorer.ms > 0);
 });
 
 test('a malformed restorer in a manifest is refused, naming the field', () => {

@@ -61,6 +61,8 @@ export class Render {
   /** Every stage's base (a model with a base whose graphs run here): stage 1's, and later stages' for a
    *  model trained over the base. */
   readonly bases: BaseUp[] = [];
+  /** Stage 1's JPEG restorer (a JPEG file and a model with one), else undefined. */
+  readonly restorer?: RestoredLR;
 
   constructor(readonly o: RenderOptions) {
     const m = o.model.manifest;
@@ -75,7 +77,8 @@ export class Render {
     const image = asPixelSource(o.image);
     // a JPEG's LR goes through the model's restorer when it has one (PNG and other lossless files never do)
     const level = jpegLevel(o.jpegQuality ?? 0);   // 0 also for quality 100, whose blocks are not worth a pass
-    let lr: LRSource = m.restorer && level > 0 ? new RestoredLR(o.model, image, level, o.restoreBytes) : new ImageLR(image);
+    if (m.restorer && level > 0) this.restorer = new RestoredLR(o.model, image, level, o.restoreBytes);
+    let lr: LRSource = this.restorer ?? new ImageLR(image);
     // the global vector is the user's image's, for every stage: a stage-2 thumbnail would need
     // all of stage 1 and break laziness
     const thumb = m.global.enabled ? thumbnail(image, m.global.thumb!) : undefined;

@@ -35,8 +35,9 @@ export class RestoredLR implements LRSource {
   private readonly halo: number;
   private readonly gi: number;
   private tiles: TileCache<Uint8Array>;
-  /** Tiles computed (a recomputed evicted tile counts again). */
+  /** Tiles computed (a recomputed evicted tile counts again), and the model thread's time in them (ms). */
   computed = 0;
+  ms = 0;
 
   /** `jq`: jpegLevel of the file's quality (> 0: a restorer is only for JPEGs). */
   constructor(readonly model: Model, readonly src: PixelSource, readonly jq: number, cacheBytes = 64 << 20) {
@@ -75,8 +76,8 @@ export class RestoredLR implements LRSource {
   private async compute(r: number, c: number) {
     const T = this.tile, S = T + 2 * this.halo;
     const win = this.src.regionSync(c * T - this.halo, r * T - this.halo, S, S);
-    const { out } = await this.model.run(this.gi, 1, { lr: toPlanar(win), jq: new Float32Array([this.jq]) });
-    this.computed++;
+    const { out, ms } = await this.model.run(this.gi, 1, { lr: toPlanar(win), jq: new Float32Array([this.jq]) });
+    this.computed++; this.ms += ms;
     return fromPlanar(out.restored as Float32Array);
   }
 }

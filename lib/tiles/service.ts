@@ -343,7 +343,9 @@ export class ImageService {
         wanted: this.demand(e, 0),
         // the base super-resolver's tiles (previews, and up(LR) of a model over it) and its calls' summed time (calls
         // queued side by side overlap: not a share of the CPU; bench/base.ts times one window alone)
-        base: { tiles: e.render!.bases.reduce((a, b) => a + b.computed, 0), ms: Math.round(e.render!.bases.reduce((a, b) => a + b.ms, 0)) } },
+        base: { tiles: e.render!.bases.reduce((a, b) => a + b.computed, 0), ms: Math.round(e.render!.bases.reduce((a, b) => a + b.ms, 0)) },
+        // the JPEG restorer's tiles under them (a JPEG upload and a model with a restorer), the same way
+        restorer: { tiles: e.render!.restorer?.computed ?? 0, ms: Math.round(e.render!.restorer?.ms ?? 0) } },
     };
   }
 

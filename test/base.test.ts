@@ -100,3 +100,30 @@ test('in the model thread, a base window goes before the transformer batches que
   await Promise.all(calls);
   assert.ok(done.indexOf('base') <= 2, `finished in the order ${done.join(', ')}`);
 });
+
+test('while a preview is made the render starts no transformer batch, and its bytes do not change', async () => {
+  // the same model, its calls recorded in the order they are made (the real graphs run them)
+  const calls: number[] = [];
+  const spy = new Proxy(model, { get(t, k) {
+    if (k === 'run') return (...a: Parameters<Model['run']>) => { calls.push(a[0]); return t.run(...a); };
+    const v = Reflect.get(t, k, t);
+    return typeof v === 'function' ? v.bind(t) : v;
+  } });
+  const render = (m: Model) => new Render({ model: m, image: lr, scale: 4, seed: 9, batch: 16, kvBytes: 64 << 20, store: new MemoryBlockStore() });
+  const want = hash((await render(model).region(0, 0, W, H)).data);
+  const r = render(spy);
+  // a preview (base.pixels) holds the gate while it is made
+  const preview = r.base!.pixels(0, 0, 8, 8);
+  assert.ok(r.gate.busy);
+  await preview;
+  assert.ok(!r.gate.busy);
+  // a preview that takes 300 ms (a JPEG's waits for its restorer tiles): the render asked meanwhile runs nothing
+  let release!: () => void;
+  const held = r.gate.during(() => new Promise<void>(res => { release = res; }));
+  const before = calls.length, whole = r.region(0, 0, W, H);
+  await new Promise(res => setTimeout(res, 300));
+  assert.equal(calls.length, before, `the render called graphs ${calls.slice(before).join(',')} while a preview was being made`);
+  release(); await held;
+  assert.equal(hash((await whole).data), want);
+  assert.equal(r.base!.computed, 4, 'a window was made twice');
+});

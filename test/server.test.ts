@@ -199,6 +199,14 @@ test('previews: the base super-resolver where the model has one (its own pixels 
   assert.ok(!Buffer.from(lz.body).equals(pre.body), 'the compare view gave the base');
   // a level between the LR and 4× (2×): the base reduced, not Lanczos
   assert.equal((await request(a).get(`/images/${up.body.id}_files/${st.body.maxLevel - 1}/0_0.png?preview=1`).expect(200)).headers['x-infdit-preview'], 'base');
+  // a view stated at the base's own level has its windows made first (PreviewGate), each once: the whole
+  // render after it makes no window again (37×21 LR: 2×1 windows of the fixture's 32 px)
+  const up2 = await request(a).post('/api/images').attach('image', await sharp(img).flop().png().toBuffer(), 'flop.png').expect(201);
+  const v = await request(a).post(`/api/images/${up2.body.id}/view`)
+    .send({ viewer: 'test-view-0001', level: st.body.maxLevel, x: 0, y: 0, width: st.body.width, height: st.body.height }).expect(200);
+  assert.equal(v.body.tiles.length, 3 * 2);
+  await s.renderAll(up2.body.id);
+  assert.equal((await request(a).get(`/api/images/${up2.body.id}`).expect(200)).body.engine.base.tiles, 2);
   // the fixture without a base: Lanczos3
   assert.equal((await request(app).get(`/images/${id}_files/8/0_0.jpeg?preview=1`).expect(200)).headers['x-infdit-preview'], 'lanczos');
   assert.equal((await request(app).get(`/api/images/${id}`).expect(200)).body.preview, 'lanczos');

@@ -24,7 +24,7 @@ import { KVStore, copyKV } from './kvstore.js';
 import type { BlockStore } from './blockstore.js';
 import { blockNoise } from './rng.js';
 import { upsampleRegion } from './bicubic.js';
-import type { BaseUp } from './base.js';
+import type { BaseUp, PreviewGate } from './base.js';
 import { SamplerPlan, advance, evalInput, type BlockSampleState } from './sampler.js';
 import { toPlanar, fromPlanar } from './pixels.js';
 
@@ -48,6 +48,8 @@ export interface StageOptions {
   jq?: number;
   /** The transformer's up(LR) when the model was trained over a base (manifest "up": "base"); absent: bicubic. */
   base?: BaseUp;
+  /** While a viewer's previews are being made, start no batch (base.ts PreviewGate). */
+  gate?: PreviewGate;
 }
 
 /** nodes and calls run; modelMs: the model thread's time in them; jsMs: this thread's time
@@ -118,6 +120,7 @@ export class Stage {
       this.planDirty = true;
       this.pump();
     });
+    o.gate?.onIdle(() => this.pump());
   }
 
   get outWidth() { return this.o.lr.width * this.o.model.manifest.scale; }
@@ -562,7 +565,7 @@ export class Stage {
       const running = new Set<Promise<void>>();
       try {
         for (;;) {
-          while (running.size < this.o.model.parallel + 1) {
+          while (running.size < this.o.model.parallel + 1 && !this.o.gate?.busy) {
             const { batch, k } = this.pickBatch();
             if (!batch.length) break;
             const p: Promise<void> = this.runBatch(batch, k).then(() => { running.delete(p); this.settle(); });

@@ -12,7 +12,7 @@ import { SamplerPlan, type Preset } from './sampler.js';
 import { halve, asPixelSource, type PixelSource, type RGBImage } from './pixels.js';
 import { thumbnail } from './thumb.js';
 import { RestoredLR } from './restore.js';
-import { BaseUp } from './base.js';
+import { BaseUp, PreviewGate } from './base.js';
 
 export const SCALES = [2, 4, 8, 16] as const;
 
@@ -61,6 +61,8 @@ export class Render {
   /** Every stage's base (a model with a base whose graphs run here): stage 1's, and later stages' for a
    *  model trained over the base. */
   readonly bases: BaseUp[] = [];
+  /** Previews in flight hold the transformer back (base.ts). */
+  readonly gate = new PreviewGate();
   /** Stage 1's JPEG restorer (a JPEG file and a model with one), else undefined. */
   readonly restorer?: RestoredLR;
 
@@ -87,10 +89,10 @@ export class Render {
       // only stage 1 reads the file; a later stage's LR is the model's own output, never a JPEG
       const jq = s === 1 ? level : 0;
       // the base of each stage reads that stage's LR (after the restorer: restorer, base, transformer)
-      const base = withBase && (s === 1 || m.up === 'base') ? new BaseUp(o.model, lr, o.baseBytes) : undefined;
+      const base = withBase && (s === 1 || m.up === 'base') ? new BaseUp(o.model, lr, o.baseBytes, this.gate) : undefined;
       if (base) this.bases.push(base);
       const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb, jq,
-        base: m.up === 'base' ? base : undefined });
+        base: m.up === 'base' ? base : undefined, gate: this.gate });
       this.stages.push(st);
       lr = new StageLR(st);
     }

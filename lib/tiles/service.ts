@@ -360,6 +360,15 @@ export class ImageService {
     if (view && !(Number.isInteger(view.level) && view.level >= 0 && view.level <= M))
       throw new RangeError(`level ${view.level} is not a level of this pyramid (0 … ${M})`);
     const tiles = view && !e.sources!.has(view.level) ? viewTiles(e.geometry, view) : [];
+    // what the viewer shows first: the view's base windows (its previews' pixels), nearest the centre first,
+    // before the transformer starts on the view (PreviewGate; entered now, before the tiles are asked below).
+    // At the base's own level only: elsewhere a preview is the base resized from a larger area.
+    const base = e.render?.base, L = view?.level ?? -1;
+    if (base && tiles.length && levelSize(e.geometry, L).width === base.width && levelSize(e.geometry, L).height === base.height)
+      void e.render!.gate.during(() => Promise.all(tiles.map(t => {
+        const rc = tileRect(e.geometry, t.L, t.c, t.r);
+        return base.region(rc.x, rc.y, rc.w, rc.h, { priority: VIEW_PRIORITY });
+      }))).catch(() => { /* a failed window fails the preview or block that asks it again */ });
     if (!view) this.views.withdraw(viewer);
     else this.views.set(viewer, id, tiles);
     return { tiles: tiles.map(t => [t.L, t.c, t.r]), leaseMs: this.cfg.viewLeaseMs };

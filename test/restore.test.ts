@@ -47,13 +47,16 @@ test('the released model has a restorer, and its tiled restoration equals PyTorc
 test('any region, order and cache size give the same bytes; a tile is computed once unless evicted', async () => {
   const full = new RestoredLR(model, new MemoryPixels(img), jpegLevel(quality));
   const whole = await full.region(0, 0, img.width, img.height);
-  const T = model.manifest.restorer!.tile;
-  assert.equal(full.computed, Math.ceil(img.width / T) * Math.ceil(img.height / T));
+  // the release's grid starts `offset` px above and left of the image: its first tile border is at T - offset
+  const T = model.manifest.restorer!.tile, off = model.manifest.restorer!.offset ?? 0, E = T - off;
+  assert.ok(off > 0, 'the released restorer\'s grid is shifted (model/infdit/restore.py OFFSET)');
+  const tiles = (Math.floor((img.width - 1 + off) / T) + 1) * (Math.floor((img.height - 1 + off) / T) + 1);
+  assert.equal(full.computed, tiles);
   await full.region(3, 5, 40, 30);
-  assert.equal(full.computed, Math.ceil(img.width / T) * Math.ceil(img.height / T), 'a cached tile was computed again');
+  assert.equal(full.computed, tiles, 'a cached tile was computed again');
   // a cache of one tile: every tile evicted again and again, regions asked concurrently, some past the edges
   const small = new RestoredLR(model, new MemoryPixels(img), jpegLevel(quality), 1);
-  const rects: [number, number, number, number][] = [[-7, -3, 60, 50], [T - 10, 0, 20, 20], [img.width - 30, img.height - 20, 50, 40], [5, T - 1, 3, 2], [0, 0, 1, 1], [T - 1, T - 1, 2, 2]];
+  const rects: [number, number, number, number][] = [[-7, -3, 60, 50], [E - 10, 0, 20, 20], [img.width - 30, img.height - 20, 50, 40], [5, E - 1, 3, 2], [0, 0, 1, 1], [E - 1, E - 1, 2, 2], [E + T - 1, 3, 2, 2]];
   const got = await Promise.all(rects.map(([x, y, w, h]) => small.region(x, y, w, h)));
   // then one after another, the other way round: now the tiles are evicted between requests
   for (const [x, y, w, h] of [...rects].reverse()) got.push(await small.region(x, y, w, h));
@@ -67,6 +70,9 @@ test('what a queue job must carry: the raw LR under every tile a crop touches, w
   assert.deepEqual(tilesUnder(T - 1, 0, 2, 1, 1000, 1000, T), { c0: 0, c1: 1, r0: 0, r1: 0 });
   assert.deepEqual(restorerReach(T + 5, T + 5, 10, 10, 1000, 1000, T, H), { x: T - H, y: T - H, w: T + 2 * H, h: T + 2 * H });
   assert.deepEqual(restorerReach(0, 0, 10, 10, 50, 40, T, H), { x: 0, y: 0, w: 50, h: 40 }, 'clipped to the image');
+  // on a grid starting 64 px above and left: tile c covers c·T − 64 …, its window H more each side
+  assert.deepEqual(tilesUnder(T - 65, T - 64, 2, 1, 1000, 1000, T, 64), { c0: 0, c1: 1, r0: 1, r1: 1 });
+  assert.deepEqual(restorerReach(T + 5, T + 5, 10, 10, 1000, 1000, T, H, 64), { x: T - 64 - H, y: T - 64 - H, w: T + 2 * H, h: T + 2 * H });
 });
 
 test('a render restores a JPEG\'s stage 1 only: not a PNG, not quality 100, not stage 2', async () => {
@@ -90,6 +96,9 @@ test('a malformed restorer in a manifest is refused, naming the field', () => {
   const edit = (f: (m: any) => void) => { const m = structuredClone(base); f(m); return () => validateManifest(m); };
   assert.throws(edit(m => { m.restorer.tile = 0; }), /"restorer" must be \{enabled: true, graph: "restore", tile/);
   assert.throws(edit(m => { m.restorer.halo = -1; }), /"restorer"/);
+  assert.throws(edit(m => { m.restorer.offset = 63; }), /offset: even integer from 0 to below tile/);
+  assert.throws(edit(m => { m.restorer.offset = m.restorer.tile; }), /offset/);
+  edit(m => { delete m.restorer.offset; })();   // a manifest from before the offset: its grid at the corner
   // the release's graphs end restore, base (the base super-resolver, since 2026-12-07)
   assert.throws(edit(m => { m.graphs.splice(-2, 1); }), /"graphs" must list \[input,layer0,.*,layer7,restore,base\]/);
   assert.throws(edit(m => { delete m.restorer; }), /"graphs" must list \[input,layer0,.*,layer7,base\] in that order/);

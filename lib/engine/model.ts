@@ -33,7 +33,7 @@ export interface Manifest {
   /** The JPEG condition: the input stage takes `jq`, jpegLevel of stage 1's file (absent: off). */
   jpeg: { enabled: boolean; input: string | null };
   /** The JPEG restorer (lib/engine/restore.ts): graph "restore", last in `graphs` (absent: none). */
-  restorer?: { enabled: boolean; graph: string; tile: number; halo: number };
+  restorer?: { enabled: boolean; graph: string; tile: number; halo: number; offset?: number };
   /** The base super-resolver (lib/engine/base.ts): graph "base", last in `graphs` (absent: none). */
   base?: { enabled: boolean; graph: string; tile: number; halo: number; cell: number };
   /** What the transformer's up(LR) is: PyTorch's bicubic (models before the base), or the base. */
@@ -72,9 +72,13 @@ export function validateManifest(m: any): Manifest {
     throw new ModelError(`manifest field "jpeg" must be {enabled: false} or {enabled: true, input: "jq"}, got ${JSON.stringify(m.jpeg)}`);
   if (m.block % m.scale || m.block / m.scale !== m.lr_block) throw new ModelError(`manifest field "lr_block" must equal block/scale (${m.block}/${m.scale}), got ${m.lr_block}`);
   if (m.grid * m.patch !== m.block || m.grid * m.grid !== m.tokens_per_block) throw new ModelError(`manifest fields "grid"/"tokens_per_block" disagree with block ${m.block} and patch ${m.patch}`);
+  // offset: where the grid starts, above and left of the image (absent: 0, at its corner); even like the tile, so
+  // that the restorer's pixel-unshuffle by 2 pairs the same pixels on every tile
+  const off = m.restorer?.offset ?? 0;
   if (m.restorer !== undefined && !(m.restorer?.enabled === true && m.restorer.graph === 'restore' && Number.isInteger(m.restorer.tile) &&
-      m.restorer.tile > 0 && m.restorer.tile % 2 === 0 && Number.isInteger(m.restorer.halo) && m.restorer.halo >= 0))
-    throw new ModelError(`manifest field "restorer" must be {enabled: true, graph: "restore", tile: even integer > 0, halo: integer ≥ 0} or absent, got ${JSON.stringify(m.restorer)}`);
+      m.restorer.tile > 0 && m.restorer.tile % 2 === 0 && Number.isInteger(m.restorer.halo) && m.restorer.halo >= 0 &&
+      Number.isInteger(off) && off >= 0 && off < m.restorer.tile && off % 2 === 0))
+    throw new ModelError(`manifest field "restorer" must be {enabled: true, graph: "restore", tile: even integer > 0, halo: integer ≥ 0, offset: even integer from 0 to below tile (absent: 0)} or absent, got ${JSON.stringify(m.restorer)}`);
   if (m.base !== undefined && !(m.base?.enabled === true && m.base.graph === 'base' && [m.base.tile, m.base.halo, m.base.cell].every(Number.isInteger) &&
       m.base.cell > 0 && m.base.tile > 0 && m.base.tile % m.base.cell === 0 && m.base.tile % m.lr_block === 0 && m.base.halo >= 0 && m.base.halo % m.base.cell === 0))
     throw new ModelError(`manifest field "base" must be {enabled: true, graph: "base", cell: integer > 0, tile: a multiple of cell and of lr_block, halo: a multiple of cell ≥ 0} or absent, got ${JSON.stringify(m.base)}`);

@@ -177,7 +177,7 @@ export class RemoteGenerator {
       // a JPEG's stage 1 is restored by the worker (this process may hold no graphs): the job carries
       // the raw LR under every restorer tile its crop touches, windows included
       const restored = st.o.lr instanceof RestoredLR ? st.o.lr : null;
-      const raw = restored ? restorerReach(crop.x, crop.y, crop.w, crop.h, lrW, lrH, m.restorer!.tile, m.restorer!.halo) : crop;
+      const raw = restored ? restorerReach(crop.x, crop.y, crop.w, crop.h, lrW, lrH, m.restorer!.tile, m.restorer!.halo, m.restorer!.offset ?? 0) : crop;
       const lrPx = s === 0 ? rr.lr.regionSync(raw.x, raw.y, raw.w, raw.h) : await rr.render.stages[s - 1].region(crop.x, crop.y, crop.w, crop.h);
       const data: JobData = {
         protocol: PROTOCOL, model: { id: this.model.id, name: m.name }, stage: s + 1, seed: rr.seed,

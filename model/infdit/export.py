@@ -261,6 +261,13 @@ def export_layers(model, out, kv_dtype="float32", attention="fused"):
     return graphs
 
 
+RESTORER_DOC = ("stage 1 of an image whose file is a JPEG (quality > 0; jq = jpeg.level's formula) reads its LR through the "
+                "restorer: the LR is cut into a fixed grid of tile×tile tiles that starts offset pixels above and left of "
+                "its top-left corner (tile (r, c) covers x from c·tile − offset, y from r·tile − offset), each run with halo "
+                "pixels of context on every side (edge-replicated outside the image), the tile's pixels rounded as "
+                "pixels.to_uint8; later stages and non-JPEG files are not restored")
+
+
 class RestoreTile(torch.nn.Module):
     """The restorer on a batch of halo-padded tiles; gives the tiles' inner TILE×TILE only."""
 
@@ -276,7 +283,7 @@ class RestoreTile(torch.nn.Module):
 def attach_restorer(m, out, ckpt):
     """Export model/infdit/restore.py's checkpoint as <out>.restore.onnx and describe it in manifest `m`
     (a model has at most one restorer: an earlier one is replaced)."""
-    from infdit.restore import load, TILE, HALO
+    from infdit.restore import load, TILE, HALO, OFFSET
     net, st = load(ckpt)
     assert net.cfg.receptive_radius <= HALO, "the halo must cover the restorer's receptive field"
     side = TILE + 2 * HALO
@@ -290,11 +297,8 @@ def attach_restorer(m, out, ckpt):
          "outputs": [{"name": n, "shape": s, "dtype": d} for n, s, d in outs]}]
     c = net.cfg
     m["restorer"] = {
-        "enabled": True, "graph": "restore", "tile": TILE, "halo": HALO,
-        "doc": ("stage 1 of an image whose file is a JPEG (quality > 0; jq = jpeg.level's formula) reads its LR through the "
-                "restorer: the LR is cut into a fixed grid of tile×tile tiles from its top-left corner, each run with halo "
-                "pixels of context on every side (edge-replicated outside the image), the tile's pixels rounded as "
-                "pixels.to_uint8; later stages and non-JPEG files are not restored"),
+        "enabled": True, "graph": "restore", "tile": TILE, "halo": HALO, "offset": OFFSET,
+        "doc": RESTORER_DOC,
         "architecture": {"kind": "FFDNet-style: pixel-unshuffle, quality plane, 3x3 conv + ReLU stack, pixel-shuffle, plus input",
                          **{k: getattr(c, k) for k in ("width", "depth", "shuffle")}, "receptive_radius": c.receptive_radius},
         "params": sum(p.numel() for p in net.parameters()),

@@ -14,10 +14,10 @@ goes through it) and costs once per LR pixel, not once per block evaluation.
 
 The network is FFDNet's shape (Zhang et al. 2018): pixel-unshuffle by 2, the quality as a constant
 extra plane, a plain stack of 3×3 convolutions and ReLUs, pixel-shuffle back, plus the input.
-`restore_image` applies it exactly as the engine does: on a fixed grid of TILE×TILE tiles, each
-read with HALO pixels of context (edge-replicated outside the image), so every output pixel comes
-from the same computation whatever the image size or order, and equals the untiled result up to
-float rounding (HALO exceeds the receptive field).
+`restore_image` applies it exactly as the engine does: on a fixed grid of TILE×TILE tiles that starts
+OFFSET pixels before the image's top-left corner, each read with HALO pixels of context (edge-replicated
+outside the image), so every output pixel comes from the same computation whatever the image size or
+order, and equals the untiled result up to float rounding (HALO exceeds the receptive field).
 """
 import argparse, io, json, math, sys, time
 from dataclasses import dataclass, asdict
@@ -33,6 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # model/: modules
 from infdit.network import jpeg_level, grid_loss  # noqa: E402
 
 TILE, HALO = 128, 32   # LR pixels; the engine's grid (lib/engine/restore.ts) uses the same
+# The grid is shifted half a tile up and left of the image's corner: the base's windows (128-px tiles from
+# the corner, each read with 24 px more each side: base.py) then each read exactly 2×2 restored tiles, not
+# 3×3, and a screenful's 5×4 windows 6×5 restored tiles instead of 7×6. The pixels are the same either way
+# up to float rounding (HALO covers the receptive field); manifests without "offset" mean 0.
+OFFSET = 64
 
 
 @dataclass
@@ -78,12 +83,13 @@ def to_u8(t):        # (1,3,H,W) in [-1,1] -> HWC uint8, the engine's rounding (
     return torch.floor((t[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).numpy()
 
 
-def restore_image(net, lr_u8, quality, batch=8):
+def restore_image(net, lr_u8, quality, batch=8, offset=OFFSET):
     """HWC uint8 LR of a JPEG of `quality` -> restored HWC uint8 LR, tile by tile as the engine does."""
     H, W = lr_u8.shape[:2]
-    ty, tx = math.ceil(H / TILE), math.ceil(W / TILE)
+    # tile k covers [k·TILE - offset, (k+1)·TILE - offset)
+    ty, tx = (H - 1 + offset) // TILE + 1, (W - 1 + offset) // TILE + 1
     # edge-replicated so that every tile, border ones too, reads a full TILE+2·HALO window
-    pad = np.pad(lr_u8, ((HALO, ty * TILE - H + HALO), (HALO, tx * TILE - W + HALO), (0, 0)), mode="edge")
+    pad = np.pad(lr_u8, ((HALO + offset, ty * TILE - offset - H + HALO), (HALO + offset, tx * TILE - offset - W + HALO), (0, 0)), mode="edge")
     windows = [(r, c) for r in range(ty) for c in range(tx)]
     out = np.empty((ty * TILE, tx * TILE, 3), np.uint8)
     jq = jpeg_level(torch.tensor([float(quality)]))
@@ -94,7 +100,7 @@ def restore_image(net, lr_u8, quality, batch=8):
             y = net(x, jq.expand(len(part)))[:, :, HALO:HALO + TILE, HALO:HALO + TILE]
             for j, (r, c) in enumerate(part):
                 out[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE] = to_u8(y[j:j + 1])
-    return out[:H, :W]
+    return out[offset:offset + H, offset:offset + W]
 
 
 def jpeg(u8, quality):

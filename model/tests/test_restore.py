@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from infdit.restore import Restorer, RestorerConfig, restore_image, to_unit, to_u8, jpeg, TILE, HALO
+from infdit.restore import Restorer, RestorerConfig, restore_image, to_unit, to_u8, jpeg, TILE, HALO, OFFSET
 from infdit.network import jpeg_level
 
 torch.set_num_threads(1)
@@ -38,14 +38,17 @@ class TestRestorer(unittest.TestCase):
         net = random_restorer()
         self.assertLessEqual(net.cfg.receptive_radius, HALO)
         img = photo_like(TILE + 70, 2 * TILE + 30)      # partial tiles on both axes
-        tiled = restore_image(net, img, 60)
         pad = np.pad(img, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
         with torch.no_grad():
             whole = to_u8(net(to_unit(pad), jpeg_level(torch.tensor([60.0])))[:, :, HALO:-HALO, HALO:-HALO])
-        d = np.abs(tiled.astype(int) - whole.astype(int))
-        self.assertEqual(tiled.shape, img.shape)
-        self.assertLessEqual(d.max(), 1)
-        self.assertLess((d > 0).mean(), 1e-3)
+        # on the shipped grid (OFFSET) and on others: the grid moves no pixel beyond rounding (an even
+        # offset: the network's pixel-unshuffle by 2 sees the same pixel pairs)
+        for offset in (OFFSET, 0, 32):
+            tiled = restore_image(net, img, 60, offset=offset)
+            d = np.abs(tiled.astype(int) - whole.astype(int))
+            self.assertEqual(tiled.shape, img.shape)
+            self.assertLessEqual(d.max(), 1, f"offset {offset}")
+            self.assertLess((d > 0).mean(), 1e-3, f"offset {offset}")
         # and the comparison is not between two copies of the input
         self.assertGreater(np.abs(tiled.astype(int) - img.astype(int)).max(), 3)
 

@@ -8,11 +8,11 @@
  * 82d57ba, the model in the HTTP thread) in the same run. Then the first page load after
  * `npm start`'s settings, while the demo generates, in Debian's Chromium.
  * Prints JSON, writes bench/results/responsive-<time>.json; never fails on time.
- *   node --import tsx bench/responsive.ts [--seconds 15] [--baseline 82d57ba] [--all-settings]
+ *   node --import tsx bench/responsive.ts [--seconds 15] [--baseline 82d57ba] [--all-settings] [--models a.json,b.json]
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
-import { join } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import sharp from 'sharp';
 import { chromium } from 'playwright-core';
@@ -119,7 +119,11 @@ async function main() {
     ['worker, nice 0, spinning', ['--model-nice', '0', '--ort-spinning']],
     ['worker, nice 10, spinning', ['--ort-spinning']],
   ];
-  for (const [label, extra] of args.includes('--all-settings') ? variants : variants.slice(0, 1)) rows.push(await probe(ROOT, label, extra));
+  // --models a.json,b.json: the default settings with each model in turn (the same run), instead of the default model
+  const models = opt('models', '') ? opt('models', '').split(',').map(m => resolve(m)) : [''];
+  for (const model of models)
+    for (const [label, extra] of args.includes('--all-settings') ? variants : variants.slice(0, 1))
+      rows.push(await probe(ROOT, model ? `${label}, ${relative(ROOT, model)}` : label, model ? [...extra, '--model', model] : extra));
   if (base) rows.push(await probe(base, `${baseline} (model in the HTTP thread)`, []));
   const pages = [await firstPage(ROOT, 'this checkout')];
   if (base) pages.push(await firstPage(base, baseline));

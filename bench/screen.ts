@@ -12,7 +12,8 @@
  *        [--overlap N] [--previews off]
  *
  * --workers: --model-workers values (1: the default).
- * modelBusy: the model threads' summed time in block evaluations over the wall time (2 = two threads busy).
+ * modelBusy: the model threads' summed time in block evaluations over the wall time (2 = two threads busy);
+ * jsBusy: the HTTP thread's time assembling and unpacking the batches, the same way.
  * secondsAllPreviews: every tile of the view asked as a preview at once, as the viewer does, until all are
  * answered; previews: what they were (base, lanczos). baseTiles: the base's windows computed (each ~0.13 s on
  * 2 cores, bench/base.ts); restorerTiles: the JPEG restorer's tiles they read (the photo is a JPEG); baseMs,
@@ -100,12 +101,14 @@ async function one(model: string, w: number, fill: boolean, batch: number) {
     const nodes = st.engine.nodes - before.nodes;
     return { model: model.replace(ROOT + '/', ''), modelId: st.model.id, modelWorkers: w, batch, backgroundFill: fill, tiles: tiles.length,
       secondsAllPreviews: +previewSecs.toFixed(2), previews: kinds,
-      secondsAllFinal: +secs.toFixed(2), firstTile: +firstAt[0].toFixed(2), layerSteps: nodes, fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0,
+      secondsAllFinal: +secs.toFixed(2), firstTile: +firstAt[0].toFixed(2), layerSteps: nodes,
+      // the transformer's graph calls: layerSteps / calls is the mean batch (the cone's edges leave batches part full)
+      calls: st.engine.calls - before.calls, fillShare: nodes ? +(d(0) / nodes).toFixed(3) : 0,
       // the base's tiles made for the screenful (previews, and up(LR) over the base); their cost: bench/base.ts's per window
       baseTiles: st.engine.base.tiles - before.base.tiles, baseMs: st.engine.base.ms - before.base.ms,
       // the JPEG restorer's tiles under those windows (the photo is uploaded as a JPEG) and their model-thread time
       restorerTiles: st.engine.restorer.tiles - before.restorer.tiles, restorerMs: st.engine.restorer.ms - before.restorer.ms,
-      modelBusy: +((st.engine.modelMs - before.modelMs) / 1000 / secs).toFixed(3), msPerLayerStep: +(secs * 1000 / nodes).toFixed(2) };
+      modelBusy: +((st.engine.modelMs - before.modelMs) / 1000 / secs).toFixed(3), jsBusy: +((st.engine.jsMs - before.jsMs) / 1000 / secs).toFixed(3), msPerLayerStep: +(secs * 1000 / nodes).toFixed(2) };
   } finally {
     proc.kill('SIGTERM');
     await new Promise(r => proc.once('exit', r));

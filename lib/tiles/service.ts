@@ -337,9 +337,11 @@ export class ImageService {
       // what a tile shows until it is final: the base super-resolver, or (a model without one, or a
       // --queue master, which runs no graphs) the Lanczos3 upscale
       preview: e.render!.base ? 'base' : 'lanczos',
-      // the engine's work so far (nodes: block layer-steps run, all stages; modelMs: the model thread's time in them)
+      // the engine's work so far (nodes: block layer-steps run, all stages; modelMs: the model thread's time in them;
+      // jsMs: this thread's time assembling and unpacking their batches)
       engine: { ...e.render!.stages.reduce((a, st) => ({ nodes: a.nodes + st.stats.nodes, calls: a.calls + st.stats.calls, reruns: a.reruns + st.stats.reruns,
-        modelMs: a.modelMs + Math.round(st.stats.modelMs), byClass: mergeCounts(a.byClass, st.stats.byClass) }), { nodes: 0, calls: 0, reruns: 0, modelMs: 0, byClass: {} as Record<number, number> }),
+        modelMs: a.modelMs + Math.round(st.stats.modelMs), jsMs: a.jsMs + Math.round(st.stats.jsMs), byClass: mergeCounts(a.byClass, st.stats.byClass) }),
+        { nodes: 0, calls: 0, reruns: 0, modelMs: 0, jsMs: 0, byClass: {} as Record<number, number> }),
         wanted: this.demand(e, 0),
         // the base super-resolver's tiles (previews, and up(LR) of a model over it) and its calls' summed time (calls
         // queued side by side overlap: not a share of the CPU; bench/base.ts times one window alone)

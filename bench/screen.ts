@@ -9,7 +9,7 @@
  *
  *   node --import tsx bench/screen.ts [--models model/release/infdit-s4.json[,other.json…]]
  *        [--workers 1,2] [--fill off,on] [--batch 8[,16…]] [--photo 8000x6000] [--at 0.6,0.7] [--screen 1920x1080] [--no-graphs]
- *        [--overlap N] [--previews off]
+ *        [--overlap N] [--previews off] [--serve "more serve flags"]
  *
  * --workers: --model-workers values (1: the default).
  * modelBusy: the model threads' summed time in block evaluations over the wall time (2 = two threads busy);
@@ -46,6 +46,8 @@ const log = (s: string) => process.stderr.write(s + '\n');
 const overlap = arg('--overlap', '');
 if (overlap && !/^\d{1,2}$/.test(overlap)) fail(`--overlap takes a --tile-overlap in px, got "${overlap}"`);
 const askPreviews = arg('--previews', 'on') !== 'off';
+// --serve "…": more `infdit serve` flags for every server of the run (e.g. "--model-nice 0")
+const serveExtra = arg('--serve', '').split(' ').filter(Boolean);
 
 const photo = await sharp(readFileSync(join(ROOT, 'viewer/demo.jpg'))).resize(Number(size[1]), Number(size[2]), { kernel: 'lanczos3', fit: 'fill' }).jpeg({ quality: 92 }).toBuffer();
 const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
@@ -53,7 +55,7 @@ const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
 async function one(model: string, w: number, fill: boolean, batch: number) {
   const dataDir = mkdtempSync(join(tmpdir(), 'infdit-bench-screen-'));
   const { proc, base } = await spawnServe(['--model', model, '--data-dir', dataDir, '--demo', 'false', '--model-workers', String(w), '--batch', String(batch),
-    ...(fill ? [] : ['--no-background-fill']), ...(overlap ? ['--tile-overlap', overlap] : [])]);
+    ...(fill ? [] : ['--no-background-fill']), ...(overlap ? ['--tile-overlap', overlap] : []), ...serveExtra]);
   try {
     const id = await upload(base, new Uint8Array(photo), 'screen.jpg');
     const get = async () => (await fetch(`${base}/api/images/${id}`)).json() as Promise<any>;

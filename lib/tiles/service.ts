@@ -364,10 +364,12 @@ export class ImageService {
     const tiles = view && !e.sources!.has(view.level) ? viewTiles(e.geometry, view) : [];
     // what the viewer shows first: the view's base windows (its previews' pixels), nearest the centre first,
     // before the transformer starts on the view (PreviewGate; entered now, before the tiles are asked below).
-    // At the base's own level only: elsewhere a preview is the base resized from a larger area.
+    // At the base's own level only (elsewhere a preview is the base resized from a larger area), and for the
+    // tiles not final yet (a final tile needs no preview).
     const base = e.render?.base, L = view?.level ?? -1;
-    if (base && tiles.length && levelSize(e.geometry, L).width === base.width && levelSize(e.geometry, L).height === base.height)
-      void e.render!.gate.during(() => Promise.all(tiles.map(t => {
+    const unmade = base ? tiles.filter(t => { const p = this.tilePath(e, t.L, t.c, t.r); return !this.hot.has(p) && !existsSync(p); }) : [];
+    if (base && unmade.length && levelSize(e.geometry, L).width === base.width && levelSize(e.geometry, L).height === base.height)
+      void e.render!.gate.during(() => Promise.all(unmade.map(t => {
         const rc = tileRect(e.geometry, t.L, t.c, t.r);
         return base.region(rc.x, rc.y, rc.w, rc.h, { priority: VIEW_PRIORITY });
       }))).catch(() => { /* a failed window fails the preview or block that asks it again */ });

@@ -43,7 +43,9 @@ export class BaseUp {
   computed = 0;
   ms = 0;
 
-  constructor(readonly model: Model, readonly src: LRSource, cacheBytes = 64 << 20, readonly gate?: PreviewGate) {
+  // 128 MiB: 42 windows of 3 MiB (512² px × 3 × float32). A screenful at the deepest zoom needs 20 (its view) to 30 (an
+  // 8-layer model's cone too); at 64 MiB (21) an 8-layer model made 9 of them twice (bench/screen.ts: 39 windows, not 30)
+  constructor(readonly model: Model, readonly src: LRSource, cacheBytes = 128 << 20, readonly gate?: PreviewGate) {
     const b = model.manifest.base;
     if (!b?.enabled) throw new ModelError(`model ${model.manifest.name} has no base super-resolver`);
     this.tile = b.tile; this.halo = b.halo; this.scale = model.manifest.scale;

@@ -25,7 +25,7 @@ export interface RenderOptions {
   jpegQuality?: number;
   /** Bytes of restored LR tiles kept (a model with a JPEG restorer, a JPEG input); default 64 MiB. */
   restoreBytes?: number;
-  /** Bytes of base tiles kept per stage (a model with a base); default 64 MiB. */
+  /** Bytes of base tiles kept per stage (a model with a base); default 128 MiB (base.ts). */
   baseBytes?: number;
 }
 

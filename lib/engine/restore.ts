@@ -3,8 +3,8 @@
  * diffusion model sees the clean LR it was trained on instead of sharpening 8×8 blocks into a grid.
  *
  * The LR is restored lazily, a tile at a time, on the fixed grid the manifest gives (tile×tile LR
- * pixels from `offset` px above and left of the top-left corner, each computed from its window of halo more pixels on every side,
- * edge-replicated outside the image). A pixel therefore always comes from the same call on the same
+ * pixels from `offset` px above and left of the top-left corner, each computed from its window of halo
+ * more pixels on every side, edge-replicated outside the image). A pixel therefore always comes from the same call on the same
  * window, one tile per call: the bytes do not depend on which region asked first, on batching or on
  * what was evicted. Restored tiles live in an LRU bounded in bytes; an evicted one is recomputed.
  */

@@ -3,11 +3,14 @@
 # the carried paths) and refuses more than 64 MiB. Ours is over that by itself: 77 MiB tracked, 47 of it
 # the ONNX graphs the server runs, which a training run never reads; with .data (25 MiB) carried, 102.
 #   bash model/device/tree.sh size [CARRY…]     what would travel, in MiB, and whether it fits
-#   bash model/device/tree.sh slim [CARRY…]     untrack the ONNX graphs for a device call (still on disk)
+#   bash model/device/tree.sh slim [CARRY…]     untrack the ONNX graphs for a device call (still on disk), and
+#                                               the release checkpoints the run does not start from
 #   bash model/device/tree.sh restore           track them again: the tree as it was
-# slim takes the graphs out of git's index and lists them in .git/info/exclude, so they neither travel
-# nor vanish from this checkout; while it lasts a pre-commit hook refuses every commit (one would delete
-# the release's graphs from history's next state). Nothing else is touched.
+# slim takes them out of git's index and lists them in .git/info/exclude, so they neither travel nor
+# vanish from this checkout; while it lasts a pre-commit hook refuses every commit (one would delete
+# the release's graphs from history's next state). Nothing else is touched. The checkpoint kept is
+# $INIT's, as device/train.sh reads it (default: release 6's model/release/infdit-s4.ckpt.pt; release 7's
+# is INIT=model/release/infdit-s4-d3.ckpt.pt), with the base's and the restorer's.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"   # the checkout it is run in, as git itself
 LIMIT=$((64 << 20))
@@ -37,16 +40,18 @@ case "${1:-}" in
   slim)
     shift; carried_exist "$@"
     [ -e "$LIST" ] && { echo "already slim (listed in $LIST); run: bash model/device/tree.sh restore" >&2; exit 1; }
-    git ls-files -z -- '*.onnx' | tr '\0' '\n' > "$LIST"
+    KEEP=${INIT:-model/release/infdit-s4.ckpt.pt}
+    { git ls-files -z -- '*.onnx'; git ls-files -z -- 'model/release/*.ckpt.pt'; } | tr '\0' '\n' |
+      grep -v -x -F -e "$KEEP" -e model/release/infdit-s4.base.ckpt.pt -e model/release/infdit-s4.restore.ckpt.pt > "$LIST" || true
     [ -s "$LIST" ] || { rm -f "$LIST"; echo "no tracked ONNX graphs to leave behind" >&2; exit 1; }
     mkdir -p "$(dirname "$EXCLUDE")" "$(dirname "$HOOK")"
     { echo "$BEGIN"; sed 's|^|/|' "$LIST"; echo "$END"; } >> "$EXCLUDE"
     tr '\n' '\0' < "$LIST" | xargs -0 git rm -q --cached --
     [ -e "$HOOK" ] && mv "$HOOK" "$HOOK.before-slim"
-    printf '#!/bin/sh\necho "the ONNX graphs are untracked for a device call: bash model/device/tree.sh restore first" >&2\nexit 1\n' > "$HOOK"
+    printf '#!/bin/sh\necho "the ONNX graphs (and checkpoints) are untracked for a device call: bash model/device/tree.sh restore first" >&2\nexit 1\n' > "$HOOK"
     chmod +x "$HOOK"
-    echo "untracked $(wc -l < "$LIST") ONNX graphs (still on disk) until: bash model/device/tree.sh restore"
-    report "$@" || { echo "still too large: restoring" >&2; "$0" restore; exit 1; } ;;
+    echo "untracked $(wc -l < "$LIST") ONNX graphs and checkpoints other than $KEEP (still on disk) until: bash model/device/tree.sh restore"
+    report "$@" || { echo "still too large: restoring" >&2; bash "$0" restore; exit 1; } ;;
   restore)
     [ -e "$LIST" ] || { echo "not slim: nothing to restore"; exit 0; }
     tr '\n' '\0' < "$LIST" | xargs -0 git reset -q --

@@ -1,6 +1,7 @@
-"""model/device/tree.sh on a clone of this repository: slim leaves the ONNX graphs out of what a device
-call sends (the tracked tree alone is over the tool's 64 MiB) without touching them, refuses commits
-while it lasts, and restore gives the tree back exactly."""
+"""model/device/tree.sh on a clone of this repository: slim leaves the ONNX graphs (and the release
+checkpoints the run does not start from) out of what a device call sends (the tracked tree alone is over
+the tool's 64 MiB) without touching them, refuses commits while it lasts, and restore gives the tree back
+exactly."""
 import os, re, subprocess, tempfile, unittest
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class DeviceTreeTest(unittest.TestCase):
             self.assertLessEqual(mib(slim.stdout), 64)
             self.assertLess(mib(slim.stdout), mib(before.stdout) - 40)
             self.assertEqual(sh(repo, "git", "ls-files", "*.onnx").stdout, "")
+            # of the release checkpoints only what the run starts from (default INIT: release 6's) and the base's and
+            # restorer's travel: release 7's is left behind
+            self.assertEqual(sorted(sh(repo, "git", "ls-files", "model/release/*.ckpt.pt").stdout.split()),
+                             ["model/release/infdit-s4.base.ckpt.pt", "model/release/infdit-s4.ckpt.pt", "model/release/infdit-s4.restore.ckpt.pt"])
             self.assertEqual(sh(repo, "git", "status", "--porcelain", "--untracked-files=all", "--", "*.onnx").stdout.count("??"), 0)
             self.assertTrue(all((repo / g).is_file() for g in graphs))   # still on disk: the server here still runs
             commit = sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "would drop the graphs")

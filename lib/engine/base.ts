@@ -63,11 +63,7 @@ export class BaseUp {
   /** Planar CHW float32 in [-1,1] of the base over output pixels [x0,x0+w)×[y0,y0+h), inside the
    *  grid of tiles (a block or tile of the output; the last tile row and column reach past the image). */
   async region(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<Float32Array> {
-    const T = this.tile * this.scale;
-    const r0 = Math.floor(y0 / T), r1 = Math.floor((y0 + h - 1) / T), c0 = Math.floor(x0 / T), c1 = Math.floor((x0 + w - 1) / T);
-    const rows = Math.ceil(this.src.height / this.tile), cols = Math.ceil(this.src.width / this.tile);
-    if (x0 < 0 || y0 < 0 || r1 >= rows || c1 >= cols)
-      throw new RangeError(`base region ${w}x${h}+${x0}+${y0} is outside the tile grid (${cols}x${rows} tiles of ${T} px)`);
+    const T = this.tile * this.scale, { r0, r1, c0, c1 } = this.under(x0, y0, w, h);
     const tiles = new Map<number, Float32Array>();
     const keys: number[] = [];
     for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) keys.push(r * 65536 + c);
@@ -89,6 +85,28 @@ export class BaseUp {
   async pixels(x0: number, y0: number, w: number, h: number, opt: RequestOptions = {}): Promise<Uint8Array> {
     const make = async () => fromPlanar(await this.region(x0, y0, w, h, opt));
     return this.gate ? this.gate.during(make) : make();
+  }
+
+  /** Make the windows under these output rectangles, each once, as a preview's are made (the render's transformer
+   *  waits): what a view stated at the base's level will show first. */
+  async warm(rects: { x: number; y: number; w: number; h: number }[], opt: RequestOptions = {}): Promise<void> {
+    const keys = new Set<number>();
+    for (const rc of rects) {
+      const { r0, r1, c0, c1 } = this.under(rc.x, rc.y, rc.w, rc.h);
+      for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) keys.add(r * 65536 + c);
+    }
+    const make = async () => { await Promise.all([...keys].map(k => this.tiles.get(Math.floor(k / 65536), k % 65536, opt.priority))); };
+    await (this.gate ? this.gate.during(make) : make());
+  }
+
+  /** The grid's tiles under output pixels [x0,x0+w)×[y0,y0+h) (inclusive index ranges); outside the grid: refused. */
+  private under(x0: number, y0: number, w: number, h: number) {
+    const T = this.tile * this.scale;
+    const r0 = Math.floor(y0 / T), r1 = Math.floor((y0 + h - 1) / T), c0 = Math.floor(x0 / T), c1 = Math.floor((x0 + w - 1) / T);
+    const rows = Math.ceil(this.src.height / this.tile), cols = Math.ceil(this.src.width / this.tile);
+    if (x0 < 0 || y0 < 0 || r1 >= rows || c1 >= cols)
+      throw new RangeError(`base region ${w}x${h}+${x0}+${y0} is outside the tile grid (${cols}x${rows} tiles of ${T} px)`);
+    return { r0, r1, c0, c1 };
   }
 
   private async compute(r: number, c: number, opt: RequestOptions) {

@@ -24,7 +24,7 @@ try {
   if (warm > 0) for (let gi = 0; gi < sessions.length; gi++) {
     const t = {};
     for (const s of graphs[gi].inputs) {
-      const shape = s.shape.map(v => (v === 'b' ? (graphs[gi].single ? 1 : warm) : v)), n = shape.reduce((a, v) => a * v, 1);
+      const shape = s.shape.map(v => (v === 'b' ? (graphs[gi].rank > 0 ? 1 : warm) : v)), n = shape.reduce((a, v) => a * v, 1);
       const data = s.dtype === 'float16' ? new Uint16Array(n) : new Float32Array(n).fill(s.name === 'sigma' || s.name === 'present' ? 1 : 0);
       t[s.name] = new ort.Tensor(s.dtype, data, shape);
     }

@@ -279,11 +279,10 @@ class WorkerRunner implements GraphRunner {
 async function startWorker(manifest: Manifest, files: string[], options: ort.InferenceSession.SessionOptions, opts: ModelOptions) {
   const w = new Worker(new URL('./model-worker.js', import.meta.url), {
     workerData: { files, options, nice: opts.nice ?? 10, warm: opts.warm ?? 0,
-      // the restorer's and the base's graphs always run one window per call (their bytes must not depend on a batch)
       // rank: which waiting call the thread takes first (model-worker.js): a base window (it completes previews),
-      // then a restorer tile (what a base window of a JPEG waits for), then the transformer's batches
-      graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs, single: g.name === 'restore' || g.name === 'base',
-        rank: g.name === 'base' ? 2 : g.name === 'restore' ? 1 : 0 })) },
+      // then a restorer tile (what a base window of a JPEG waits for), then the transformer's batches. Ranked
+      // graphs are the one-window ones: they always run one window per call (their bytes must not depend on a batch)
+      graphs: manifest.graphs.map(g => ({ inputs: g.inputs, outputs: g.outputs, rank: g.name === 'base' ? 2 : g.name === 'restore' ? 1 : 0 })) },
   });
   // The worker's sessions report what the graphs really take and give: checked here before any
   // call (the worker only warms up after the check).

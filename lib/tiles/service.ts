@@ -363,16 +363,13 @@ export class ImageService {
       throw new RangeError(`level ${view.level} is not a level of this pyramid (0 … ${M})`);
     const tiles = view && !e.sources!.has(view.level) ? viewTiles(e.geometry, view) : [];
     // what the viewer shows first: the view's base windows (its previews' pixels), nearest the centre first,
-    // before the transformer starts on the view (PreviewGate; entered now, before the tiles are asked below).
-    // At the base's own level only (elsewhere a preview is the base resized from a larger area), and for the
-    // tiles not final yet (a final tile needs no preview).
-    const base = e.render?.base, L = view?.level ?? -1;
-    const unmade = base ? tiles.filter(t => { const p = this.tilePath(e, t.L, t.c, t.r); return !this.hot.has(p) && !existsSync(p); }) : [];
-    if (base && unmade.length && levelSize(e.geometry, L).width === base.width && levelSize(e.geometry, L).height === base.height)
-      void e.render!.gate.during(() => Promise.all(unmade.map(t => {
-        const rc = tileRect(e.geometry, t.L, t.c, t.r);
-        return base.region(rc.x, rc.y, rc.w, rc.h, { priority: VIEW_PRIORITY });
-      }))).catch(() => { /* a failed window fails the preview or block that asks it again */ });
+    // before the transformer starts on the view (entered now, before the tiles are asked below). At the base's
+    // own level only (elsewhere a preview is the base resized from a larger area), for the tiles not final yet.
+    const base = e.render?.base, ls = view ? levelSize(e.geometry, view.level) : undefined;
+    if (base && ls && ls.width === base.width && ls.height === base.height) {
+      const rects = tiles.filter(t => !this.stored(e, t.L, t.c, t.r)).map(t => tileRect(e.geometry, t.L, t.c, t.r));
+      if (rects.length) void base.warm(rects, { priority: VIEW_PRIORITY }).catch(() => { /* a failed window fails the preview or block that asks it again */ });
+    }
     if (!view) this.views.withdraw(viewer);
     else this.views.set(viewer, id, tiles);
     return { tiles: tiles.map(t => [t.L, t.c, t.r]), leaseMs: this.cfg.viewLeaseMs };
@@ -480,7 +477,9 @@ export class ImageService {
 
   /** Whether a tile is final on disk, without making it. */
   async tileIsFinal(id: string, L: number, c: number, r: number) {
-    const e = await this.ready(id);
+    return this.stored(await this.ready(id), L, c, r);
+  }
+  private stored(e: Entry, L: number, c: number, r: number) {
     const path = this.tilePath(e, L, c, r);
     return this.hot.has(path) || existsSync(path);
   }

@@ -2,7 +2,8 @@
  *  tiled reference, local (a region alone is the whole's), and, as the transformer's up(LR), order-free. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import { Model, validateManifest, ModelError } from '../lib/engine/model.js';
@@ -126,4 +127,50 @@ test('while a preview is made the render starts no transformer batch, and its by
   release(); await held;
   assert.equal(hash((await whole).data), want);
   assert.equal(r.base!.computed, 4, 'a window was made twice');
+});
+
+// A JPEG-aware base (manifest base.jq) reads a JPEG upload's LR as it is, with the file's level; the fixture's reference
+// is model/infdit/base.py's tiled output of tiny-base.lr.png at jpegLevel(60) = 0.4
+const JQ = ROOT + '/test/fixtures/tiny-base-jq';
+const jqModel = await Model.load(JQ + '.json', { threads: 1 });
+
+test('a JPEG-aware base through onnxruntime-node equals base.py\'s reference at the file\'s level, and the level changes it', async () => {
+  const jqRef = new Float32Array(readFileSync(JQ + '.ref.bin').buffer.slice(0));
+  const at = (jq: number) => new BaseUp(jqModel, new ImageLR(new MemoryPixels(lr)), undefined, undefined, jq).region(0, 0, W, H);
+  const got = await at(0.4);
+  assert.ok(maxAbsDiff(got, jqRef) < 1e-5, `max diff ${maxAbsDiff(got, jqRef)}`);
+  assert.ok(maxAbsDiff(await at(0), jqRef) > 0.05, 'level 0 gave the level-0.4 output: the graph ignores jq');
+  // a base that is not JPEG-aware is never given a level; a level is a JPEG's, in [0, 1]
+  assert.throws(() => new BaseUp(model, new ImageLR(new MemoryPixels(lr)), undefined, undefined, 0.4), /not JPEG-aware/);
+  assert.throws(() => new BaseUp(jqModel, new ImageLR(new MemoryPixels(lr)), undefined, undefined, 2), /jq must be a JPEG level in \[0, 1\]/);
+});
+
+test('a render of a JPEG over a JPEG-aware base: stage 1\'s base reads the level, later stages none; order-free', async () => {
+  const render = (q: number, opts: Partial<ConstructorParameters<typeof Render>[0]> = {}) =>
+    new Render({ model: jqModel, image: lr, scale: 4, seed: 9, batch: 16, kvBytes: 64 << 20, store: new MemoryBlockStore(), jpegQuality: q, ...opts });
+  const r16 = render(60, { scale: 16 });
+  assert.deepEqual(r16.bases.map(b => b.jq), [0.4, 0], 'stage 1 reads the file\'s level, stage 2 (the model\'s own pixels) 0');
+  assert.equal(r16.restorer, undefined);
+  const full = async (x: Render) => hash((await x.region(0, 0, x.width, x.height)).data);
+  const want = await full(render(60));
+  assert.equal(await full(render(60, { batch: 3, kvBytes: 1, baseBytes: 1 })), want, 'batch 3, nothing cached');
+  assert.notEqual(await full(render(0)), want, 'the same pixels as a PNG gave the JPEG\'s bytes: the level did not reach the base');
+});
+
+test('a JPEG-aware base\'s manifest is checked: jq is a boolean, such a model has no restorer, its graph takes jq', async () => {
+  const m = JSON.parse(readFileSync(JQ + '.json', 'utf8'));
+  assert.equal(validateManifest(structuredClone(m)).base!.jq, true);
+  const bad = (f: (x: any) => void, re: RegExp) => { const x = structuredClone(m); f(x); assert.throws(() => validateManifest(x), (e: Error) => e instanceof ModelError && re.test(e.message)); };
+  bad(x => { x.base.jq = 'yes'; }, /manifest field "base.jq" must be true/);
+  bad(x => { x.restorer = { enabled: true, graph: 'restore', tile: 128, halo: 32 }; x.graphs.splice(4, 0, { ...x.graphs[4], name: 'restore' }); },
+    /"base.jq" and "restorer" exclude each other/);
+  // the graph must take the level: a manifest that says jq over a base graph without it is refused at load
+  const noJq = JSON.parse(readFileSync(BASE + '.json', 'utf8'));
+  noJq.base.jq = true;
+  noJq.graphs[4].inputs.push({ name: 'jq', shape: ['b'], dtype: 'float32' });
+  const path = join(ROOT, 'test/fixtures', `tmp-${process.pid}-base-jq.json`);   // beside the graphs it names
+  writeFileSync(path, JSON.stringify(noJq));
+  try {
+    await assert.rejects(Model.load(path, { threads: 1 }), (e: Error) => e instanceof ModelError && /graphs\[4\] \(base\)/.test(e.message) && /jq/.test(e.message));
+  } finally { rmSync(path); }
 });

@@ -175,6 +175,21 @@ test('the JPEG condition through the queue: stage-1 jobs carry the upload\'s qua
   } finally { w.proc.kill('SIGKILL'); }
 });
 
+test('a JPEG-aware base through the queue: stage-1 jobs carry the upload\'s level for the base, stage 2 none; same bytes as local', { timeout: 120_000 }, async () => {
+  const dir = tmp('infdit-qbasejq-'), jpg = join(dir, 'small.jpg');
+  const JQ_MODEL = [...MODEL, '--model', FIXTURE + '-base-jq.json'];
+  writeFileSync(jpg, await sharp(await wavePng(40, 28)).jpeg({ quality: 60 }).toBuffer());
+  await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'local'), '--threads', '1', '--scale', '16', ...JQ_MODEL]);
+  const w = await startWorker(['--model', FIXTURE + '-base-jq.json']);
+  try {
+    await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', '3', '--scale', '16', ...JQ_MODEL]);
+    assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
+    const told = (stage: number) => [...ids(w, new RegExp(`: stage ${stage} .*, jq (\\S+)$`, 'gm'))];
+    assert.deepEqual(told(1), ['0.4'], 'stage-1 jobs carry jpegLevel(60)');
+    assert.deepEqual(told(2), ['0'], 'stage-2 jobs carry 0: their LR is the model\'s output');
+  } finally { w.proc.kill('SIGKILL'); }
+});
+
 test('the released model\'s JPEG restorer through the queue: workers restore their own crops; same bytes as local', { timeout: 180_000 }, async () => {
   const dir = tmp('infdit-qrestore-'), jpg = join(dir, 'photo.jpg');
   const RELEASE = ['--model', join(ROOT, 'model/release/infdit-s4.json'), '--tile-size', '128'];

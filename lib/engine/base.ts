@@ -45,9 +45,13 @@ export class BaseUp {
 
   // 128 MiB: 42 windows of 3 MiB (512² px × 3 × float32). A screenful at the deepest zoom needs 20 (its view) to 30 (an
   // 8-layer model's cone too); at 64 MiB (21) an 8-layer model made 9 of them twice (bench/screen.ts: 39 windows, not 30)
-  constructor(readonly model: Model, readonly src: LRSource, cacheBytes = 128 << 20, readonly gate?: PreviewGate) {
+  /** `jq`: jpegLevel of the LR's file (stage 1 of a JPEG upload; 0 otherwise), which a JPEG-aware base reads
+   *  with it (manifest base.jq); the other bases are never given one. */
+  constructor(readonly model: Model, readonly src: LRSource, cacheBytes = 128 << 20, readonly gate?: PreviewGate, readonly jq = 0) {
     const b = model.manifest.base;
     if (!b?.enabled) throw new ModelError(`model ${model.manifest.name} has no base super-resolver`);
+    if (!(jq >= 0 && jq <= 1)) throw new RangeError(`the base's jq must be a JPEG level in [0, 1], got ${jq}`);
+    if (jq > 0 && !b.jq) throw new RangeError(`model ${model.manifest.name}'s base is not JPEG-aware: a JPEG's LR reaches it restored, with no level`);
     this.tile = b.tile; this.halo = b.halo; this.scale = model.manifest.scale;
     this.gi = model.manifest.graphs.findIndex(g => g.name === b.graph);
     const tileBytes = 3 * (this.scale * this.tile) ** 2 * 4;
@@ -112,7 +116,8 @@ export class BaseUp {
   private async compute(r: number, c: number, opt: RequestOptions) {
     const T = this.tile, S = T + 2 * this.halo;
     const win = await this.src.region(c * T - this.halo, r * T - this.halo, S, S, opt);
-    const { out, ms } = await this.model.run(this.gi, 1, { lr: toPlanar(win) });
+    const feeds = this.model.manifest.base!.jq ? { lr: toPlanar(win), jq: new Float32Array([this.jq]) } : { lr: toPlanar(win) };
+    const { out, ms } = await this.model.run(this.gi, 1, feeds);
     this.computed++; this.ms += ms;
     return out.up as Float32Array;
   }

@@ -34,8 +34,10 @@ export interface Manifest {
   jpeg: { enabled: boolean; input: string | null };
   /** The JPEG restorer (lib/engine/restore.ts): graph "restore", last in `graphs` (absent: none). */
   restorer?: { enabled: boolean; graph: string; tile: number; halo: number; offset?: number };
-  /** The base super-resolver (lib/engine/base.ts): graph "base", last in `graphs` (absent: none). */
-  base?: { enabled: boolean; graph: string; tile: number; halo: number; cell: number };
+  /** The base super-resolver (lib/engine/base.ts): graph "base", last in `graphs` (absent: none). `jq`: it is
+   *  JPEG-aware (its graph also takes `jq`, the LR's JPEG level, and reads a JPEG upload's LR as it is: such a
+   *  model has no restorer). */
+  base?: { enabled: boolean; graph: string; tile: number; halo: number; cell: number; jq?: boolean };
   /** What the transformer's up(LR) is: PyTorch's bicubic (models before the base), or the base. */
   up: 'bicubic' | 'base';
   provenance: Record<string, unknown>;
@@ -81,7 +83,12 @@ export function validateManifest(m: any): Manifest {
     throw new ModelError(`manifest field "restorer" must be {enabled: true, graph: "restore", tile: even integer > 0, halo: integer ≥ 0, offset: even integer from 0 to below tile (absent: 0)} or absent, got ${JSON.stringify(m.restorer)}`);
   if (m.base !== undefined && !(m.base?.enabled === true && m.base.graph === 'base' && [m.base.tile, m.base.halo, m.base.cell].every(Number.isInteger) &&
       m.base.cell > 0 && m.base.tile > 0 && m.base.tile % m.base.cell === 0 && m.base.tile % m.lr_block === 0 && m.base.halo >= 0 && m.base.halo % m.base.cell === 0))
-    throw new ModelError(`manifest field "base" must be {enabled: true, graph: "base", cell: integer > 0, tile: a multiple of cell and of lr_block, halo: a multiple of cell ≥ 0} or absent, got ${JSON.stringify(m.base)}`);
+    throw new ModelError(`manifest field "base" must be {enabled: true, graph: "base", cell: integer > 0, tile: a multiple of cell and of lr_block, halo: a multiple of cell ≥ 0, jq: boolean (absent: false)} or absent, got ${JSON.stringify(m.base)}`);
+  if (m.base && m.base.jq !== undefined && typeof m.base.jq !== 'boolean')
+    throw new ModelError(`manifest field "base.jq" must be true (a JPEG-aware base), false or absent, got ${JSON.stringify(m.base.jq)}`);
+  // one reading of a JPEG upload: restored, or raw with its level by a JPEG-aware base, never both
+  if (m.base?.jq && m.restorer)
+    throw new ModelError('manifest fields "base.jq" and "restorer" exclude each other: a JPEG-aware base reads a JPEG upload\'s LR as it is, so its model has no restorer');
   m.up ??= 'bicubic';   // manifests from before the base
   if (m.up !== 'bicubic' && !(m.up === 'base' && m.base))
     throw new ModelError(`manifest field "up" must be "bicubic", or "base" for a model with a base, got ${JSON.stringify(m.up)}`);
@@ -105,7 +112,7 @@ function expectedIO(m: Manifest, gi: number): { ins: IOSpec[]; outs: IOSpec[] } 
   const kv1 = [2, m.heads, T, m.head_dim];
   if (m.base && gi === m.graphs.length - 1) {
     const t = m.base.tile, side = t + 2 * m.base.halo;
-    return { ins: [f('lr', [3, side, side])], outs: [f('up', [3, m.scale * t, m.scale * t])] };
+    return { ins: [f('lr', [3, side, side]), ...(m.base.jq ? [f('jq', [])] : [])], outs: [f('up', [3, m.scale * t, m.scale * t])] };
   }
   if (m.restorer && gi === L + 1) {
     const t = m.restorer.tile, side = t + 2 * m.restorer.halo;

@@ -89,7 +89,8 @@ export class Render {
       // only stage 1 reads the file; a later stage's LR is the model's own output, never a JPEG
       const jq = s === 1 ? level : 0;
       // the base of each stage reads that stage's LR (after the restorer: restorer, base, transformer)
-      const base = withBase && (s === 1 || m.up === 'base') ? new BaseUp(o.model, lr, o.baseBytes, this.gate) : undefined;
+      // (a JPEG-aware base reads stage 1's JPEG as it is, with its level: such a model has no restorer)
+      const base = withBase && (s === 1 || m.up === 'base') ? new BaseUp(o.model, lr, o.baseBytes, this.gate, m.base!.jq ? jq : 0) : undefined;
       if (base) this.bases.push(base);
       const st = new Stage({ model: o.model, lr, seed: o.seed, stage: s, plan: this.plan, batch: o.batch, kv: this.kv, store: o.store, thumb, jq,
         base: m.up === 'base' ? base : undefined, gate: this.gate });

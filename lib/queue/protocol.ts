@@ -30,7 +30,8 @@ export const JobData = z.object({
   region: z.object({ r0: int(0, 2 ** 24), c0: int(0, 2 ** 24), r1: int(1, 2 ** 24), c1: int(1, 2 ** 24) }),
   /** Global-conditioning vector (base64 float32), for models that use one. */
   thumb: z.string().optional(),
-  /** The stage's JPEG condition (stage 1: jpegLevel of the uploaded file; later stages 0), for models that use one. */
+  /** The stage's JPEG level (stage 1: jpegLevel of the uploaded file; later stages 0), for models that read one: the
+   *  JPEG condition, or a JPEG-aware base. */
   jq: z.number().min(0).max(1).optional(),
   /** Restore the crop with the model's JPEG restorer at this level (lib/engine/restore.ts): stage 1 of a
    *  JPEG, for a model that has one; the crop then reaches every restorer tile's window under the region. */

@@ -183,7 +183,7 @@ export class RemoteGenerator {
         protocol: PROTOCOL, model: { id: this.model.id, name: m.name }, stage: s + 1, seed: rr.seed,
         plan: { method: plan.method, steps: plan.steps, sigmaMin: plan.sMin, sigmaMax: plan.sMax, rho: plan.rho },
         lr: { width: lrW, height: lrH, ...raw, png: await toPng(lrPx, raw.w, raw.h) }, region, thumb: this.thumb(rr),
-        ...(m.jpeg.enabled ? { jq: st.o.jq ?? 0 } : {}),
+        ...(m.jpeg.enabled || m.base?.jq ? { jq: st.o.jq ?? 0 } : {}),
         ...(restored ? { restore: restored.jq } : {}),
       };
       JobData.parse(data);

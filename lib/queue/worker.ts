@@ -52,10 +52,11 @@ export async function runJob(model: Model, data: JobData, o: { batch: number; kv
     thumb = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
     if (thumb.length !== 3 * m.global.thumb! ** 2) throw new UnrecoverableError(`thumbnail has ${thumb.length} values, the model wants ${3 * m.global.thumb! ** 2}`);
   }
-  if (m.jpeg.enabled && data.jq === undefined) throw new UnrecoverableError('this model uses the JPEG condition; the job has no jq');
+  if ((m.jpeg.enabled || m.base?.jq) && data.jq === undefined)
+    throw new UnrecoverableError(`this model ${m.jpeg.enabled ? 'uses the JPEG condition' : 'has a JPEG-aware base'}; the job has no jq`);
   const store = new MemoryBlockStore();
   // a model over the base computes it here from the job's LR, on the image's grid (the crop holds its windows)
-  const base = m.up === 'base' ? new BaseUp(model, lr) : undefined;
+  const base = m.up === 'base' ? new BaseUp(model, lr, undefined, undefined, m.base!.jq ? data.jq : 0) : undefined;
   const stage = new Stage({ model, lr, seed: data.seed, stage: data.stage, plan, batch: o.batch, kv: new KVStore(o.kvBytes), store, thumb, jq: data.jq, base });
   const { r0, c0, r1, c1 } = data.region;
   if (r1 > stage.R || c1 > stage.C) throw new UnrecoverableError(`region ${r0}..${r1}×${c0}..${c1} is outside the ${stage.R}×${stage.C} block grid`);

@@ -56,6 +56,8 @@ class BaseConfig:
     block_skip: bool = True   # each block adds to its input (SAFMN++); light_SAFMN++ instead has
     body_skip: bool = False   # one skip around the whole body
     bilinear: bool = True     # the output adds the input's bilinear upsample (SAFMN++; not light_SAFMN++)
+    jq: bool = False          # JPEG-aware: the stem also reads a 4th channel, the JPEG level of the LR (jpeg_level;
+                              # 0 = never a JPEG) everywhere, so a JPEG upload needs no restorer before it
 
 
 SIZES = {
@@ -114,15 +116,20 @@ class BaseNet(nn.Module):
     def __init__(self, cfg: BaseConfig = BaseConfig()):
         super().__init__()
         self.cfg = cfg
-        self.stem = nn.Conv2d(3, cfg.dim, 3, 1, 1, bias=False)
+        self.stem = nn.Conv2d(4 if cfg.jq else 3, cfg.dim, 3, 1, 1, bias=False)
         self.body = nn.Sequential(*[BaseBlock(cfg) for _ in range(cfg.blocks)])
         self.head = nn.Conv2d(cfg.dim, 3 * cfg.scale ** 2, 3, 1, 1, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, jq=None):
+        """jq: (n,) JPEG levels of a JPEG-aware base's inputs (None: 0, clean); ignored by the others."""
+        rgb = x
+        if self.cfg.jq:
+            level = x.new_zeros(x.shape[0]) if jq is None else jq.to(x).reshape(-1)
+            x = torch.cat([x, level[:, None, None, None].expand(-1, 1, *x.shape[2:])], 1)
         f = self.stem(x)
         f = self.body(f) + f if self.cfg.body_skip else self.body(f)
         y = F.pixel_shuffle(self.head(f), self.cfg.scale)
-        return y + F.interpolate(x, scale_factor=self.cfg.scale, mode="bilinear", align_corners=False) if self.cfg.bilinear else y
+        return y + F.interpolate(rgb, scale_factor=self.cfg.scale, mode="bilinear", align_corners=False) if self.cfg.bilinear else y
 
     @property
     def receptive_radius(self):
@@ -161,9 +168,10 @@ def load(path, size=None):
     return net.eval().requires_grad_(False)
 
 
-def tiled_tensor(net, lr, tile=TILE, halo=HALO, batch=8):
+def tiled_tensor(net, lr, tile=TILE, halo=HALO, batch=8, jq=0.0):
     """lr (n,3,H,W) in [-1,1] -> (n,3,sH,sW) in [-1,1]: the canonical tiled base, exactly as the engine
-    computes it (windows of tile+2·halo, edge-replicated outside the image, one window per call)."""
+    computes it (windows of tile+2·halo, edge-replicated outside the image, one window per call).
+    jq: the LR's JPEG level (a JPEG-aware base; 0 = clean)."""
     assert tile % CELL == 0 and halo % CELL == 0, "tile and halo must be multiples of the pooling cell"
     n, _, H, W = lr.shape
     s, ty, tx, S = net.cfg.scale, math.ceil(H / tile), math.ceil(W / tile), tile + 2 * halo
@@ -174,16 +182,17 @@ def tiled_tensor(net, lr, tile=TILE, halo=HALO, batch=8):
     with torch.no_grad():
         for k in range(0, len(win), batch):
             part = win[k:k + batch]
-            y = graph(torch.stack([pad[i, :, r * tile:r * tile + S, c * tile:c * tile + S] for i, r, c in part]))
+            y = graph(torch.stack([pad[i, :, r * tile:r * tile + S, c * tile:c * tile + S] for i, r, c in part]),
+                      torch.full((len(part),), float(jq)))
             for j, (i, r, c) in enumerate(part):
                 out[i, :, r * tile * s:(r + 1) * tile * s, c * tile * s:(c + 1) * tile * s] = y[j]
     return out[:, :, :H * s, :W * s]
 
 
-def tiled(net, lr_u8, tile=TILE, halo=HALO, batch=8):
+def tiled(net, lr_u8, tile=TILE, halo=HALO, batch=8, jq=0.0):
     """HWC uint8 LR -> (3, sH, sW) float32 in [0,1] units (not clamped): tiled_tensor on the engine's pixels."""
     x = torch.from_numpy(np.ascontiguousarray(lr_u8)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    return (tiled_tensor(net, x, tile, halo, batch)[0] + 1) * 0.5
+    return (tiled_tensor(net, x, tile, halo, batch, jq)[0] + 1) * 0.5
 
 
 def cascade(net, lr, stages):
@@ -279,10 +288,22 @@ def val_set(data, split="val", n=None):
     return [(restore.clean_lr(gt), gt) for gt in (centre_crop(arr, 512, 384) for _, arr in load_split(data, split)[:n])]
 
 
-def measure(net, crops):
-    """Mean PSNR (RGB, after 8-bit rounding as served) of the tiled base over crops."""
+def measure(net, crops, quality=0):
+    """Mean PSNR (RGB, after 8-bit rounding as served) of the tiled base over crops; quality > 0: of their LR
+    saved as a JPEG at that quality, read as the engine reads a JPEG upload for this base (a JPEG-aware base
+    takes it raw with its level, the others through the released restorer)."""
     from measure.evaluate import psnr
-    return float(np.mean([psnr(to_u8(tiled(net, lr)), gt) for lr, gt in crops]))
+    if not quality:
+        return float(np.mean([psnr(to_u8(tiled(net, lr)), gt) for lr, gt in crops]))
+    level = float(jpeg_level(quality))
+    if net.cfg.jq:
+        return float(np.mean([psnr(to_u8(tiled(net, restore.jpeg(lr, quality), jq=level)), gt) for lr, gt in crops]))
+    rnet = restore.load(RESTORER)[0]
+    return float(np.mean([psnr(to_u8(tiled(net, restore.restore_image(rnet, restore.jpeg(lr, quality), quality))), gt)
+                          for lr, gt in crops]))
+
+
+RESTORER = "model/release/infdit-s4.restore.ckpt.pt"
 
 
 class JpegInputs:
@@ -291,18 +312,22 @@ class JpegInputs:
     A share of each batch is replaced so; the target stays the teacher's output on the clean LR."""
 
     def __init__(self, restorer_ckpt, seed):
-        self.net = restore.load(restorer_ckpt)[0].requires_grad_(False)
+        """restorer_ckpt None: the raw JPEG, for a JPEG-aware base (which reads it with its level)."""
+        self.net = restore.load(restorer_ckpt)[0].requires_grad_(False) if restorer_ckpt else None
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, lr01, share):
-        """lr01 (n,3,h,w): 8-bit LR in [0,1]; each sample replaced with probability `share`."""
-        out = lr01.clone()
+        """lr01 (n,3,h,w): 8-bit LR in [0,1]; each sample replaced with probability `share`. Returns the LR
+        and each sample's JPEG level (0: left clean)."""
+        out, levels = lr01.clone(), torch.zeros(len(lr01))
         for i in np.flatnonzero(self.rng.random(len(lr01)) < share):
             q = int(self.rng.integers(30, 96))
-            u8 = restore.to_u8(lr01[i:i + 1].cpu() * 2 - 1)
-            y = self.net(restore.to_unit(restore.jpeg(u8, q)), jpeg_level(torch.tensor([float(q)])))
-            out[i] = torch.from_numpy(restore.to_u8(y)).permute(2, 0, 1).to(out) / 255
-        return out
+            u8 = restore.jpeg(restore.to_u8(lr01[i:i + 1].cpu() * 2 - 1), q)
+            levels[i] = jpeg_level(torch.tensor(float(q)))
+            if self.net is not None:
+                u8 = restore.to_u8(self.net(restore.to_unit(u8), jpeg_level(torch.tensor([float(q)]))))
+            out[i] = torch.from_numpy(u8).permute(2, 0, 1).to(out) / 255
+        return out, levels
 
 
 def cmd_distill(a):
@@ -315,8 +340,15 @@ def cmd_distill(a):
     for p in teacher.parameters():
         p.requires_grad_(False)
     ck = Path(a.ckpt); ck.mkdir(parents=True, exist_ok=True)
-    net = BaseNet(SIZES[a.size]).to(dev)
-    ema = BaseNet(SIZES[a.size]).to(dev); ema.load_state_dict(net.state_dict())
+    cfg = SIZES[a.size] if not a.init else BaseConfig(**torch.load(a.init, map_location="cpu")["config"])
+    cfg = BaseConfig(**(asdict(cfg) | {"jq": a.jq or cfg.jq}))
+    net = BaseNet(cfg).to(dev)
+    if a.init:     # a trained base; made JPEG-aware, its stem's level channel starts at zero (the base exactly)
+        w = load(a.init).state_dict()
+        if cfg.jq and w["stem.weight"].shape[1] == 3:
+            w["stem.weight"] = torch.cat([w["stem.weight"], torch.zeros_like(w["stem.weight"][:, :1])], 1)
+        net.load_state_dict(w)
+    ema = BaseNet(cfg).to(dev); ema.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(0.9, 0.99))
     step, spent, best = 0, 0.0, -1.0
     if a.resume and (ck / "last.pt").exists():
@@ -327,7 +359,7 @@ def cmd_distill(a):
     sampler = CropSampler(load_split(a.data, "train"), a.crop * 4, dev, seed=a.seed + step,
                           scale_max=a.scale_aug)
     val = val_set(a.val_data or a.data, "val", a.val_n)
-    jpeg_in = JpegInputs(a.restorer, a.seed + step) if a.jpeg_share > 0 else None
+    jpeg_in = JpegInputs(None if cfg.jq else a.restorer, a.seed + step) if a.jpeg_share > 0 else None
     total = a.minutes * 60
     m = a.margin
 
@@ -346,14 +378,15 @@ def cmd_distill(a):
         hr = sampler.sample(a.batch)                                   # [-1,1]
         lr = torch.floor((degrade(hr, 4).clamp(-1, 1) + 1) * 127.5 + 0.5) / 255   # 8-bit LR in [0,1]
         gt = (hr + 1) / 2
+        levels = None
         with torch.no_grad():
             tgt = teacher(lr)
             if jpeg_in is not None:    # after the teacher: its clean-input output stays the target
-                lr = jpeg_in(lr, a.jpeg_share)
+                lr, levels = jpeg_in(lr, a.jpeg_share)
         for g in opt.param_groups:   # cosine to 2% over the whole budget
             g["lr"] = a.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(spent / total, 1))))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.cpu_bf16 or dev.type == "cuda"):
-            out = net(lr).float()
+            out = net(lr, levels).float()
         # the loss leaves out a margin: the engine only ever keeps a window's centre
         cut = lambda t: t[:, :, 4 * m:-4 * m, 4 * m:-4 * m]
         loss = F.l1_loss(cut(out), cut(tgt)) + a.gt_weight * F.l1_loss(cut(out), cut(gt))
@@ -371,11 +404,15 @@ def cmd_distill(a):
             save("last.pt"); t_save = time.time()
         if time.time() - t_eval > a.eval_every * 60 or spent >= total:
             t_eval = time.time()
-            score = measure(copy.deepcopy(ema).cpu(), val)
+            e = copy.deepcopy(ema).cpu()
+            clean = score = measure(e, val)
+            if cfg.jq:    # a JPEG-aware base is chosen on clean and JPEG q75 LR alike
+                jpeg75 = measure(e, val, 75); score = (clean + jpeg75) / 2
             if score > best:
                 best = score; save("best.pt", {"val_psnr": score})
             save("last.pt")
-            print(f"eval step {step}: val PSNR {score:.3f} dB (best {best:.3f})", flush=True)
+            print(f"eval step {step}: val PSNR {score:.3f} dB (best {best:.3f})"
+                  + (f", clean {clean:.3f}, JPEG q75 {jpeg75:.3f}" if cfg.jq else ""), flush=True)
     save("last.pt")
 
 
@@ -387,9 +424,10 @@ class BaseWindow(nn.Module):
         super().__init__()
         self.net, self.tile, self.halo = net, tile, halo
 
-    def forward(self, lr):
+    def forward(self, lr, jq=None):
+        """jq: (n,) JPEG levels (a JPEG-aware base's second input; the others take none)."""
         s, h, t = self.net.cfg.scale, self.halo, self.tile
-        return self.net((lr + 1) * 0.5)[:, :, h * s:(h + t) * s, h * s:(h + t) * s] * 2 - 1
+        return self.net((lr + 1) * 0.5, jq)[:, :, h * s:(h + t) * s, h * s:(h + t) * s] * 2 - 1
 
 
 def attach(m, out, ckpt, notes=None, tile=TILE, halo=HALO):
@@ -404,21 +442,26 @@ def attach(m, out, ckpt, notes=None, tile=TILE, halo=HALO):
     side, s = tile + 2 * halo, net.cfg.scale
     assert s == m["scale"], f"the base is {s}x, the model {m['scale']}x"
     ins, outs = [("lr", ["b", 3, side, side], "float32")], [("up", ["b", 3, s * tile, s * tile], "float32")]
+    args = (torch.rand(2, 3, side, side) * 2 - 1,)
+    if net.cfg.jq:
+        ins.append(("jq", ["b"], "float32")); args += (torch.tensor([0.0, 0.25]),)
     path = Path(f"{out}.base.onnx")
-    _export(BaseWindow(net, tile, halo).eval(), (torch.rand(2, 3, side, side) * 2 - 1,), ins, outs, path)
+    _export(BaseWindow(net, tile, halo).eval(), args, ins, outs, path)
     m["graphs"] = [g for g in m["graphs"] if g["name"] != "base"] + [
         {"name": "base", "file": path.name, "inputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in ins],
          "outputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in outs]}]
     c = net.cfg
-    macs = 9 * 3 * c.dim + c.blocks * (9 * c.dim * c.dim + 9 * (c.dim // c.pooled) / CELL ** 2 + c.dim * c.dim
+    macs = 9 * (4 if c.jq else 3) * c.dim + c.blocks * (9 * c.dim * c.dim + 9 * (c.dim // c.pooled) / CELL ** 2 + c.dim * c.dim
                                        + 9 * c.dim * int(c.dim * c.ffn) + int(c.dim * c.ffn) * c.dim) + 9 * c.dim * 3 * s * s
     m.setdefault("up", "bicubic")
     m["base"] = {
-        "enabled": True, "graph": "base", "tile": tile, "halo": halo, "cell": CELL,
+        "enabled": True, "graph": "base", "tile": tile, "halo": halo, "cell": CELL, **({"jq": True} if c.jq else {}),
         "doc": ("the base super-resolver (model/infdit/base.py): the LR is cut into a fixed grid of tile x tile tiles from its "
                 "top-left corner, each run from a window of halo more pixels on every side (edge-replicated outside the "
                 "image); a tile's output is the base's s*tile x s*tile pixels there, in [-1,1]. The viewer's preview is "
-                "the base where it can be had; the transformer's up(LR) is the base only when \"up\" is \"base\""),
+                "the base where it can be had; the transformer's up(LR) is the base only when \"up\" is \"base\""
+                + ("; JPEG-aware (jq): it reads a JPEG upload's LR as it is, with jq = jpeg_level(quality) of the file "
+                   "(0 for every other LR), and no restorer comes before it" if c.jq else "")),
         "architecture": {"kind": "SAFMN++ family (feature modulation over 8x8 max-pooled cells, convolutional channel mixer)",
                          **asdict(c), "receptive_radius": net.receptive_radius},
         "params": sum(p.numel() for p in net.parameters()),
@@ -495,25 +538,34 @@ def cmd_measure(a):
 FIXTURE_TILE, FIXTURE_HALO = 32, 16
 
 
+FIXTURE_JQ = 0.4   # jpegLevel(60): the level tiny-base-jq's reference is made at
+
+
 def cmd_fixture(a):
     """test/fixtures/tiny-base.*: the tiny fixture's transformer over a tiny random base (up = "base"),
-    the LR the tests use, and the base's reference output of it (float32 CHW, [-1,1])."""
+    the LR the tests use, and the base's reference output of it (float32 CHW, [-1,1]). --jq: tiny-base-jq.*,
+    the same over a JPEG-aware tiny base, its reference at level FIXTURE_JQ of tiny-base.lr.png (standing in for a
+    JPEG's LR)."""
     root = Path(__file__).resolve().parents[2] / "test/fixtures"
+    name = "tiny-base-jq" if a.jq else "tiny-base"
     torch.manual_seed(1234)
-    net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2))
+    net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2, jq=a.jq))
     with torch.no_grad():     # a visible residual: the default init gives an output near the bilinear
         net.head.weight.mul_(4)
+        if a.jq:              # and a level that visibly changes it
+            net.stem.weight[:, 3].mul_(8)
     m = json.loads((root / "tiny.json").read_text())
-    m["name"] = "tiny-base-fixture"
-    m = attach(m, root / "tiny-base", net, {"data": "none: random weights (seed 1234)"}, FIXTURE_TILE, FIXTURE_HALO)
+    m["name"] = f"{name}-fixture"
+    m = attach(m, root / name, net, {"data": "none: random weights (seed 1234)"}, FIXTURE_TILE, FIXTURE_HALO)
     m["up"] = "base"
-    (root / "tiny-base.json").write_text(json.dumps(m, indent=1))
+    (root / f"{name}.json").write_text(json.dumps(m, indent=1))
     yy, xx = np.mgrid[0:44, 0:52]
     lr = np.stack([128 + 90 * np.sin(xx / (3 + c) + yy / 5) for c in range(3)], -1).round().astype(np.uint8)
-    Image.fromarray(lr).save(root / "tiny-base.lr.png")
-    ref = tiled(net, lr, FIXTURE_TILE, FIXTURE_HALO) * 2 - 1
-    (root / "tiny-base.ref.bin").write_bytes(ref.contiguous().numpy().astype("<f4").tobytes())
-    print(f"wrote {root}/tiny-base.* (LR {lr.shape[1]}x{lr.shape[0]}, reference {tuple(ref.shape)})")
+    if not a.jq:    # tiny-base-jq reads the same LR
+        Image.fromarray(lr).save(root / "tiny-base.lr.png")
+    ref = tiled(net, lr, FIXTURE_TILE, FIXTURE_HALO, jq=FIXTURE_JQ if a.jq else 0.0) * 2 - 1
+    (root / f"{name}.ref.bin").write_bytes(ref.contiguous().numpy().astype("<f4").tobytes())
+    print(f"wrote {root}/{name}.* (LR {lr.shape[1]}x{lr.shape[0]}, reference {tuple(ref.shape)})")
 
 
 def main():
@@ -536,13 +588,17 @@ def main():
     p.add_argument("--seed", type=int, default=0); p.add_argument("--resume", action="store_true")
     p.add_argument("--jpeg-share", type=float, default=0.0,
                    help="share of each batch whose LR is a JPEG (q 30-95) through --restorer, as the engine reads a JPEG upload")
-    p.add_argument("--restorer", default="model/release/infdit-s4.restore.ckpt.pt")
+    p.add_argument("--restorer", default=RESTORER)
+    p.add_argument("--init", help="start from this base checkpoint (its size; --size is then ignored)")
+    p.add_argument("--jq", action="store_true", help="a JPEG-aware student: the JPEG share's LR is the raw JPEG, read with its "
+                   "level (no restorer); --init's stem gains a level channel that starts at zero")
     p.add_argument("--cpu-bf16", action="store_true", help="the student's step in bf16 autocast (1.47x per step, AVX-512 bf16 EPYC)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (bf16 autocast there)")
     p = sub.add_parser("attach", help="export a base checkpoint into an exported model (<name>.base.onnx, manifest \"base\")")
     p.add_argument("--ckpt", required=True); p.add_argument("--manifest", required=True)
     p.add_argument("--notes", help="JSON file of provenance notes (teacher, data, figures) for the manifest")
-    sub.add_parser("fixture", help="test/fixtures/tiny-base.*")
+    p = sub.add_parser("fixture", help="test/fixtures/tiny-base.* (--jq: tiny-base-jq.*, a JPEG-aware base)")
+    p.add_argument("--jq", action="store_true")
     p = sub.add_parser("measure", help="the base alone against Lanczos3 on a split (evaluate.py's measures), no transformer")
     p.add_argument("--ckpt", action="append", required=True, help="a base checkpoint or SAFMN++ .pth (repeat to compare)")
     p.add_argument("--data", default=".data"); p.add_argument("--split", default="val"); p.add_argument("--limit", type=int, default=0)

@@ -12,7 +12,7 @@
  */
 import { TileCache } from './tilecache.js';
 import type { LRSource, RequestOptions } from './engine.js';
-import { ModelError, type Model } from './model.js';
+import { ModelError, type Model, type Feeds } from './model.js';
 import { toPlanar, fromPlanar } from './pixels.js';
 
 /**
@@ -116,7 +116,8 @@ export class BaseUp {
   private async compute(r: number, c: number, opt: RequestOptions) {
     const T = this.tile, S = T + 2 * this.halo;
     const win = await this.src.region(c * T - this.halo, r * T - this.halo, S, S, opt);
-    const feeds = this.model.manifest.base!.jq ? { lr: toPlanar(win), jq: new Float32Array([this.jq]) } : { lr: toPlanar(win) };
+    const feeds: Feeds = { lr: toPlanar(win) };
+    if (this.model.manifest.base!.jq) feeds.jq = new Float32Array([this.jq]);
     const { out, ms } = await this.model.run(this.gi, 1, feeds);
     this.computed++; this.ms += ms;
     return out.up as Float32Array;

@@ -195,23 +195,25 @@ def tiled(net, lr_u8, tile=TILE, halo=HALO, batch=8, jq=0.0):
     return (tiled_tensor(net, x, tile, halo, batch, jq)[0] + 1) * 0.5
 
 
-def cascade(net, lr, stages):
+def cascade(net, lr, stages, jq=0.0):
     """The base at each stage of a cascade, as the engine runs it: lr (1,3,h,w) in [-1,1] -> the last stage's
-    output in [-1,1], each earlier stage's rounded to 8 bits (the next stage's LR is pixels)."""
-    y = tiled_tensor(net, lr)
+    output in [-1,1], each earlier stage's rounded to 8 bits (the next stage's LR is pixels, never a JPEG:
+    only stage 1 reads the level jq)."""
+    y = tiled_tensor(net, lr, jq=jq)
     for _ in range(stages - 1):
         y = tiled_tensor(net, to_8bit(y))
     return y
 
 
-def crop_up(net, lr, halo=HALO):
+def crop_up(net, lr, halo=HALO, jq=0.0):
     """The base of training crops (n,3,h,w) in [-1,1]: each crop one window, edge-replicated by halo, so
-    its pixels see what the canonical grid would give them to within the halo's error (`halo`)."""
+    its pixels see what the canonical grid would give them to within the halo's error (`halo`). jq: a float
+    or (n,) levels for a JPEG-aware base."""
     s = net.cfg.scale
     ph, pw = -lr.shape[2] % CELL, -lr.shape[3] % CELL
     x = F.pad(lr, (halo, halo + pw, halo, halo + ph), mode="replicate")
     with torch.no_grad():
-        y = net((x + 1) * 0.5) * 2 - 1
+        y = net((x + 1) * 0.5, torch.as_tensor(jq, dtype=torch.float32).expand(len(lr))) * 2 - 1
     return y[:, :, halo * s:(halo + lr.shape[2]) * s, halo * s:(halo + lr.shape[3]) * s]
 
 
@@ -447,7 +449,9 @@ def attach(m, out, ckpt, notes=None, tile=TILE, halo=HALO):
         ins.append(("jq", ["b"], "float32")); args += (torch.tensor([0.0, 0.25]),)
     path = Path(f"{out}.base.onnx")
     _export(BaseWindow(net, tile, halo).eval(), args, ins, outs, path)
-    m["graphs"] = [g for g in m["graphs"] if g["name"] != "base"] + [
+    if net.cfg.jq and m.pop("restorer", None) is not None:   # the engine refuses both: a JPEG is read one way
+        print(f"{m.get('name')}: the base is JPEG-aware, so the model's JPEG restorer is dropped (a JPEG's LR reaches the base as it is)")
+    m["graphs"] = [g for g in m["graphs"] if g["name"] not in ("base",) + (("restore",) if net.cfg.jq else ())] + [
         {"name": "base", "file": path.name, "inputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in ins],
          "outputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in outs]}]
     c = net.cfg
@@ -484,7 +488,7 @@ def cmd_attach(a):
 def cmd_measure(a):
     """The base alone against Lanczos3 on a split, as evaluate.py measures (the same crops, LR, PSNR,
     seams at 32/64/128 px, LR-pixel grid ratio, fine-detail energy): clean and JPEG q75 LR (through the
-    released restorer, as the engine reads a JPEG's), at 4x, and at 16x the base applied twice (8-bit
+    released restorer, as the engine reads a JPEG's; a JPEG-aware base reads it raw with its level), at 4x, and at 16x the base applied twice (8-bit
     between, the cascade's rule). Seconds; no transformer. Prints a line per base and variant."""
     import io
     from measure import evaluate as ev
@@ -508,8 +512,10 @@ def cmd_measure(a):
             seen = restore.restore_image(restorer, lr, q) if variant != "clean" and restorer is not None else lr
             outs = {"lanczos3": np.asarray(Image.fromarray(lr).resize((gw, gh), Image.LANCZOS))}
             for name, net in nets.items():
-                lr_t = torch.from_numpy(seen.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-                outs[name] = ev.to_u8(cascade(net, lr_t, 2 if S == 16 else 1))
+                # a JPEG-aware base reads the JPEG as it is, with its level; the others what the restorer gives
+                raw = net.cfg.jq and variant != "clean"
+                lr_t = torch.from_numpy((lr if raw else seen).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+                outs[name] = ev.to_u8(cascade(net, lr_t, 2 if S == 16 else 1, float(jpeg_level(q)) if raw else 0.0))
             for name, img in list(outs.items()) + [("ground_truth", gt)]:
                 r = rows.setdefault(name, {"psnr": [], "seams": 0, "phases": 0, "fine": 0.0})
                 if name != "ground_truth":

@@ -558,15 +558,16 @@ class InfDiT(nn.Module):
         object.__setattr__(self, "base", net.eval().requires_grad_(False))
         return self
 
-    def up_of(self, lr, crops=False):
+    def up_of(self, lr, crops=False, base_jq=0.0):
         """up(LR) in [-1,1]: PyTorch's bicubic, or (cfg.up "base") the base super-resolver, on its canonical
-        tile grid as the engine runs it, or (crops=True, training) one edge-padded window per crop."""
+        tile grid as the engine runs it, or (crops=True, training) one edge-padded window per crop.
+        base_jq: the LR's JPEG level, which a JPEG-aware base reads (stage 1 of a JPEG upload)."""
         if self.cfg.up == "bicubic":
             return upsample(lr, self.cfg.scale)
         if self.base is None:
             raise RuntimeError("this model was trained over a base super-resolver but none is attached (model.base)")
         from infdit import base
-        return base.crop_up(self.base, lr) if crops else base.tiled_tensor(self.base, lr)
+        return base.crop_up(self.base, lr, jq=base_jq) if crops else base.tiled_tensor(self.base, lr, jq=base_jq)
 
     # -- path 1: all blocks of whole images (training) --------------------------------
     def forward_image(self, x, lr, sigma, pos0=None, thumb=None, independent=False, jq=None, up=None):

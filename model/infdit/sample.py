@@ -64,11 +64,11 @@ def initial_noise(R, C, block, seed, stage=1):
 
 @torch.no_grad()
 def sample_image(model, lr, method="euler", steps=1, sigma_min=0.002, sigma_max=4.0, rho=7.0, seed=0, stage=1,
-                 denoise=None, jq=None):
+                 denoise=None, jq=None, base_jq=0.0):
     """lr: (1,3,h,w) in [-1,1], h,w multiples of the LR block; jq: (1,) its jpeg_level (a jpeg_cond
-    model). Returns the HR image (1,3,H,W)."""
+    model); base_jq: the level a JPEG-aware base reads. Returns the HR image (1,3,H,W)."""
     cfg = model.cfg
-    up = model.up_of(lr)
+    up = model.up_of(lr, base_jq=base_jq)
     denoise = denoise or (lambda x, s: model.forward_image(x, lr, torch.full((1,), s, device=lr.device), jq=jq, up=up))
     R, C = up.shape[2] // cfg.block, up.shape[3] // cfg.block
     sig = karras_sigmas(steps, sigma_min, sigma_max, rho)

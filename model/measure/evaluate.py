@@ -156,7 +156,8 @@ def main():
     ap.add_argument("--presets", default="", help="comma-separated subset of the manifest's presets (default: all); at "
                     "--scale 16 also A/B: preset A at stage 1, B at stage 2 (e.g. fidelity/detail)")
     ap.add_argument("--base", metavar="CKPT", help="also measure this base super-resolver alone (model/infdit/base.py checkpoint or a "
-                    "SAFMN++ .pth; row base; at 16x applied twice, 8-bit between); a model trained over a base measures its own")
+                    "SAFMN++ .pth; row base; at 16x applied twice, 8-bit between); a model trained over a base runs over it "
+                    "instead of the checkpoint's own (as the engine runs the base its manifest names), and measures it without --base")
     ap.add_argument("--stage1-ckpt", metavar="CKPT", help="--scale 16: stage 1 by this checkpoint of the same network, "
                     "stage 2 by --ckpt (a cascade whose first stage need not be the 4× release)")
     a = ap.parse_args()
@@ -178,6 +179,13 @@ def main():
     if a.base:
         from infdit.base import load as load_base
         base_net = load_base(a.base).to(dev)
+        if model.cfg.up == "base":   # the transformer runs over the base its manifest names, as in the engine
+            model.attach_base(base_net)
+            if stage1_model is not None:
+                stage1_model.attach_base(base_net)
+    base_aware = base_net is not None and base_net.cfg.jq
+    if a.restorer and base_aware:
+        ap.error("--restorer: this base is JPEG-aware (it reads a JPEG's LR as it is, with its level), so no restorer comes before it")
     if a.restorer:
         from infdit.restore import load as load_restorer, restore_image
         restorer = load_restorer(a.restorer)[0]
@@ -215,17 +223,19 @@ def main():
     rows, sums, times = {v: [] for v in variants}, {v: {} for v in variants}, {}
     phases, fine = {v: {} for v in variants}, {v: {} for v in variants}
 
-    def upscale(lr, p, seed, jq):
+    def upscale(lr, p, seed, jq, base_jq=0.0):
         """A preset through every stage; a later stage reads the one before as the engine does (uint8
-        pixels, never a JPEG: jq 0, no restorer) with its own noise (stage number in the key)."""
+        pixels, never a JPEG: jq 0, no restorer, a JPEG-aware base's level 0) with its own noise (stage
+        number in the key)."""
         x = lr
         for stage in range(1, stages + 1):
             q = jq if stage == 1 or jq is None else torch.zeros_like(jq)
+            bq = base_jq if stage == 1 else 0.0
             ps = p.get(f"stage{stage}", p)
             m = stage1_model if stage == 1 and stage1_model is not None else model
             den = (lambda y, s, x=x, q=q: m.forward_image(y, x, torch.full((1,), s, device=dev), independent=True, jq=q)) if ps.get("independent") else None
             out = sample_image(m, x, ps["method"], ps["steps"], smp["sigma_min"], smp["sigma_max"], smp["rho"], seed=seed,
-                               stage=stage, denoise=den, jq=q)
+                               stage=stage, denoise=den, jq=q, base_jq=bq)
             if stage < stages:
                 x = (torch.from_numpy(to_u8(out).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)
         return out
@@ -247,20 +257,22 @@ def main():
                 lr_u8 = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             # a jpeg_cond model is told the quality, as the server reads it from the file's tables
             told = 0.0 if variant == "clean" or variant.endswith("-untold") else float(quality)
+            # a JPEG-aware base reads the JPEG as it is, with its level (its model has no restorer: the engine's rule)
             model_u8 = restore_image(restorer, lr_u8, told) if a.restorer and 0 < told < 100 else lr_u8
+            base_jq = float(jpeg_level(torch.tensor(told))) if base_aware else 0.0
             lr = (torch.from_numpy(model_u8.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # the server sees uint8 LR
             jq = jpeg_level(torch.tensor([told])).to(dev) if cfg.jpeg_cond else None
             outs = {"bicubic": to_u8(upsample(lr, S)),
                     "lanczos3": np.asarray(Image.fromarray(lr_u8).resize((gw, gh), Image.LANCZOS))}
             if base_net is not None:   # the engine's base at each stage, 8-bit pixels between
                 from infdit.base import cascade
-                outs["base"] = to_u8(cascade(base_net, lr, stages))
+                outs["base"] = to_u8(cascade(base_net, lr, stages, base_jq))
             if model_u8 is not lr_u8:
                 outs["restored-lanczos3"] = np.asarray(Image.fromarray(model_u8).resize((gw, gh), Image.LANCZOS))
             runs = list(presets.items()) + ([("fidelity-independent", dict(presets["fidelity"], independent=True))] if "fidelity" in presets and variant == "clean" and not a.no_ablation else [])
             for name, p in runs:
                 t = time.time()
-                out = upscale(lr, p, k, jq)
+                out = upscale(lr, p, k, jq, base_jq)
                 sync()
                 times.setdefault(name, []).append((time.time() - t) / (gw * gh / 1e6))
                 outs[name] = to_u8(out)

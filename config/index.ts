@@ -56,9 +56,10 @@ export const schema = z.object({
 export type Config = z.infer<typeof schema>;
 
 export const defaults: Config = {
-  // release 7: the 3-layer transformer over the base, 2.9x sooner to a final screenful than release 5 at the same
-  // quality as the 8-layer release 6 (model/release/infdit-s4.json, still there for --model; MODEL_CARD.md)
-  model: join(ROOT, 'model/release/infdit-s4-d3.json'),
+  // release 8: a 2-layer transformer over a JPEG-aware base (a JPEG upload needs no restorer; no LR-pixel staircase);
+  // releases 7 (infdit-s4-d3.json), 7 over the JPEG-aware base (infdit-s4-d3j.json) and 6 (infdit-s4.json) stay for
+  // --model (model/release/MODEL_CARD.md)
+  model: join(ROOT, 'model/release/infdit-s4-d2j.json'),
   scale: 4, seed: 0,
   tileSize: 256, tileOverlap: 1, tileFormat: 'jpeg', tileQuality: 90,
   dataDir: join(ROOT, 'data'),

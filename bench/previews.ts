@@ -2,10 +2,11 @@
  * A screenful's previews alone (issue 38: a base-quality screenful in ≤ 3 s): every tile of a 1920×1080 view at
  * the deepest zoom of a 32000×24000 output (an 8000×6000 photo at 4×), asked as ?preview=1 at once through a real
  * `infdit serve`, with and without the view stated (stated: the transformer generates beside the previews), for
- * each JPEG quality of the uploaded photo (below 100 the model's restorer runs before the base; 100: no restorer).
+ * each JPEG quality of the uploaded photo (below 100 a model's restorer runs before the base; 100: no restorer; a
+ * JPEG-aware base reads any JPEG as it is).
  * Milliseconds at which each preview answered, the base's windows and their model-thread time.
  *
- *   node --import tsx bench/previews.ts [--model model/release/infdit-s4.json] [--quality 92,100] [--workers 1]
+ *   node --import tsx bench/previews.ts [--model <default: config's>] [--quality 92,100] [--workers 1]
  *
  * Prints figures (JSON, kept in bench/results/); never fails on time.
  */
@@ -15,10 +16,13 @@ import { join, resolve } from 'node:path';
 import sharp from 'sharp';
 import { ROOT, spawnServe } from '../test/helpers.js';
 import { saveResult, upload } from './common.js';
+import { defaults } from '../config/index.js';
 
 const arg = (name: string, d: string) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : d; };
 const fail = (s: string): never => { console.error(s); process.exit(2); };
-const model = resolve(arg('--model', join(ROOT, 'model/release/infdit-s4.json')));
+const model = resolve(arg('--model', defaults.model));
+// a model with a restorer reads a JPEG below q100 through it; a JPEG-aware base (manifest base.jq) reads it as it is
+const hasRestorer = !!JSON.parse(readFileSync(model, 'utf8')).restorer;
 const qualities = arg('--quality', '92,100').split(',').map(q => (/^\d{1,3}$/.test(q) && +q >= 1 && +q <= 100 ? Number(q) : fail(`--quality takes JPEG qualities 1-100 like 92,100, got "${q}"`)));
 const workers = arg('--workers', '1');
 if (!/^[1-9]$/.test(workers)) fail(`--workers takes a --model-workers count 1-9, got "${workers}"`);
@@ -46,7 +50,7 @@ async function one(quality: number, stateView: boolean) {
     }));
     const s2 = await (await fetch(`${base}/api/images/${id}`)).json() as any;
     at.sort((a, b) => a - b);
-    return { quality, restorer: quality < 100, viewStated: stateView, tiles: tiles.length, previews: kinds, firstMs: at[0], medianMs: at[at.length >> 1],
+    return { quality, restorer: hasRestorer && quality < 100, viewStated: stateView, tiles: tiles.length, previews: kinds, firstMs: at[0], medianMs: at[at.length >> 1],
       allMs: at[at.length - 1], baseWindows: s2.engine.base.tiles, baseMs: s2.engine.base.ms,
       restorerTiles: s2.engine.restorer.tiles, restorerMs: s2.engine.restorer.ms };
   } finally {

@@ -332,6 +332,15 @@ class JpegInputs:
         return out, levels
 
 
+def jpeg_aware(state):
+    """A base's weights for its JPEG-aware form (BaseConfig.jq): the stem's level channel is added at zero
+    weight, so at any level the output is the base's until training gives the level a use."""
+    w = dict(state)
+    if w["stem.weight"].shape[1] == 3:
+        w["stem.weight"] = torch.cat([w["stem.weight"], torch.zeros_like(w["stem.weight"][:, :1])], 1)
+    return w
+
+
 def cmd_distill(a):
     """A student of our own, trained on the CPU to give the teacher's output (and the photo's): its
     weights are the project's, the teacher's never leave the cache they were fetched into."""
@@ -345,11 +354,9 @@ def cmd_distill(a):
     cfg = SIZES[a.size] if not a.init else BaseConfig(**torch.load(a.init, map_location="cpu")["config"])
     cfg = BaseConfig(**(asdict(cfg) | {"jq": a.jq or cfg.jq}))
     net = BaseNet(cfg).to(dev)
-    if a.init:     # a trained base; made JPEG-aware, its stem's level channel starts at zero (the base exactly)
+    if a.init:     # a trained base; made JPEG-aware, it starts as that base exactly
         w = load(a.init).state_dict()
-        if cfg.jq and w["stem.weight"].shape[1] == 3:
-            w["stem.weight"] = torch.cat([w["stem.weight"], torch.zeros_like(w["stem.weight"][:, :1])], 1)
-        net.load_state_dict(w)
+        net.load_state_dict(jpeg_aware(w) if cfg.jq else w)
     ema = BaseNet(cfg).to(dev); ema.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(0.9, 0.99))
     step, spent, best = 0, 0.0, -1.0

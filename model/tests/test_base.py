@@ -60,6 +60,29 @@ class BaseTest(unittest.TestCase):
         # batching windows differently changes nothing
         self.assertTrue(torch.equal(t, tiled_tensor(net, lr, tile=32, halo=halo, batch=1)))
 
+    def test_a_jpeg_aware_base_starts_as_its_base_reads_its_level_and_exports_without_a_restorer(self):
+        torch.manual_seed(4)
+        plain = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2)).eval()
+        aware = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2, jq=True)).eval()
+        aware.load_state_dict(base.jpeg_aware(plain.state_dict()))
+        lr = wave(1, 48, 64, seed=5)
+        with torch.no_grad():   # the level channel at zero weight: the base itself, at every level
+            for level in (0.0, 0.25, 0.7):
+                self.assertTrue(torch.allclose(tiled_tensor(aware, lr, 32, 16, jq=level), tiled_tensor(plain, lr, 32, 16), atol=1e-6))
+            aware.stem.weight[:, 3].fill_(0.5)
+            a0, a1 = tiled_tensor(aware, lr, 32, 16, jq=0.0), tiled_tensor(aware, lr, 32, 16, jq=0.4)
+        self.assertTrue(torch.allclose(a0, tiled_tensor(plain, lr, 32, 16), atol=1e-6), "level 0 is a clean LR: the base's output")
+        self.assertGreater((a1 - a0).abs().max().item(), 1e-3, "the level does not reach the output")
+        # exported into a model with a restorer: the graph takes jq, the manifest says so, the restorer goes
+        m = {"name": "t", "scale": 4, "graphs": [{"name": "input"}, {"name": "restore"}], "restorer": {"enabled": True}}
+        with tempfile.TemporaryDirectory() as d:
+            out = base.attach(m, Path(d) / "t", aware, {}, 32, 16)
+            import onnx   # (what onnxruntime makes of it: test/base.test.ts, on the fixture base.py fixture --jq writes)
+            self.assertEqual([i.name for i in onnx.load(str(Path(d) / "t.base.onnx")).graph.input], ["lr", "jq"])
+        self.assertTrue(out["base"]["jq"])
+        self.assertNotIn("restorer", out)
+        self.assertEqual([g["name"] for g in out["graphs"]], ["input", "base"])
+
     def test_a_training_crop_sees_the_canonical_base(self):
         torch.manual_seed(2)
         net = BaseNet(BaseConfig(dim=8, blocks=2, ffn=1.5, pooled=2)).eval()

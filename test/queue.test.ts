@@ -153,41 +153,37 @@ test('a model over the base through the queue at 16×: workers compute the base 
   } finally { w.proc.kill('SIGKILL'); }
 });
 
-test('the JPEG condition through the queue: stage-1 jobs carry the upload\'s quality, stage 2 none; same bytes as local', { timeout: 120_000 }, async () => {
-  const dir = tmp('infdit-qjpeg-'), jpg = join(dir, 'small.jpg'), png = join(dir, 'png/small.png');   // the same output names
-  const JPEG_MODEL = [...MODEL, '--model', FIXTURE + '-jpeg.json'];
-  writeFileSync(jpg, await sharp(await wavePng(30, 20)).jpeg({ quality: 60 }).toBuffer());
-  mkdirSync(join(dir, 'png'));
-  writeFileSync(png, await sharp(jpg).png().toBuffer());
-  for (const [src, out] of [[jpg, 'local'], [png, 'local-png']])
-    await run(process.execPath, [CLI, 'render', src, '--out', join(dir, out), '--threads', '1', '--scale', '16', ...JPEG_MODEL]);
-  const w = await startWorker(['--model', FIXTURE + '-jpeg.json']);
+/** A JPEG (q60) of a w×h wave rendered at 16× locally and through the queue with this fixture model: the same bytes,
+ *  stage-1 jobs told jpegLevel(60), stage-2 jobs 0 (their LR is the model's output). Returns the JPEG's path. */
+async function jpegThroughQueue(dir: string, fixture: string, w: number, h: number, regionBlocks: number) {
+  const jpg = join(dir, 'small.jpg'), model = [...MODEL, '--model', fixture];
+  writeFileSync(jpg, await sharp(await wavePng(w, h)).jpeg({ quality: 60 }).toBuffer());
+  await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'local'), '--threads', '1', '--scale', '16', ...model]);
+  const wk = await startWorker(['--model', fixture]);
   try {
-    await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', '4', '--scale', '16', ...JPEG_MODEL]);
+    await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', String(regionBlocks), '--scale', '16', ...model]);
     assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
-    const told = (stage: number) => [...ids(w, new RegExp(`: stage ${stage} .*, jq (\\S+)$`, 'gm'))];
+    const told = (stage: number) => [...ids(wk, new RegExp(`: stage ${stage} .*, jq (\\S+)$`, 'gm'))];
     assert.deepEqual(told(1), ['0.4'], 'stage-1 jobs carry jpegLevel(60)');
     assert.deepEqual(told(2), ['0'], 'stage-2 jobs carry 0: their LR is the model\'s output');
-    // the same pixels without the JPEG file around them: the model is told nothing, and answers otherwise
-    const a = tree(join(dir, 'local')), b = tree(join(dir, 'local-png'));
-    assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
-    assert.ok([...a].some(([k, v]) => k.endsWith('.jpeg') && !v.equals(b.get(k)!)), 'no tile differs between the JPEG and its pixels as PNG');
-  } finally { w.proc.kill('SIGKILL'); }
+  } finally { wk.proc.kill('SIGKILL'); }
+  return jpg;
+}
+
+test('the JPEG condition through the queue: stage-1 jobs carry the upload\'s quality, stage 2 none; same bytes as local', { timeout: 120_000 }, async () => {
+  const dir = tmp('infdit-qjpeg-'), png = join(dir, 'png/small.png');   // the same output names as the JPEG's
+  const jpg = await jpegThroughQueue(dir, FIXTURE + '-jpeg.json', 30, 20, 4);
+  mkdirSync(join(dir, 'png'));
+  writeFileSync(png, await sharp(jpg).png().toBuffer());
+  await run(process.execPath, [CLI, 'render', png, '--out', join(dir, 'local-png'), '--threads', '1', '--scale', '16', ...MODEL, '--model', FIXTURE + '-jpeg.json']);
+  // the same pixels without the JPEG file around them: the model is told nothing, and answers otherwise
+  const a = tree(join(dir, 'local')), b = tree(join(dir, 'local-png'));
+  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
+  assert.ok([...a].some(([k, v]) => k.endsWith('.jpeg') && !v.equals(b.get(k)!)), 'no tile differs between the JPEG and its pixels as PNG');
 });
 
 test('a JPEG-aware base through the queue: stage-1 jobs carry the upload\'s level for the base, stage 2 none; same bytes as local', { timeout: 120_000 }, async () => {
-  const dir = tmp('infdit-qbasejq-'), jpg = join(dir, 'small.jpg');
-  const JQ_MODEL = [...MODEL, '--model', FIXTURE + '-base-jq.json'];
-  writeFileSync(jpg, await sharp(await wavePng(40, 28)).jpeg({ quality: 60 }).toBuffer());
-  await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'local'), '--threads', '1', '--scale', '16', ...JQ_MODEL]);
-  const w = await startWorker(['--model', FIXTURE + '-base-jq.json']);
-  try {
-    await run(process.execPath, [CLI, 'render', jpg, '--out', join(dir, 'queued'), '--queue', url, '--region-blocks', '3', '--scale', '16', ...JQ_MODEL]);
-    assert.ok(assertSameTree(join(dir, 'queued'), join(dir, 'local')) > 10);
-    const told = (stage: number) => [...ids(w, new RegExp(`: stage ${stage} .*, jq (\\S+)$`, 'gm'))];
-    assert.deepEqual(told(1), ['0.4'], 'stage-1 jobs carry jpegLevel(60)');
-    assert.deepEqual(told(2), ['0'], 'stage-2 jobs carry 0: their LR is the model\'s output');
-  } finally { w.proc.kill('SIGKILL'); }
+  await jpegThroughQueue(tmp('infdit-qbasejq-'), FIXTURE + '-base-jq.json', 40, 28, 3);
 });
 
 test('the released model\'s JPEG restorer through the queue: workers restore their own crops; same bytes as local', { timeout: 180_000 }, async () => {

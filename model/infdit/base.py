@@ -44,6 +44,7 @@ from infdit import restore  # noqa: E402   (a JPEG upload's LR reaches the base 
 # 0.73; `halo`, model/results/base-halo-*.txt); TILE 128: a window costs (128+48)²/128² = 1.89x its tile (64: 3.06x),
 # and a deepest-zoom DZI tile (256 px at 4x) needs one to four windows.
 TILE, HALO, CELL = 128, 24, 8
+RESTORER = "model/release/infdit-s4.restore.ckpt.pt"   # what a JPEG reaches a base that is not JPEG-aware through
 
 
 @dataclass
@@ -305,9 +306,6 @@ def measure(net, crops, quality=0):
                           for lr, gt in crops]))
 
 
-RESTORER = "model/release/infdit-s4.restore.ckpt.pt"
-
-
 class JpegInputs:
     """What the base sees of a JPEG upload: the LR saved as a JPEG (Pillow, 4:2:0) at a quality drawn from
     30-95, then the released restorer's output, rounded to 8 bits (the engine's chain, lib/engine/restore.ts).
@@ -327,7 +325,7 @@ class JpegInputs:
             u8 = restore.jpeg(restore.to_u8(lr01[i:i + 1].cpu() * 2 - 1), q)
             levels[i] = jpeg_level(torch.tensor(float(q)))
             if self.net is not None:
-                u8 = restore.to_u8(self.net(restore.to_unit(u8), jpeg_level(torch.tensor([float(q)]))))
+                u8 = restore.to_u8(self.net(restore.to_unit(u8), levels[i:i + 1]))
             out[i] = torch.from_numpy(u8).permute(2, 0, 1).to(out) / 255
         return out, levels
 
@@ -458,7 +456,8 @@ def attach(m, out, ckpt, notes=None, tile=TILE, halo=HALO):
     _export(BaseWindow(net, tile, halo).eval(), args, ins, outs, path)
     if net.cfg.jq and m.pop("restorer", None) is not None:   # the engine refuses both: a JPEG is read one way
         print(f"{m.get('name')}: the base is JPEG-aware, so the model's JPEG restorer is dropped (a JPEG's LR reaches the base as it is)")
-    m["graphs"] = [g for g in m["graphs"] if g["name"] not in ("base",) + (("restore",) if net.cfg.jq else ())] + [
+    drop = {"base", "restore"} if net.cfg.jq else {"base"}
+    m["graphs"] = [g for g in m["graphs"] if g["name"] not in drop] + [
         {"name": "base", "file": path.name, "inputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in ins],
          "outputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in outs]}]
     c = net.cfg
@@ -616,7 +615,7 @@ def main():
     p.add_argument("--ckpt", action="append", required=True, help="a base checkpoint or SAFMN++ .pth (repeat to compare)")
     p.add_argument("--data", default=".data"); p.add_argument("--split", default="val"); p.add_argument("--limit", type=int, default=0)
     p.add_argument("--scale", type=int, default=4, choices=(4, 16)); p.add_argument("--variants", default="clean,jpeg75")
-    p.add_argument("--restorer", default="model/release/infdit-s4.restore.ckpt.pt"); p.add_argument("--out")
+    p.add_argument("--restorer", default=RESTORER); p.add_argument("--out")
     a = ap.parse_args()
     from training.train import all_cores   # here, not at the top: train imports this module
     torch.set_num_threads(all_cores())   # torch 1.13 here defaults to 1

@@ -10,7 +10,8 @@
 # vanish from this checkout; while it lasts a pre-commit hook refuses every commit (one would delete
 # the release's graphs from history's next state). Nothing else is touched. The checkpoint kept is
 # $INIT's, as device/train.sh reads it (default: release 6's model/release/infdit-s4.ckpt.pt; release 7's
-# is INIT=model/release/infdit-s4-d3.ckpt.pt), with the base's and the restorer's.
+# is INIT=model/release/infdit-s4-d3.ckpt.pt, release 8's model/release/infdit-s4-d2j.ckpt.pt), with every base's
+# and restorer's (release 8 trains over its own: --base model/release/infdit-s4-d2j.base.ckpt.pt).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"   # the checkout it is run in, as git itself
 LIMIT=$((64 << 20))
@@ -41,8 +42,9 @@ case "${1:-}" in
     shift; carried_exist "$@"
     [ -e "$LIST" ] && { echo "already slim (listed in $LIST); run: bash model/device/tree.sh restore" >&2; exit 1; }
     KEEP=${INIT:-model/release/infdit-s4.ckpt.pt}
+    # every base's and restorer's checkpoint travels (under 2 MB each): a run names its base with --base
     { git ls-files -z -- '*.onnx'; git ls-files -z -- 'model/release/*.ckpt.pt'; } | tr '\0' '\n' |
-      grep -v -x -F -e "$KEEP" -e model/release/infdit-s4.base.ckpt.pt -e model/release/infdit-s4.restore.ckpt.pt > "$LIST" || true
+      grep -v -x -F -e "$KEEP" | grep -v -E '\.(base|restore)\.ckpt\.pt$' > "$LIST" || true
     [ -s "$LIST" ] || { rm -f "$LIST"; echo "no tracked ONNX graphs to leave behind" >&2; exit 1; }
     mkdir -p "$(dirname "$EXCLUDE")" "$(dirname "$HOOK")"
     { echo "$BEGIN"; sed 's|^|/|' "$LIST"; echo "$END"; } >> "$EXCLUDE"

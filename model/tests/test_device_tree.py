@@ -36,10 +36,11 @@ class DeviceTreeTest(unittest.TestCase):
             self.assertLessEqual(mib(slim.stdout), 64)
             self.assertLess(mib(slim.stdout), mib(before.stdout) - 40)
             self.assertEqual(sh(repo, "git", "ls-files", "*.onnx").stdout, "")
-            # of the release checkpoints only what the run starts from (default INIT: release 6's) and the base's and
-            # restorer's travel: release 7's is left behind
+            # of the release checkpoints only what the run starts from (default INIT: release 6's) and every base's and
+            # restorer's travel: releases 7's and 8's transformers are left behind
             self.assertEqual(sorted(sh(repo, "git", "ls-files", "model/release/*.ckpt.pt").stdout.split()),
-                             ["model/release/infdit-s4.base.ckpt.pt", "model/release/infdit-s4.ckpt.pt", "model/release/infdit-s4.restore.ckpt.pt"])
+                             ["model/release/infdit-s4-d2j.base.ckpt.pt", "model/release/infdit-s4.base.ckpt.pt",
+                              "model/release/infdit-s4.ckpt.pt", "model/release/infdit-s4.restore.ckpt.pt"])
             self.assertEqual(sh(repo, "git", "status", "--porcelain", "--untracked-files=all", "--", "*.onnx").stdout.count("??"), 0)
             self.assertTrue(all((repo / g).is_file() for g in graphs))   # still on disk: the server here still runs
             commit = sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "would drop the graphs")
